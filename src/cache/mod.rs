@@ -1,0 +1,15 @@
+//! The cache: verified content on disk by digest ([`BlobStore`]), the hot part of it in memory
+//! ([`MemoryTier`]), what tags point to ([`TagIndex`]), and what is being fetched right now
+//! ([`Fills`] for blobs, [`Flights`] for manifests).
+
+pub mod fill;
+pub mod flight;
+pub mod memory;
+pub mod store;
+pub mod tags;
+
+pub use fill::{Fill, FillReader, Fills, Joined};
+pub use flight::Flights;
+pub use memory::MemoryTier;
+pub use store::{BlobStore, Kind};
+pub use tags::{TagEntry, TagIndex};

@@ -1,0 +1,200 @@
+//! The front end: a Pingora HTTP service that answers every request itself.
+//!
+//! Pingora gives wharf its listeners, HTTP/1.1 keep-alive and graceful shutdown; the upstream
+//! side of Pingora's proxy is never used, because a registry mirror must follow redirects, do the
+//! token dance and outlive its clients' connections (see `upstream` and `cache::fill`). Each
+//! request is parsed into a [`Route`], answered by the [`Mirror`], and written back here — with
+//! one access-log line per request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::{header, Method};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+
+use crate::cache::fill::read_at;
+use crate::cache::{BlobStore, MemoryTier, TagIndex};
+use crate::config::Config;
+use crate::mirror::{Body, Mirror, Outcome, Reply, CHUNK};
+use crate::registry::media::Accept;
+use crate::registry::Route;
+use crate::upstream::Upstream;
+
+/// The registry API service.
+pub struct Front {
+    mirror: Arc<Mirror>,
+}
+
+/// Per-request state, for the access log.
+pub struct RequestCtx {
+    started: Instant,
+    outcome: Outcome,
+}
+
+#[async_trait]
+impl ProxyHttp for Front {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            outcome: Outcome::Local,
+        }
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        Error::e_explain(InternalError, "wharf answers every request itself")
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.started = Instant::now();
+        let req = session.req_header();
+        let head = req.method == Method::HEAD;
+        let route = Route::parse(&req.method, req.uri.path(), req.uri.query());
+        let accept = Accept::parse(
+            req.headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let range = req
+            .headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let reply = match route {
+            Ok(route) => {
+                self.mirror
+                    .handle(route, head, &accept, range.as_deref())
+                    .await
+            }
+            Err(e) => Reply::error(e),
+        };
+        ctx.outcome = reply.outcome;
+        send(session, reply, head).await?;
+        Ok(true)
+    }
+
+    /// Errors reach here only after the response has started (a fill failed mid-body, or the
+    /// client went away): nothing more may be written, and the connection must be closed so the
+    /// client sees a cut transfer rather than a complete one.
+    async fn fail_to_proxy(&self, _: &mut Session, _: &Error, _: &mut RequestCtx) -> FailToProxy {
+        FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let req = session.req_header();
+        let status = session
+            .response_written()
+            .map(|h| h.status.as_u16())
+            .unwrap_or(0);
+        let ms = ctx.started.elapsed().as_secs_f64() * 1e3;
+        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        match e {
+            None => tracing::info!(
+                target: "wharf::access",
+                "{} {} {} {} {} {:.1}ms",
+                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms
+            ),
+            Some(e) => tracing::warn!(
+                target: "wharf::access",
+                "{} {} {} {} {} {:.1}ms cut: {}",
+                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms, e
+            ),
+        }
+    }
+}
+
+/// Write a reply. An `Err` after the header is out means the transfer must be cut.
+async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
+    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+    h.insert_header("docker-distribution-api-version", "registry/2.0")?;
+    for (k, v) in reply.headers {
+        h.insert_header(k, v)?;
+    }
+    let body = match reply.body {
+        Body::File { len: 0, .. } => Body::Empty,
+        b if head => {
+            drop(b);
+            Body::Empty
+        }
+        b => b,
+    };
+    if let Body::Empty = body {
+        return session.write_response_header(Box::new(h), true).await;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    match body {
+        Body::Empty => unreachable!("handled above"),
+        Body::Bytes(b) => session.write_response_body(Some(b), true).await,
+        Body::File { file, offset, len } => {
+            let end = offset + len;
+            let mut pos = offset;
+            while pos < end {
+                let n = (end - pos).min(CHUNK as u64) as usize;
+                let chunk = read_at(file.clone(), pos, n)
+                    .await
+                    .map_err(|e| Error::explain(InternalError, e.message))?;
+                pos += n as u64;
+                session.write_response_body(Some(chunk), pos == end).await?;
+            }
+            Ok(())
+        }
+        Body::Fill(mut reader) => loop {
+            match reader.next_chunk(CHUNK).await {
+                Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                Ok(None) => return session.write_response_body(None, true).await,
+                Err(e) => return Error::e_explain(InternalError, e.message),
+            }
+        },
+    }
+}
+
+/// Build the mirror from `config` and serve until a signal stops the process.
+pub fn serve(config: &Config) -> std::result::Result<(), String> {
+    let data = config.data_dir();
+    let store = BlobStore::open(&data)
+        .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
+    let tags = TagIndex::open(&data.join("tags"))
+        .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
+    let memory = MemoryTier::new(config.memory_bytes, config.memory_object_max);
+    let upstream = Upstream::new(config.upstream_settings()?)?;
+    let mirror = Arc::new(Mirror::new(store, memory, tags, upstream, config.tag_ttl));
+
+    // Fail with a clear message now rather than inside Pingora's listener setup.
+    std::net::TcpListener::bind(&config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+
+    let threads = if config.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.threads
+    };
+    let conf = ServerConf {
+        threads,
+        pid_file: data.join("wharf.pid").display().to_string(),
+        upgrade_sock: data.join("wharf-upgrade.sock").display().to_string(),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut service = pingora::proxy::http_proxy_service(&server.configuration, Front { mirror });
+    service.add_tcp(&config.listen);
+    server.add_service(service);
+    tracing::info!(
+        "wharf listening on {} (data {}, upstream {})",
+        config.listen,
+        data.display(),
+        config.upstream.url
+    );
+    server.run_forever()
+}

@@ -1,0 +1,74 @@
+//! The `wharf` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wharf::config::{Config, Overrides};
+
+/// wharf: a pull-through caching mirror for container registries.
+///
+/// Point dockerd (`registry-mirrors`), containerd (hosts.toml) or podman (registries.conf) at
+/// wharf: it answers pulls from its cache and fetches what it lacks from the upstream registry
+/// (Docker Hub by default), verifying every digest before caching it.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mirror.
+    Serve {
+        /// Configuration file (TOML). Without it, the built-in default (conf/wharf.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Address to listen on, HOST:PORT (default 0.0.0.0:5000).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory for the cache (default ~/.cache/wharf).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Upstream registry URL, replacing the configured one
+        /// (default https://registry-1.docker.io).
+        #[arg(long)]
+        upstream: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data,
+            upstream,
+        } => {
+            let overrides = Overrides {
+                listen,
+                data_dir: data,
+                upstream,
+            };
+            let result =
+                Config::load(config.as_deref(), &overrides).and_then(|c| wharf::front::serve(&c));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("wharf: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Manifest media types and content negotiation.
+//!
+//! A manifest's type is part of what a client asked for (`Accept`), so wharf must know the type of
+//! everything it serves. It reads the type from the manifest itself rather than keeping it beside
+//! the content, which keeps the store purely content-addressed.
+
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST_V1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const BLOB: &str = "application/octet-stream";
+
+/// What wharf asks an upstream for when the client did not say: every current manifest type.
+pub const ALL_MANIFESTS: [&str; 4] = [
+    OCI_INDEX,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    DOCKER_MANIFEST,
+];
+
+/// Largest manifest wharf accepts from an upstream (distribution's own limit).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// The media type of a manifest, from its `mediaType` field or, when that is absent (allowed for
+/// OCI manifests), from its shape.
+pub fn manifest_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+        manifests: Option<serde::de::IgnoredAny>,
+        config: Option<serde::de::IgnoredAny>,
+    }
+    let p: Probe = serde_json::from_slice(body).ok()?;
+    if let Some(t) = p.media_type {
+        return Some(t);
+    }
+    Some(
+        match (p.schema_version, p.manifests, p.config) {
+            (Some(1), _, _) => DOCKER_MANIFEST_V1_SIGNED,
+            (_, Some(_), _) => OCI_INDEX,
+            (_, _, Some(_)) => OCI_MANIFEST,
+            _ => return None,
+        }
+        .to_owned(),
+    )
+}
+
+/// The media types a client accepts, from all of its `Accept` headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accept(Vec<String>);
+
+impl Accept {
+    /// Parse every `Accept` header value (comma-separated lists, parameters dropped).
+    pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut types = Vec::new();
+        for v in values {
+            for part in v.split(',') {
+                let t = part.split(';').next().unwrap_or("").trim();
+                if !t.is_empty() && !types.iter().any(|x: &String| x == t) {
+                    types.push(t.to_owned());
+                }
+            }
+        }
+        Accept(types)
+    }
+
+    /// No Accept header, or `*/*`, accepts anything.
+    pub fn accepts(&self, media_type: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|t| t == "*/*" || t == media_type)
+    }
+
+    /// What to send upstream: the client's list, or every manifest type when it sent none.
+    pub fn for_upstream(&self) -> String {
+        if self.0.is_empty() {
+            ALL_MANIFESTS.join(", ")
+        } else {
+            self.0.join(", ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_types() {
+        assert_eq!(
+            manifest_type(br#"{"schemaVersion":2,"mediaType":"x/y"}"#).as_deref(),
+            Some("x/y")
+        );
+        assert_eq!(
+            manifest_type(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
+            Some(OCI_INDEX)
+        );
+        assert_eq!(
+            manifest_type(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).as_deref(),
+            Some(OCI_MANIFEST)
+        );
+        assert_eq!(manifest_type(b"not json"), None);
+    }
+
+    #[test]
+    fn negotiates() {
+        let a = Accept::parse([
+            "application/vnd.oci.image.index.v1+json, application/json;q=0.5",
+            DOCKER_MANIFEST,
+        ]);
+        assert!(a.accepts(OCI_INDEX));
+        assert!(a.accepts(DOCKER_MANIFEST));
+        assert!(!a.accepts(OCI_MANIFEST));
+        assert!(Accept::parse(["*/*"]).accepts(OCI_MANIFEST));
+        assert!(Accept::default().accepts(OCI_MANIFEST));
+        assert!(Accept::default().for_upstream().contains(DOCKER_MANIFEST));
+    }
+}

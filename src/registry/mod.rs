@@ -1,0 +1,11 @@
+//! The registry protocol: what clients may ask (routes), how things are named (references), what
+//! a manifest is (media types) and how failures are told (OCI error JSON).
+
+pub mod error;
+pub mod media;
+pub mod reference;
+pub mod route;
+
+pub use error::{ErrorCode, RegistryError};
+pub use reference::{Digest, Reference, RepoName, Tag};
+pub use route::Route;

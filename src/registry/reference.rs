@@ -1,0 +1,253 @@
+//! Repository names, tags and digests as the OCI distribution spec defines them.
+//!
+//! Everything that reaches the cache or an upstream URL has been through these parsers first, so
+//! a path like `../../etc` can never become a file name or a request to somewhere unexpected.
+
+use std::fmt;
+
+use super::error::RegistryError;
+
+/// A repository name: lowercase path components joined by `/`
+/// (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`), at most 255 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RepoName(String);
+
+impl RepoName {
+    pub fn parse(s: &str) -> Result<Self, RegistryError> {
+        if s.is_empty() || s.len() > 255 || !s.split('/').all(valid_component) {
+            return Err(RegistryError::name_invalid(s));
+        }
+        Ok(RepoName(s.to_owned()))
+    }
+
+    /// Docker Hub's rule: a one-component name is an official image under `library/`.
+    pub fn with_library_prefix(self) -> Self {
+        if self.0.contains('/') {
+            self
+        } else {
+            RepoName(format!("library/{}", self.0))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One path component: alphanumeric runs separated by `.`, `_`, `__` or any number of `-`.
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        // a separator run: ".", "_", "__" or "-+"
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Tag(String);
+
+impl Tag {
+    pub fn parse(s: &str) -> Result<Self, RegistryError> {
+        let b = s.as_bytes();
+        let first = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
+        let rest = |x: u8| first(x) || x == b'.' || x == b'-';
+        if b.is_empty() || b.len() > 128 || !first(b[0]) || !b[1..].iter().all(|&x| rest(x)) {
+            return Err(RegistryError::tag_invalid(s));
+        }
+        Ok(Tag(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A sha256 content digest. It is the cache key for every manifest and blob; other algorithms
+/// are refused because wharf could not verify what it stores under them.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    pub fn parse(s: &str) -> Result<Self, RegistryError> {
+        let Some((algo, hex)) = s.split_once(':') else {
+            return Err(RegistryError::digest_invalid(s, "expected algorithm:hex"));
+        };
+        if algo != "sha256" {
+            return Err(RegistryError::digest_invalid(
+                s,
+                "only sha256 digests are supported",
+            ));
+        }
+        let hex_ok = hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex_ok {
+            return Err(RegistryError::digest_invalid(
+                s,
+                "sha256 needs 64 lowercase hex digits",
+            ));
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex, &mut out).expect("checked hex");
+        Ok(Digest(out))
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Digest(sha2::Sha256::digest(data).into())
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// What a manifest request names: a tag (mutable) or a digest (immutable).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Reference {
+    Tag(Tag),
+    Digest(Digest),
+}
+
+impl Reference {
+    pub fn parse(s: &str) -> Result<Self, RegistryError> {
+        if s.contains(':') {
+            Digest::parse(s).map(Reference::Digest)
+        } else {
+            Tag::parse(s).map(Reference::Tag)
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => t.fmt(f),
+            Reference::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in [
+            "alpine",
+            "library/alpine",
+            "a/b/c",
+            "my-app",
+            "a__b",
+            "a.b",
+            "x---y",
+            "0",
+        ] {
+            assert!(RepoName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "Alpine", "a//b", "/a", "a/", "-a", "a-", "a___b", "a..b", "..", "a/../b", "a b",
+            "a%2fb",
+        ] {
+            assert!(RepoName::parse(bad).is_err(), "{bad}");
+        }
+        assert!(RepoName::parse(&"a".repeat(256)).is_err());
+        assert_eq!(
+            RepoName::parse("alpine")
+                .unwrap()
+                .with_library_prefix()
+                .as_str(),
+            "library/alpine"
+        );
+        assert_eq!(
+            RepoName::parse("me/app")
+                .unwrap()
+                .with_library_prefix()
+                .as_str(),
+            "me/app"
+        );
+    }
+
+    #[test]
+    fn tags() {
+        for ok in ["latest", "1.2.3", "_x", "A-b.c_d"] {
+            assert!(Tag::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".x", "-x", "a/b", "a:b", &"a".repeat(129)] {
+            assert!(Tag::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digests() {
+        let hex = "a".repeat(64);
+        let d = Digest::parse(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(d.to_string(), format!("sha256:{hex}"));
+        assert_eq!(d.hex(), hex);
+        assert!(Digest::parse(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(Digest::parse("sha256:abc").is_err());
+        assert!(Digest::parse(&format!("sha512:{}", "a".repeat(128))).is_err());
+        assert!(Digest::parse(&hex).is_err());
+        assert_eq!(
+            Digest::of(b"").to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn references() {
+        assert!(matches!(Reference::parse("latest"), Ok(Reference::Tag(_))));
+        assert!(matches!(
+            Reference::parse(&format!("sha256:{}", "0".repeat(64))),
+            Ok(Reference::Digest(_))
+        ));
+        assert!(Reference::parse("sha256:zz").is_err());
+    }
+}

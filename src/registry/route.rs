@@ -1,0 +1,153 @@
+//! Which registry endpoint a request is for.
+//!
+//! wharf serves the pull side of the distribution API only: the base endpoint, manifests, blobs
+//! and tag lists. Every write is refused here, before anything else looks at the request.
+
+use http::Method;
+
+use super::error::{ErrorCode, RegistryError};
+use super::reference::{Digest, Reference, RepoName};
+
+/// A parsed pull request (method already checked to be GET or HEAD).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/v2/`: the API version check.
+    Base,
+    /// `/v2/<name>/manifests/<tag|digest>`
+    Manifest {
+        name: RepoName,
+        reference: Reference,
+    },
+    /// `/v2/<name>/blobs/<digest>`
+    Blob { name: RepoName, digest: Digest },
+    /// `/v2/<name>/tags/list`, with the pagination query rebuilt from `n` and `last` only.
+    TagsList { name: RepoName, query: String },
+}
+
+impl Route {
+    /// Parse a request line. Writes are answered with 405 `UNSUPPORTED`; malformed names, tags
+    /// and digests with 400; paths outside the API with 404.
+    pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, RegistryError> {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(RegistryError::unsupported(format!(
+                "{method} is not supported: wharf is a read-only pull-through mirror"
+            )));
+        }
+        let not_found = || {
+            RegistryError::not_found(
+                ErrorCode::NameUnknown,
+                format!("no registry endpoint at {path}"),
+            )
+        };
+        let rest = match path {
+            "/v2" | "/v2/" => return Ok(Route::Base),
+            p => p.strip_prefix("/v2/").ok_or_else(not_found)?,
+        };
+        if let Some(name) = rest.strip_suffix("/tags/list") {
+            return Ok(Route::TagsList {
+                name: RepoName::parse(name)?,
+                query: tags_query(query.unwrap_or("")),
+            });
+        }
+        let (head, last) = rest.rsplit_once('/').ok_or_else(not_found)?;
+        let (name, kind) = head.rsplit_once('/').ok_or_else(not_found)?;
+        match kind {
+            "manifests" => Ok(Route::Manifest {
+                name: RepoName::parse(name)?,
+                reference: Reference::parse(last)?,
+            }),
+            "blobs" => Ok(Route::Blob {
+                name: RepoName::parse(name)?,
+                digest: Digest::parse(last)?,
+            }),
+            _ => Err(not_found()),
+        }
+    }
+}
+
+/// Keep only the pagination parameters the spec defines, re-encoded, so that nothing else a
+/// client sends ends up in an upstream URL.
+fn tags_query(raw: &str) -> String {
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        match &*k {
+            "n" if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() => {
+                out.append_pair("n", &v);
+            }
+            "last" => {
+                out.append_pair("last", &v);
+            }
+            _ => {}
+        }
+    }
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str) -> Result<Route, RegistryError> {
+        Route::parse(&Method::GET, path, None)
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(get("/v2/").unwrap(), Route::Base);
+        assert_eq!(get("/v2").unwrap(), Route::Base);
+        let hex = "b".repeat(64);
+        match get(&format!("/v2/a/b/blobs/sha256:{hex}")).unwrap() {
+            Route::Blob { name, digest } => {
+                assert_eq!(name.as_str(), "a/b");
+                assert_eq!(digest.hex(), hex);
+            }
+            r => panic!("{r:?}"),
+        }
+        match get("/v2/library/busybox/manifests/latest").unwrap() {
+            Route::Manifest { name, reference } => {
+                assert_eq!(name.as_str(), "library/busybox");
+                assert_eq!(reference.to_string(), "latest");
+            }
+            r => panic!("{r:?}"),
+        }
+        // a repository may itself be called "manifests" or "blobs"
+        assert!(matches!(
+            get("/v2/manifests/manifests/x").unwrap(),
+            Route::Manifest { .. }
+        ));
+    }
+
+    #[test]
+    fn bad_input() {
+        let code = |p: &str| get(p).unwrap_err().code;
+        assert_eq!(code("/v2/UPPER/manifests/x"), ErrorCode::NameInvalid);
+        assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::TagInvalid);
+        assert_eq!(code("/v2/a/blobs/sha256:xyz"), ErrorCode::DigestInvalid);
+        assert_eq!(code("/v2/a/blobs/latest"), ErrorCode::DigestInvalid);
+        assert_eq!(code("/v2/../etc/manifests/x"), ErrorCode::NameInvalid);
+        assert_eq!(code("/v2/a/other/x"), ErrorCode::NameUnknown);
+        assert_eq!(code("/metrics"), ErrorCode::NameUnknown);
+        for m in [Method::PUT, Method::POST, Method::PATCH, Method::DELETE] {
+            let e = Route::parse(&m, "/v2/a/blobs/uploads/", None).unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unsupported);
+            assert_eq!(e.status.as_u16(), 405);
+        }
+    }
+
+    #[test]
+    fn tags_query_is_sanitized() {
+        let r = Route::parse(
+            &Method::GET,
+            "/v2/a/tags/list",
+            Some("n=10&last=v1%202&evil=../../x&n=abc"),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Route::TagsList {
+                name: RepoName::parse("a").unwrap(),
+                query: "n=10&last=v1+2".into()
+            }
+        );
+    }
+}

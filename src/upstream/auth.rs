@@ -1,0 +1,257 @@
+//! Registry authentication as clients do it: answer a `WWW-Authenticate` challenge with Basic
+//! credentials or a Bearer token from the challenge's realm, and keep tokens per scope until
+//! shortly before they expire (a token per pull is how Harbor got rate limited).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use http::StatusCode;
+use serde::Deserialize;
+
+use crate::registry::{ErrorCode, RegistryError};
+
+/// Username and password (or token) for an upstream.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl Credentials {
+    pub fn basic_header(&self) -> String {
+        let raw = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// What an upstream asked for in its `WWW-Authenticate` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+impl Challenge {
+    /// Parse `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+    pub fn parse(header: &str) -> Option<Challenge> {
+        let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let params = parse_params(params);
+        Some(Challenge::Bearer {
+            realm: params.get("realm")?.clone(),
+            service: params.get("service").cloned(),
+        })
+    }
+}
+
+/// `k="v", k2=v2` with commas allowed inside quotes (scopes carry them).
+fn parse_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remaining) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        out.insert(key, value.to_owned());
+        rest = remaining.trim_start().trim_start_matches(',').trim_start();
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: Option<String>,
+    access_token: Option<String>,
+    expires_in: Option<u64>,
+}
+
+/// An upstream's authentication state: the last challenge seen and the tokens per scope.
+pub struct Auth {
+    credentials: Option<Credentials>,
+    state: Mutex<AuthState>,
+    /// Serializes token requests so that concurrent misses of one scope fetch one token.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct AuthState {
+    challenge: Option<Challenge>,
+    tokens: HashMap<String, (String, Instant)>,
+}
+
+impl Auth {
+    pub fn new(credentials: Option<Credentials>) -> Self {
+        Auth {
+            credentials,
+            state: Mutex::default(),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Remember what the upstream demands (from a 401).
+    pub fn learn(&self, challenge: Challenge) {
+        self.state.lock().expect("auth state").challenge = Some(challenge);
+    }
+
+    pub fn knows_challenge(&self) -> bool {
+        self.state.lock().expect("auth state").challenge.is_some()
+    }
+
+    fn cached_token(&self, scope: &str) -> Option<String> {
+        let st = self.state.lock().expect("auth state");
+        st.tokens
+            .get(scope)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(t, _)| t.clone())
+    }
+
+    /// The `Authorization` value for a request in `scope`, fetching a token if the upstream
+    /// wants one and none is cached. `None` when the upstream has not asked for anything.
+    pub async fn header_for(
+        &self,
+        http: &reqwest::Client,
+        scope: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let challenge = self.state.lock().expect("auth state").challenge.clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Some(Challenge::Bearer { realm, service }) => {
+                if let Some(t) = self.cached_token(scope) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
+                let _guard = self.fetching.lock().await;
+                if let Some(t) = self.cached_token(scope) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
+                let (token, lifetime) = self
+                    .fetch_token(http, &realm, service.as_deref(), scope)
+                    .await?;
+                let mut st = self.state.lock().expect("auth state");
+                let now = Instant::now();
+                st.tokens.retain(|_, (_, until)| *until > now);
+                st.tokens
+                    .insert(scope.to_owned(), (token.clone(), now + lifetime));
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        http: &reqwest::Client,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<(String, Duration), RegistryError> {
+        let mut url = url::Url::parse(realm).map_err(|e| {
+            RegistryError::bad_gateway(format!("upstream token realm {realm:?} is not a URL: {e}"))
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = http.get(url.clone());
+        if let Some(c) = &self.credentials {
+            req = req.header(http::header::AUTHORIZATION, c.basic_header());
+        }
+        let resp = req.send().await.map_err(|e| {
+            RegistryError::bad_gateway(format!("token request to {realm} failed: {e}"))
+        })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(RegistryError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                format!("the upstream's token service refused wharf's credentials ({status})"),
+            ));
+        }
+        if !status.is_success() {
+            return Err(RegistryError::bad_gateway(format!(
+                "token request to {realm} answered {status}"
+            )));
+        }
+        let body: TokenResponse = resp.json_limited().await?;
+        let token = body.token.or(body.access_token).ok_or_else(|| {
+            RegistryError::bad_gateway(format!("token response from {realm} has no token"))
+        })?;
+        // Hub's default is 60 s when absent; renew a little before the end.
+        let secs = body.expires_in.unwrap_or(60).max(1);
+        let margin = (secs / 10).clamp(1, 30);
+        Ok((
+            token,
+            Duration::from_secs(secs.saturating_sub(margin).max(1)),
+        ))
+    }
+}
+
+/// Reading small JSON answers without trusting their size.
+trait JsonLimited {
+    async fn json_limited<T: serde::de::DeserializeOwned>(self) -> Result<T, RegistryError>;
+}
+
+impl JsonLimited for reqwest::Response {
+    async fn json_limited<T: serde::de::DeserializeOwned>(self) -> Result<T, RegistryError> {
+        let bytes = super::read_limited(self, 1 << 20).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| RegistryError::bad_gateway(format!("bad token response: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_challenges() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(
+            c,
+            Some(Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into())
+            })
+        );
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("Negotiate"), None);
+        assert_eq!(Challenge::parse("Bearer service=x"), None);
+    }
+}

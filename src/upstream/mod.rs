@@ -1,0 +1,264 @@
+//! The upstream client: how wharf fetches what it does not have from the registry it mirrors.
+//!
+//! It speaks the registry's auth (see [`auth`]), follows blob redirects to CDNs without ever
+//! carrying `Authorization` to another host (reqwest strips it on cross-host hops), reuses
+//! connections, and turns every failure — refused, timed out, 5xx, 429 — into a prompt
+//! [`RegistryError`] instead of a hang.
+
+pub mod auth;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::{header, Method, StatusCode};
+
+pub use auth::{Auth, Challenge, Credentials};
+
+use crate::registry::{ErrorCode, RegistryError, RepoName};
+
+/// How to reach one upstream registry.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// The registry host this upstream stands for (`docker.io`): names the tag namespace.
+    pub registry: String,
+    pub url: url::Url,
+    pub credentials: Option<Credentials>,
+    /// Extra CA certificates (PEM) to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    /// Longest wait for response headers and between two reads of a body.
+    pub read_timeout: Duration,
+}
+
+pub struct Upstream {
+    pub registry: String,
+    base: String,
+    http: reqwest::Client,
+    auth: Auth,
+    read_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(s: UpstreamSettings) -> Result<Self, String> {
+        let tls = tls_config(s.ca_file.as_deref())?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(s.connect_timeout)
+            .read_timeout(s.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        let mut base = s.url.to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        Ok(Upstream {
+            registry: s.registry,
+            base,
+            http,
+            auth: Auth::new(s.credentials),
+            read_timeout: s.read_timeout,
+        })
+    }
+
+    /// Send `method` for `/v2/<repo>/<rest>` (rest may carry a query), authenticating as the
+    /// upstream demands. Returns a 2xx response, or the error to give the client; a 404 is
+    /// reported with `not_found` unless the upstream named a code itself.
+    pub async fn send(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        rest: &str,
+        accept: Option<&str>,
+        not_found: ErrorCode,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = format!("{}v2/{}/{}", self.base, repo, rest);
+        let scope = format!("repository:{repo}:pull");
+        let mut resp = self.attempt(&method, &url, &scope, accept).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse);
+            if let Some(c) = challenge {
+                self.auth.learn(c);
+                resp = self.attempt(&method, &url, &scope, accept).await?;
+            }
+        }
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(upstream_error(resp, not_found).await)
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &str,
+        scope: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut req = self.http.request(method.clone(), url);
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        if let Some(auth) = self.auth.header_for(&self.http, scope).await? {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        match tokio::time::timeout(self.read_timeout, req.send()).await {
+            Err(_) => Err(RegistryError::gateway_timeout(format!(
+                "upstream did not answer {method} {url} within {:?}",
+                self.read_timeout
+            ))),
+            Ok(Err(e)) => Err(transport_error(&e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+/// A transport failure as a client should see it.
+pub fn transport_error(e: &reqwest::Error) -> RegistryError {
+    let what = error_chain(e);
+    if e.is_timeout() {
+        RegistryError::gateway_timeout(format!("upstream timed out: {what}"))
+    } else if e.is_connect() {
+        RegistryError::bad_gateway(format!("cannot connect to upstream: {what}"))
+    } else {
+        RegistryError::bad_gateway(format!("upstream request failed: {what}"))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Turn an upstream's non-2xx answer into the error wharf gives its client.
+async fn upstream_error(resp: reqwest::Response, not_found: ErrorCode) -> RegistryError {
+    let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
+    let (code, message) = first_error(&body).unwrap_or((None, String::new()));
+    let detail = |what: &str| {
+        if message.is_empty() {
+            what.to_owned()
+        } else {
+            format!("{what}: {message}")
+        }
+    };
+    let mut err = match status {
+        StatusCode::NOT_FOUND => {
+            RegistryError::not_found(code.unwrap_or(not_found), detail("not found upstream"))
+        }
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            detail(&format!(
+                "the upstream refused access ({status}); check wharf's credentials for it"
+            )),
+        ),
+        StatusCode::TOO_MANY_REQUESTS => RegistryError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            detail("the upstream is rate limiting wharf"),
+        ),
+        s if s.is_client_error() => RegistryError::new(
+            s,
+            code.unwrap_or(ErrorCode::Unsupported),
+            detail(&format!("upstream answered {s}")),
+        ),
+        s => RegistryError::bad_gateway(detail(&format!("upstream answered {s}"))),
+    };
+    err.retry_after = retry_after;
+    err
+}
+
+/// The first `{code, message}` of an OCI error body.
+fn first_error(body: &[u8]) -> Option<(Option<ErrorCode>, String)> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("errors")?.get(0)?;
+    let code = e
+        .get("code")
+        .and_then(|c| c.as_str())
+        .and_then(ErrorCode::from_upstream);
+    let message = e
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("")
+        .to_owned();
+    Some((code, message))
+}
+
+/// Read a whole response body that must not exceed `max` bytes.
+pub async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Bytes, RegistryError> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(RegistryError::bad_gateway(format!(
+            "upstream response larger than {max} bytes"
+        )));
+    }
+    let mut out = BytesMut::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| transport_error(&e))?;
+        if out.len() + chunk.len() > max {
+            return Err(RegistryError::bad_gateway(format!(
+                "upstream response larger than {max} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// rustls with ring (the provider Pingora uses), the system's roots and an optional extra CA.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        let mut n = 0;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable certificate in {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("CA file {} holds no certificate", path.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
