@@ -1,0 +1,150 @@
+//! Test harness: a fake Hub-like upstream ([`hub`]) and the real `wharf` binary in front of it,
+//! everything on 127.0.0.1.
+
+#![allow(dead_code)]
+
+pub mod hub;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use hub::{FakeHub, Faults, HubOptions};
+
+/// A running `wharf serve` process with its own data directory.
+pub struct Wharf {
+    pub addr: String,
+    pub data: PathBuf,
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+    log: PathBuf,
+}
+
+impl Wharf {
+    /// Start wharf in front of `upstream`, with extra TOML config lines.
+    pub async fn start(upstream: &str, extra_config: &str) -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut w = Self::start_at(upstream, extra_config, data).await;
+        w._dir = Some(dir);
+        w
+    }
+
+    /// Start wharf on an existing data directory (to test restarts).
+    pub async fn start_at(upstream: &str, extra_config: &str, data: PathBuf) -> Wharf {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let conf = data.with_extension("toml");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(&conf, extra_config).unwrap();
+        let log = data.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args([
+                "serve",
+                "--listen",
+                &addr,
+                "--upstream",
+                upstream,
+                "--config",
+            ])
+            .arg(&conf)
+            .arg("--data")
+            .arg(&data)
+            .env("WHARF_LOG", "info,pingora=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("run wharf");
+        let w = Wharf {
+            addr,
+            data,
+            child,
+            _dir: None,
+            log,
+        };
+        w.wait_ready().await;
+        w
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let c = client();
+        while Instant::now() < deadline {
+            if c.get(self.url("/v2/")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("wharf did not start; log:\n{}", self.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kill the process (SIGKILL), keeping its data directory.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Wharf {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP client for tests: plain HTTP on loopback, no redirects, a timeout so a hang fails.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// Poll `f` until it returns true (or fail after `secs`).
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The `code` of the first error in an OCI error body.
+pub async fn error_code(r: reqwest::Response) -> String {
+    let body = r.bytes().await.expect("error body");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("OCI error JSON body");
+    v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
+}
