@@ -72,7 +72,7 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_read_timeout() -> Duration {
-    Duration::from_secs(30)
+    Duration::from_secs(15)
 }
 
 /// Overrides from the command line.
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:5000");
         assert_eq!(c.tag_ttl, Duration::from_secs(300));
         assert_eq!(c.upstream.url, "https://registry-1.docker.io");
-        assert_eq!(c.upstream.read_timeout, Duration::from_secs(30));
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(15));
         // an empty file means the same defaults
         let e = Config::parse("").unwrap();
         assert_eq!(e.listen, c.listen);

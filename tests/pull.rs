@@ -175,6 +175,53 @@ async fn official_images_map_to_library_and_tokens_are_reused() {
 }
 
 #[tokio::test]
+async fn revoked_tokens_are_replaced_and_connections_reused() {
+    let hub = FakeHub::start().await;
+    let a = hub.add_image("library/a", "1", 17, &[10]);
+    let b = hub.add_image("library/b", "1", 18, &[10]);
+    let w = Wharf::start(&hub.url(), "").await;
+    let c = client();
+    let r = c
+        .get(w.url("/v2/library/a/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "docker-content-digest"), a.digest);
+    hub.revoke_tokens();
+    let r = c
+        .get(w.url("/v2/library/a/manifests/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "a revoked token is replaced, not reported as DENIED"
+    );
+    for (d, bytes) in a.blobs.iter().chain(&b.blobs) {
+        let repo = if a.blobs.iter().any(|(x, _)| x == d) {
+            "a"
+        } else {
+            "b"
+        };
+        let r = c
+            .get(w.url(&format!("/v2/library/{repo}/blobs/{d}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(&r.bytes().await.unwrap(), bytes);
+    }
+    let n = hub.counters();
+    assert_eq!(n.tokens_issued, 3, "a, a again after revocation, b: {n:?}");
+    assert!(
+        n.registry_connections <= 3 && n.registry_requests >= 8,
+        "keep-alive: {} connections for {} requests",
+        n.registry_connections,
+        n.registry_requests
+    );
+}
+
+#[tokio::test]
 async fn range_requests() {
     let hub = FakeHub::start().await;
     let img = hub.add_image("library/r", "1", 5, &[2 << 20]);

@@ -118,9 +118,12 @@ impl Auth {
         }
     }
 
-    /// Remember what the upstream demands (from a 401).
-    pub fn learn(&self, challenge: Challenge) {
-        self.state.lock().expect("auth state").challenge = Some(challenge);
+    /// Remember what the upstream demands (from a 401), and drop the token that was refused
+    /// for `scope`: upstreams revoke tokens before they expire.
+    pub fn learn(&self, challenge: Challenge, scope: &str) {
+        let mut st = self.state.lock().expect("auth state");
+        st.challenge = Some(challenge);
+        st.tokens.remove(scope);
     }
 
     pub fn knows_challenge(&self) -> bool {

@@ -88,7 +88,7 @@ impl Upstream {
                 .and_then(|v| v.to_str().ok())
                 .and_then(Challenge::parse);
             if let Some(c) = challenge {
-                self.auth.learn(c);
+                self.auth.learn(c, &scope);
                 resp = self.attempt(&method, &url, &scope, accept).await?;
             }
         }

@@ -54,6 +54,8 @@ pub struct Counters {
     pub manifest_heads: usize,
     pub blob_heads: usize,
     pub tokens_issued: usize,
+    /// TCP connections accepted by the registry port.
+    pub registry_connections: usize,
     pub unauthorized: usize,
     pub registry_requests: usize,
 }
@@ -130,8 +132,8 @@ impl FakeHub {
             .fallback(cdn_handler)
             .with_state(state.clone());
         let tasks = vec![
-            tokio::spawn(serve(reg, reg_app)),
-            tokio::spawn(serve(cdn, cdn_app)),
+            tokio::spawn(serve(reg, reg_app, Some(state.clone()))),
+            tokio::spawn(serve(cdn, cdn_app, None)),
         ];
         FakeHub {
             registry,
@@ -230,6 +232,11 @@ impl FakeHub {
         }
     }
 
+    /// Revoke every token issued so far (as registries do before `expires_in`).
+    pub fn revoke_tokens(&self) {
+        self.state.tokens.lock().unwrap().clear();
+    }
+
     /// Point an existing tag at another manifest.
     pub fn retag(&self, repo: &str, tag: &str, digest: &str) {
         self.state
@@ -248,7 +255,7 @@ impl Drop for FakeHub {
 
 /// Serve `app` on `listener`; every connection lives in a JoinSet owned by this task, so
 /// aborting the task closes them all.
-async fn serve(listener: TcpListener, app: Router) {
+async fn serve(listener: TcpListener, app: Router, count: Option<Arc<HubState>>) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
@@ -257,6 +264,9 @@ async fn serve(listener: TcpListener, app: Router) {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        if let Some(st) = &count {
+            st.counters.lock().unwrap().registry_connections += 1;
+        }
         let svc = TowerToHyperService::new(app.clone());
         conns.spawn(async move {
             let _ = auto::Builder::new(TokioExecutor::new())
