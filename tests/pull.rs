@@ -587,6 +587,7 @@ async fn credentials_for_token_and_basic_upstreams() {
         let hub = FakeHub::start_with(HubOptions {
             user: user.clone(),
             basic_only,
+            ..Default::default()
         })
         .await;
         let img = hub.add_image("team/app", "1", 16, &[100]);
@@ -616,4 +617,51 @@ async fn credentials_for_token_and_basic_upstreams() {
         assert_eq!(r.status(), 403, "basic_only={basic_only}");
         assert_eq!(error_code(r).await, "DENIED");
     }
+}
+
+#[tokio::test]
+async fn tls_upstream_is_trusted_through_an_extra_ca_file_only() {
+    let hub = FakeHub::start_with(HubOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .await;
+    let img = hub.add_image("library/secure", "1", 19, &[1000]);
+    let ca = hub.ca_file.clone().unwrap();
+    let c = client();
+    let trusting = Wharf::start(
+        &hub.url(),
+        &format!("[upstream]\nca_file = {:?}\n", ca.display().to_string()),
+    )
+    .await;
+    let r = c
+        .get(trusting.url("/v2/library/secure/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    let (status, digest) = (r.status(), header(&r, "docker-content-digest").to_owned());
+    let manifest = r.bytes().await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&manifest));
+    assert_eq!(digest, img.digest);
+    let (d, b) = &img.blobs[1];
+    let r = c
+        .get(trusting.url(&format!("/v2/library/secure/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&r.bytes().await.unwrap(), b);
+
+    // the system's roots alone do not know the test CA: refused, with the reason
+    let plain = Wharf::start(&hub.url(), "").await;
+    let r = c
+        .get(plain.url("/v2/library/secure/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap();
+    assert!(
+        body.contains("UNAVAILABLE") && body.to_lowercase().contains("certificate"),
+        "{body}"
+    );
 }

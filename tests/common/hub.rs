@@ -95,19 +95,26 @@ pub struct HubState {
     /// Registry answers a Basic challenge instead of Bearer.
     basic_only: bool,
     cdn_base: Mutex<String>,
+    /// The registry port speaks TLS (`https` realm in challenges).
+    tls: bool,
 }
 
 pub struct FakeHub {
     pub registry: SocketAddr,
     pub cdn: SocketAddr,
     pub state: Arc<HubState>,
+    /// With `tls`: the PEM file of the CA that signed the registry's certificate.
+    pub ca_file: Option<std::path::PathBuf>,
     tasks: Vec<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
 }
 
 #[derive(Default)]
 pub struct HubOptions {
     pub user: Option<(String, String)>,
     pub basic_only: bool,
+    /// Serve the registry over TLS with a certificate from a fresh test CA.
+    pub tls: bool,
 }
 
 impl FakeHub {
@@ -119,8 +126,18 @@ impl FakeHub {
         let state = Arc::new(HubState {
             user: opts.user,
             basic_only: opts.basic_only,
+            tls: opts.tls,
             ..Default::default()
         });
+        let dir = tempfile::tempdir().unwrap();
+        let (acceptor, ca_file) = if opts.tls {
+            let (acceptor, ca_pem) = test_tls();
+            let path = dir.path().join("ca.pem");
+            std::fs::write(&path, ca_pem).unwrap();
+            (Some(acceptor), Some(path))
+        } else {
+            (None, None)
+        };
         let reg = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let cdn = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (registry, cdn_addr) = (reg.local_addr().unwrap(), cdn.local_addr().unwrap());
@@ -132,19 +149,22 @@ impl FakeHub {
             .fallback(cdn_handler)
             .with_state(state.clone());
         let tasks = vec![
-            tokio::spawn(serve(reg, reg_app, Some(state.clone()))),
-            tokio::spawn(serve(cdn, cdn_app, None)),
+            tokio::spawn(serve(reg, reg_app, Some(state.clone()), acceptor)),
+            tokio::spawn(serve(cdn, cdn_app, None, None)),
         ];
         FakeHub {
             registry,
             cdn: cdn_addr,
             state,
+            ca_file,
             tasks,
+            _dir: dir,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.registry)
+        let scheme = if self.state.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.registry)
     }
 
     /// A real outage: stop listening and close every open connection.
@@ -255,7 +275,12 @@ impl Drop for FakeHub {
 
 /// Serve `app` on `listener`; every connection lives in a JoinSet owned by this task, so
 /// aborting the task closes them all.
-async fn serve(listener: TcpListener, app: Router, count: Option<Arc<HubState>>) {
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    count: Option<Arc<HubState>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
@@ -268,13 +293,48 @@ async fn serve(listener: TcpListener, app: Router, count: Option<Arc<HubState>>)
             st.counters.lock().unwrap().registry_connections += 1;
         }
         let svc = TowerToHyperService::new(app.clone());
+        let tls = tls.clone();
         conns.spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(acceptor) => {
+                    if let Ok(s) = acceptor.accept(stream).await {
+                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                    }
+                }
+            }
         });
         while conns.try_join_next().is_some() {}
     }
+}
+
+/// A TLS acceptor for 127.0.0.1 with a leaf certificate signed by a fresh CA, and the CA's PEM.
+fn test_tls() -> (tokio_rustls::TlsAcceptor, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wharf test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), ca.pem())
 }
 
 fn oci_error(status: StatusCode, code: &str, msg: &str) -> Response {
@@ -331,8 +391,9 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or("127.0.0.1")
                 .to_owned();
+            let scheme = if st.tls { "https" } else { "http" };
             format!(
-                r#"Bearer realm="http://{host}/token",service="fake.registry",scope="repository:x:pull""#
+                r#"Bearer realm="{scheme}://{host}/token",service="fake.registry",scope="repository:x:pull""#
             )
         };
         let mut r = oci_error(
