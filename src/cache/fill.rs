@@ -237,10 +237,6 @@ impl Fills {
     pub fn remove(&self, digest: &Digest) {
         self.map.lock().expect("fill map").remove(digest);
     }
-
-    pub fn in_flight(&self) -> usize {
-        self.map.lock().expect("fill map").len()
-    }
 }
 
 #[cfg(test)]

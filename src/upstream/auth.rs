@@ -126,10 +126,6 @@ impl Auth {
         st.tokens.remove(scope);
     }
 
-    pub fn knows_challenge(&self) -> bool {
-        self.state.lock().expect("auth state").challenge.is_some()
-    }
-
     fn cached_token(&self, scope: &str) -> Option<String> {
         let st = self.state.lock().expect("auth state");
         st.tokens

@@ -82,11 +82,7 @@ impl Upstream {
         let scope = format!("repository:{repo}:pull");
         let mut resp = self.attempt(&method, &url, &scope, accept).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            let challenge = resp
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(Challenge::parse);
+            let challenge = header_str(&resp, header::WWW_AUTHENTICATE).and_then(Challenge::parse);
             if let Some(c) = challenge {
                 self.auth.learn(c, &scope);
                 resp = self.attempt(&method, &url, &scope, accept).await?;
@@ -124,6 +120,11 @@ impl Upstream {
     }
 }
 
+/// A response header as text, if present and printable.
+pub fn header_str(resp: &reqwest::Response, name: impl header::AsHeaderName) -> Option<&str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
 /// A transport failure as a client should see it.
 pub fn transport_error(e: &reqwest::Error) -> RegistryError {
     let what = error_chain(e);
@@ -150,11 +151,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// Turn an upstream's non-2xx answer into the error wharf gives its client.
 async fn upstream_error(resp: reqwest::Response, not_found: ErrorCode) -> RegistryError {
     let status = resp.status();
-    let retry_after = resp
-        .headers()
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let retry_after = header_str(&resp, header::RETRY_AFTER).map(str::to_owned);
     let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
     let (code, message) = first_error(&body).unwrap_or((None, String::new()));
     let detail = |what: &str| {
