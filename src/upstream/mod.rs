@@ -70,6 +70,10 @@ impl Upstream {
     /// Send `method` for `/v2/<repo>/<rest>` (rest may carry a query), authenticating as the
     /// upstream demands. Returns a 2xx response, or the error to give the client; a 404 is
     /// reported with `not_found` unless the upstream named a code itself.
+    ///
+    /// A refused connection or a 5xx is tried again, twice, after a short pause: upstreams and
+    /// CDNs fail transiently. Timeouts are not (a hung upstream must still be answered promptly),
+    /// nor 429 or other client errors.
     pub async fn send(
         &self,
         method: Method,
@@ -80,12 +84,37 @@ impl Upstream {
     ) -> Result<reqwest::Response, RegistryError> {
         let url = format!("{}v2/{}/{}", self.base, repo, rest);
         let scope = format!("repository:{repo}:pull");
-        let mut resp = self.attempt(&method, &url, &scope, accept).await?;
+        let mut pause = RETRY_PAUSE;
+        for tries_left in (0..ATTEMPTS).rev() {
+            match self
+                .send_once(&method, &url, &scope, accept, not_found)
+                .await
+            {
+                Err(e) if tries_left > 0 && is_transient(&e) => {
+                    tracing::debug!("retrying {method} {url} in {pause:?}: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                result => return result,
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &str,
+        scope: &str,
+        accept: Option<&str>,
+        not_found: ErrorCode,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let mut resp = self.attempt(method, url, scope, accept).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             let challenge = header_str(&resp, header::WWW_AUTHENTICATE).and_then(Challenge::parse);
             if let Some(c) = challenge {
-                self.auth.learn(c, &scope);
-                resp = self.attempt(&method, &url, &scope, accept).await?;
+                self.auth.learn(c, scope);
+                resp = self.attempt(method, url, scope, accept).await?;
             }
         }
         if resp.status().is_success() {
@@ -118,6 +147,15 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
         }
     }
+}
+
+/// Tries per upstream request, and the pause before the first retry (doubled each time).
+const ATTEMPTS: usize = 3;
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Worth another try: the upstream could not be reached or failed (not a timeout, not a 4xx).
+fn is_transient(e: &RegistryError) -> bool {
+    e.code == ErrorCode::Unavailable && e.status == StatusCode::BAD_GATEWAY
 }
 
 /// A response header as text, if present and printable.

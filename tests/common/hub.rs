@@ -70,6 +70,8 @@ pub struct Faults {
     pub slow_chunk: Option<Duration>,
     /// Answer every registry and CDN request with this status.
     pub status: Option<u16>,
+    /// Answer the next this many registry requests with 503.
+    pub fail_next: usize,
 }
 
 pub struct Image {
@@ -360,6 +362,17 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
     st.counters.lock().unwrap().registry_requests += 1;
     if path == "/token" {
         return token(&st, req.uri().query().unwrap_or(""), req.headers());
+    }
+    {
+        let mut f = st.faults.lock().unwrap();
+        if f.fail_next > 0 {
+            f.fail_next -= 1;
+            return oci_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                "transient fault",
+            );
+        }
     }
     if let Some(s) = st.faults.lock().unwrap().status {
         let code = StatusCode::from_u16(s).unwrap();
