@@ -71,9 +71,9 @@ impl Upstream {
     /// upstream demands. Returns a 2xx response, or the error to give the client; a 404 is
     /// reported with `not_found` unless the upstream named a code itself.
     ///
-    /// A refused connection or a 5xx is tried again, twice, after a short pause: upstreams and
-    /// CDNs fail transiently. Timeouts are not (a hung upstream must still be answered promptly),
-    /// nor 429 or other client errors.
+    /// A refused connection or a 5xx is tried again, up to three times after growing pauses
+    /// (0.1, 0.2, 0.4 s): upstreams and CDNs fail transiently. Timeouts are not retried (a hung
+    /// upstream must still be answered promptly), nor 429 or other client errors.
     pub async fn send(
         &self,
         method: Method,
@@ -150,7 +150,7 @@ impl Upstream {
 }
 
 /// Tries per upstream request, and the pause before the first retry (doubled each time).
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: usize = 4;
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Worth another try: the upstream could not be reached or failed (not a timeout, not a 4xx).
