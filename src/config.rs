@@ -1,15 +1,19 @@
 //! Configuration: a TOML file (or the built-in default, `conf/wharf.toml`) plus command-line
 //! overrides. Unknown keys are errors, so a typo never silently falls back to a default.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::upstream::{Credentials, UpstreamSettings};
+use crate::upstream::{CredentialSource, Credentials, UpstreamSettings};
 
 /// The documented default configuration, compiled in.
 pub const DEFAULT_TOML: &str = include_str!("../conf/wharf.toml");
+
+/// The registry clients get when they name none (what dockerd's `registry-mirrors` means).
+pub const DEFAULT_REGISTRY: &str = "docker.io";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +24,12 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     #[serde(default = "default_tag_ttl", with = "humantime_serde")]
     pub tag_ttl: Duration,
+    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    #[serde(default)]
+    pub tag_ttl_rules: Vec<TtlRule>,
+    #[serde(default)]
+    pub offline: bool,
     #[serde(default = "default_memory_bytes")]
     pub memory_bytes: u64,
     #[serde(default = "default_memory_object_max")]
@@ -27,30 +37,43 @@ pub struct Config {
     #[serde(default)]
     pub threads: usize,
     #[serde(default)]
-    pub upstream: UpstreamConfig,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
 }
 
+/// A tag TTL for the tags whose `registry/repository:tag` matches `pattern` (`*` matches any
+/// run of characters, `/` and `:` included).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct TtlRule {
+    pub pattern: String,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    #[serde(default = "default_upstream_url")]
-    pub url: String,
+    /// Default: `https://<host>` (Docker Hub: `https://registry-1.docker.io`).
+    #[serde(default)]
+    pub url: Option<String>,
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
     #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub credential_helper: Option<String>,
+    #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    #[serde(default = "default_read_timeout", with = "humantime_serde")]
-    pub read_timeout: Duration,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("empty upstream table uses defaults")
-    }
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub tag_ttl: Option<Duration>,
 }
 
 fn default_listen() -> String {
@@ -59,33 +82,35 @@ fn default_listen() -> String {
 fn default_tag_ttl() -> Duration {
     Duration::from_secs(300)
 }
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_memory_bytes() -> u64 {
     256 << 20
 }
 fn default_memory_object_max() -> u64 {
     1 << 20
 }
-fn default_upstream_url() -> String {
-    "https://registry-1.docker.io".into()
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_read_timeout() -> Duration {
-    Duration::from_secs(15)
-}
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Overrides from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// Replaces the URL of the default upstream (docker.io).
     pub upstream: Option<String>,
+    pub offline: bool,
 }
 
 impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let mut cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.upstreams
+            .entry(DEFAULT_REGISTRY.to_owned())
+            .or_default();
+        Ok(cfg)
     }
 
     /// Load `path` (or the built-in default), apply overrides and the environment, validate.
@@ -104,28 +129,25 @@ impl Config {
         if let Some(d) = &overrides.data_dir {
             cfg.data_dir = Some(d.clone());
         }
+        cfg.offline |= overrides.offline;
+        let hub = cfg
+            .upstreams
+            .get_mut(DEFAULT_REGISTRY)
+            .expect("parse adds docker.io");
         if let Some(u) = &overrides.upstream {
-            cfg.upstream.url = u.clone();
+            hub.url = Some(u.clone());
         }
         if let Ok(u) = std::env::var("WHARF_UPSTREAM_USERNAME") {
-            cfg.upstream.username = Some(u);
+            hub.username = Some(u);
         }
         if let Ok(p) = std::env::var("WHARF_UPSTREAM_PASSWORD") {
-            cfg.upstream.password = Some(p);
+            hub.password = Some(p);
         }
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        self.listen
+        cfg.upstream_settings()?;
+        cfg.listen
             .parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("listen = {:?}: {e} (expected HOST:PORT)", self.listen))?;
-        self.upstream_settings()?;
-        if self.upstream.username.is_some() != self.upstream.password.is_some() {
-            return Err("upstream: username and password go together".into());
-        }
-        Ok(())
+            .map_err(|e| format!("listen = {:?}: {e} (expected HOST:PORT)", cfg.listen))?;
+        Ok(cfg)
     }
 
     /// The data directory: configured, or a per-user cache directory that needs no root.
@@ -147,31 +169,94 @@ impl Config {
         PathBuf::from("wharf-data")
     }
 
-    pub fn upstream_settings(&self) -> Result<UpstreamSettings, String> {
-        let u = &self.upstream;
-        let url = url::Url::parse(&u.url).map_err(|e| format!("upstream url {:?}: {e}", u.url))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(format!(
-                "upstream url {:?} must be http(s)://host[:port]",
-                u.url
-            ));
-        }
-        let credentials = match (&u.username, &u.password) {
-            (Some(user), Some(pass)) => Some(Credentials {
-                username: user.clone(),
-                password: pass.clone(),
-            }),
-            _ => None,
-        };
-        Ok(UpstreamSettings {
-            registry: "docker.io".into(),
-            url,
-            credentials,
-            ca_file: u.ca_file.clone(),
-            connect_timeout: u.connect_timeout,
-            read_timeout: u.read_timeout,
-        })
+    /// Every configured upstream, checked and ready to build clients from.
+    pub fn upstream_settings(&self) -> Result<Vec<UpstreamSettings>, String> {
+        self.upstreams
+            .iter()
+            .map(|(host, u)| {
+                let mut s = settings(host, u).map_err(|e| format!("upstreams.\"{host}\": {e}"))?;
+                s.offline = self.offline;
+                Ok(s)
+            })
+            .collect()
     }
+}
+
+fn settings(host: &str, u: &UpstreamConfig) -> Result<UpstreamSettings, String> {
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b));
+    if !host_ok {
+        return Err("a registry host is lowercase letters, digits, '.', '-' and ':port'".into());
+    }
+    let url = match &u.url {
+        Some(url) => url.clone(),
+        None if host == DEFAULT_REGISTRY => "https://registry-1.docker.io".into(),
+        None => format!("https://{host}"),
+    };
+    let url = url::Url::parse(&url).map_err(|e| format!("url {url:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "url {:?} must be http(s)://host[:port]",
+            url.as_str()
+        ));
+    }
+    Ok(UpstreamSettings {
+        registry: host.to_owned(),
+        url,
+        credentials: credential_source(host, u)?,
+        ca_file: u.ca_file.clone(),
+        connect_timeout: u.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
+        read_timeout: u.read_timeout.unwrap_or(READ_TIMEOUT),
+        tag_ttl: u.tag_ttl,
+        offline: false,
+    })
+}
+
+fn credential_source(host: &str, u: &UpstreamConfig) -> Result<Option<CredentialSource>, String> {
+    let given = [
+        u.password.is_some(),
+        u.password_env.is_some(),
+        u.password_file.is_some(),
+        u.credential_helper.is_some(),
+    ];
+    if given.iter().filter(|&&g| g).count() > 1 {
+        return Err("give one of password, password_env, password_file, credential_helper".into());
+    }
+    if let Some(helper) = &u.credential_helper {
+        if u.username.is_some() {
+            return Err("a credential_helper supplies the username itself".into());
+        }
+        return Ok(Some(CredentialSource::helper(helper, host)));
+    }
+    let Some(username) = u.username.clone() else {
+        return match given.iter().any(|&g| g) {
+            true => Err("a password needs a username (\"<token>\" for an identity token)".into()),
+            false => Ok(None),
+        };
+    };
+    let fixed = |password: String| {
+        Ok(Some(CredentialSource::Fixed(Credentials {
+            username: username.clone(),
+            password,
+        })))
+    };
+    if let Some(p) = &u.password {
+        return fixed(p.clone());
+    }
+    if let Some(var) = &u.password_env {
+        let p = std::env::var(var)
+            .map_err(|_| format!("password_env: environment variable {var} is not set"))?;
+        return fixed(p);
+    }
+    if let Some(path) = &u.password_file {
+        return Ok(Some(CredentialSource::File {
+            username,
+            path: path.clone(),
+        }));
+    }
+    Err("username is given without a password, password_env or password_file".into())
 }
 
 #[cfg(test)]
@@ -183,21 +268,55 @@ mod tests {
         let c = Config::parse(DEFAULT_TOML).unwrap();
         assert_eq!(c.listen, "0.0.0.0:5000");
         assert_eq!(c.tag_ttl, Duration::from_secs(300));
-        assert_eq!(c.upstream.url, "https://registry-1.docker.io");
-        assert_eq!(c.upstream.read_timeout, Duration::from_secs(15));
+        let ups = c.upstream_settings().unwrap();
+        assert_eq!(ups.len(), 1);
+        assert_eq!(ups[0].registry, "docker.io");
+        assert_eq!(ups[0].url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(ups[0].read_timeout, Duration::from_secs(15));
         // an empty file means the same defaults
         let e = Config::parse("").unwrap();
         assert_eq!(e.listen, c.listen);
         assert_eq!(e.memory_bytes, c.memory_bytes);
-        assert_eq!(e.upstream.url, c.upstream.url);
+        assert_eq!(e.upstream_settings().unwrap()[0].url, ups[0].url);
     }
 
     #[test]
     fn unknown_keys_are_named() {
         let e = Config::parse("listen = \"127.0.0.1:1\"\ntag_tll = \"1m\"\n").unwrap_err();
         assert!(e.contains("tag_tll"), "{e}");
-        let e = Config::parse("[upstream]\nurll = \"x\"\n").unwrap_err();
+        let e = Config::parse("[upstreams.\"ghcr.io\"]\nurll = \"x\"\n").unwrap_err();
         assert!(e.contains("urll"), "{e}");
+    }
+
+    #[test]
+    fn upstream_table() {
+        let c = Config::parse(
+            r#"
+            [upstreams."ghcr.io"]
+            tag_ttl = "1h"
+            [upstreams."registry.local:5000"]
+            url = "http://10.0.0.5:5000"
+            username = "me"
+            password = "pw"
+            "#,
+        )
+        .unwrap();
+        let ups = c.upstream_settings().unwrap();
+        let hosts: Vec<_> = ups.iter().map(|u| u.registry.as_str()).collect();
+        assert_eq!(hosts, ["docker.io", "ghcr.io", "registry.local:5000"]);
+        assert_eq!(ups[1].url.as_str(), "https://ghcr.io/");
+        assert_eq!(ups[1].tag_ttl, Some(Duration::from_secs(3600)));
+        assert!(ups[2].credentials.is_some());
+        for bad in [
+            "[upstreams.\"Bad/Host\"]\n",
+            "[upstreams.\"x.io\"]\nurl = \"ftp://x.io\"\n",
+            "[upstreams.\"x.io\"]\npassword = \"p\"\n",
+            "[upstreams.\"x.io\"]\nusername = \"u\"\npassword = \"p\"\npassword_file = \"/f\"\n",
+            "[upstreams.\"x.io\"]\nusername = \"u\"\npassword_env = \"WHARF_TEST_SURELY_UNSET\"\n",
+        ] {
+            let e = Config::parse(bad).unwrap().upstream_settings();
+            assert!(e.is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -206,14 +325,14 @@ mod tests {
             listen: Some("127.0.0.1:7000".into()),
             data_dir: Some("/tmp/x".into()),
             upstream: Some("http://127.0.0.1:5010".into()),
+            offline: true,
         };
         let c = Config::load(None, &o).unwrap();
         assert_eq!(c.listen, "127.0.0.1:7000");
         assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
-        assert_eq!(
-            c.upstream_settings().unwrap().url.as_str(),
-            "http://127.0.0.1:5010/"
-        );
+        assert!(c.offline);
+        let ups = c.upstream_settings().unwrap();
+        assert_eq!(ups[0].url.as_str(), "http://127.0.0.1:5010/");
         let bad = Overrides {
             upstream: Some("ftp://x".into()),
             ..Default::default()

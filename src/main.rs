@@ -31,10 +31,13 @@ enum Command {
         /// Data directory for the cache (default ~/.cache/wharf).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Upstream registry URL, replacing the configured one
+        /// URL for the default upstream (docker.io), replacing the configured one
         /// (default https://registry-1.docker.io).
         #[arg(long)]
         upstream: Option<String>,
+        /// Never contact any upstream: serve what is cached, answer 404 for the rest.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -54,11 +57,13 @@ fn main() -> ExitCode {
             listen,
             data,
             upstream,
+            offline,
         } => {
             let overrides = Overrides {
                 listen,
                 data_dir: data,
                 upstream,
+                offline,
             };
             let result =
                 Config::load(config.as_deref(), &overrides).and_then(|c| wharf::front::serve(&c));

@@ -582,7 +582,7 @@ async fn tags_list_passes_through() {
 #[tokio::test]
 async fn credentials_for_token_and_basic_upstreams() {
     let user = Some(("alice".to_owned(), "s3cret".to_owned()));
-    let creds = "[upstream]\nusername = \"alice\"\npassword = \"s3cret\"\n";
+    let creds = "[upstreams.\"docker.io\"]\nusername = \"alice\"\npassword = \"s3cret\"\n";
     for basic_only in [false, true] {
         let hub = FakeHub::start_with(HubOptions {
             user: user.clone(),
@@ -631,7 +631,7 @@ async fn tls_upstream_is_trusted_through_an_extra_ca_file_only() {
     let c = client();
     let trusting = Wharf::start(
         &hub.url(),
-        &format!("[upstream]\nca_file = {:?}\n", ca.display().to_string()),
+        &format!("[upstreams.\"docker.io\"]\nca_file = {:?}\n", ca.display().to_string()),
     )
     .await;
     let r = c

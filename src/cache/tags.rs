@@ -1,22 +1,25 @@
 //! The tag index: which digest a tag pointed to when wharf last asked, and when that was.
 //!
 //! Tags are the only mutable thing a registry serves, so they are the only thing wharf has to
-//! revalidate. Each mapping is a small JSON file under `tags/<registry>/<repo>/_tags/<tag>`
-//! (`_tags` cannot be a repository component, so paths never collide), written by rename so a
-//! crash leaves either the old or the new mapping. A memory map in front saves the file reads.
+//! revalidate. What a tag resolves to also depends on what the client accepts (a multi-arch tag
+//! is an index for clients that take one, a single manifest for those that do not), so a tag
+//! keeps one mapping per `Accept` set it was asked with. Each tag is a small JSON file under
+//! `tags/<registry>/<repo>/_tags/<tag>` (`_tags` cannot be a repository component, so paths never
+//! collide), replaced by rename so a crash leaves either the old or the new file. A memory map
+//! in front saves the file reads.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{Digest, RepoName, Tag};
 
-/// What a tag resolved to.
+/// What a tag resolved to for one `Accept` set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagEntry {
     /// `sha256:<hex>`
@@ -45,6 +48,12 @@ impl TagEntry {
     }
 }
 
+/// Everything known about one tag: a mapping per `Accept` key (see `Accept::key`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    pub by_accept: BTreeMap<String, TagEntry>,
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -56,7 +65,9 @@ type Key = (String, String, String);
 
 pub struct TagIndex {
     root: PathBuf,
-    memory: RwLock<HashMap<Key, TagEntry>>,
+    memory: RwLock<HashMap<Key, TagRecord>>,
+    /// Serializes read-modify-write of tag files.
+    writing: Mutex<()>,
 }
 
 impl TagIndex {
@@ -65,6 +76,7 @@ impl TagIndex {
         Ok(TagIndex {
             root: root.to_owned(),
             memory: RwLock::default(),
+            writing: Mutex::default(),
         })
     }
 
@@ -76,61 +88,71 @@ impl TagIndex {
         )
     }
 
-    fn path(&self, registry: &str, repo: &RepoName, tag: &Tag) -> PathBuf {
+    fn dir(&self, registry: &str, repo: &RepoName) -> PathBuf {
         // registry hosts, names and tags were validated: no component can be `..` or empty
-        self.root
-            .join(registry)
-            .join(repo.as_str())
-            .join("_tags")
-            .join(tag.as_str())
+        self.root.join(registry).join(repo.as_str()).join("_tags")
     }
 
-    /// The mapping for a tag if it is in memory. Never blocks.
-    pub fn get_cached(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<TagEntry> {
+    /// The record for a tag if it is in memory. Never blocks.
+    pub fn get_cached(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<TagRecord> {
         let key = Self::key(registry, repo, tag);
         self.memory.read().expect("tag map").get(&key).cloned()
     }
 
-    /// The mapping for a tag, from memory or disk. Blocking on a memory miss (one small read).
-    pub fn get(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<TagEntry> {
-        if let Some(e) = self.get_cached(registry, repo, tag) {
-            return Some(e);
+    /// The record for a tag, from memory or disk. Blocking on a memory miss (one small read).
+    pub fn get(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<TagRecord> {
+        if let Some(r) = self.get_cached(registry, repo, tag) {
+            return Some(r);
         }
-        let key = Self::key(registry, repo, tag);
-        let bytes = fs::read(self.path(registry, repo, tag)).ok()?;
-        let entry: TagEntry = serde_json::from_slice(&bytes).ok()?;
+        let bytes = fs::read(self.dir(registry, repo).join(tag.as_str())).ok()?;
+        let record: TagRecord = serde_json::from_slice(&bytes).ok()?;
         self.memory
             .write()
             .expect("tag map")
-            .insert(key, entry.clone());
-        Some(entry)
+            .insert(Self::key(registry, repo, tag), record.clone());
+        Some(record)
     }
 
-    /// Record a mapping (in memory at once, on disk before returning). Blocking.
+    /// Record what `tag` resolved to for clients with `accept_key`. Blocking.
     pub fn put(
         &self,
         registry: &str,
         repo: &RepoName,
         tag: &Tag,
+        accept_key: &str,
         entry: TagEntry,
     ) -> io::Result<()> {
-        let path = self.path(registry, repo, tag);
-        let dir = path.parent().expect("tag paths have a parent");
-        fs::create_dir_all(dir)?;
+        let _writing = self.writing.lock().expect("tag writer");
+        let mut record = self.get(registry, repo, tag).unwrap_or_default();
+        record.by_accept.insert(accept_key.to_owned(), entry);
+        let dir = self.dir(registry, repo);
+        fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{}.{:016x}", tag, rand::random::<u64>()));
         fs::write(
             &tmp,
-            serde_json::to_vec(&entry).expect("tag entry serializes"),
+            serde_json::to_vec(&record).expect("tag record serializes"),
         )?;
-        if let Err(e) = fs::rename(&tmp, &path) {
+        if let Err(e) = fs::rename(&tmp, dir.join(tag.as_str())) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
         self.memory
             .write()
             .expect("tag map")
-            .insert(Self::key(registry, repo, tag), entry);
+            .insert(Self::key(registry, repo, tag), record);
         Ok(())
+    }
+
+    /// The tags recorded for a repository, sorted. Blocking.
+    pub fn list(&self, registry: &str, repo: &RepoName) -> Vec<String> {
+        let mut tags: Vec<String> = fs::read_dir(self.dir(registry, repo))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        tags.sort();
+        tags
     }
 }
 
@@ -139,22 +161,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn persists_across_instances() {
+    fn persists_per_accept_key_across_instances() {
         let dir = tempfile::tempdir().unwrap();
         let repo = RepoName::parse("library/busybox").unwrap();
         let tag = Tag::parse("latest").unwrap();
-        let d = Digest::of(b"m");
+        let (d1, d2) = (Digest::of(b"index"), Digest::of(b"manifest"));
         {
             let idx = TagIndex::open(dir.path()).unwrap();
             assert!(idx.get("docker.io", &repo, &tag).is_none());
-            idx.put("docker.io", &repo, &tag, TagEntry::new(&d, "x/y"))
+            idx.put(
+                "docker.io",
+                &repo,
+                &tag,
+                "*/*",
+                TagEntry::new(&d1, "x/index"),
+            )
+            .unwrap();
+            idx.put("docker.io", &repo, &tag, "x/m", TagEntry::new(&d2, "x/m"))
                 .unwrap();
         }
         let idx = TagIndex::open(dir.path()).unwrap();
-        let e = idx.get("docker.io", &repo, &tag).unwrap();
-        assert_eq!(e.digest(), Some(d));
-        assert!(e.is_fresh(Duration::from_secs(60)));
-        assert!(!e.is_fresh(Duration::ZERO));
+        let r = idx.get("docker.io", &repo, &tag).unwrap();
+        assert_eq!(r.by_accept["*/*"].digest(), Some(d1));
+        assert_eq!(r.by_accept["x/m"].digest(), Some(d2));
+        assert!(r.by_accept["x/m"].is_fresh(Duration::from_secs(60)));
+        assert!(!r.by_accept["x/m"].is_fresh(Duration::ZERO));
         assert!(idx.get("ghcr.io", &repo, &tag).is_none());
+        assert_eq!(idx.list("docker.io", &repo), ["latest"]);
+        assert!(idx
+            .list("docker.io", &RepoName::parse("none").unwrap())
+            .is_empty());
     }
 }

@@ -19,8 +19,9 @@ use pingora::server::configuration::ServerConf;
 use crate::cache::fill::read_at;
 use crate::cache::{BlobStore, MemoryTier, TagIndex};
 use crate::config::Config;
-use crate::mirror::{Body, Mirror, Outcome, Reply, CHUNK};
+use crate::mirror::{Body, Freshness, Mirror, Outcome, Reply, CHUNK};
 use crate::registry::media::Accept;
+use crate::registry::route::{check_method, namespace};
 use crate::registry::Route;
 use crate::upstream::Upstream;
 
@@ -33,6 +34,8 @@ pub struct Front {
 pub struct RequestCtx {
     started: Instant,
     outcome: Outcome,
+    /// The registry the request went to.
+    registry: String,
 }
 
 #[async_trait]
@@ -43,6 +46,7 @@ impl ProxyHttp for Front {
         RequestCtx {
             started: Instant::now(),
             outcome: Outcome::Local,
+            registry: String::new(),
         }
     }
 
@@ -54,7 +58,6 @@ impl ProxyHttp for Front {
         ctx.started = Instant::now();
         let req = session.req_header();
         let head = req.method == Method::HEAD;
-        let route = Route::parse(&req.method, req.uri.path(), req.uri.query());
         let accept = Accept::parse(
             req.headers
                 .get_all(header::ACCEPT)
@@ -66,10 +69,18 @@ impl ProxyHttp for Front {
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let reply = match route {
-            Ok(route) => {
+        let routed = check_method(&req.method).and_then(|_| {
+            let query = req.uri.query();
+            let (up, path) = self
+                .mirror
+                .upstream_for(namespace(query).as_deref(), req.uri.path())?;
+            Ok((up, Route::parse(&req.method, &path, query)?))
+        });
+        let reply = match routed {
+            Ok((up, route)) => {
+                ctx.registry.clone_from(&up.registry);
                 self.mirror
-                    .handle(route, head, &accept, range.as_deref())
+                    .handle(&up, route, head, &accept, range.as_deref())
                     .await
             }
             Err(e) => Reply::error(e),
@@ -100,13 +111,15 @@ impl ProxyHttp for Front {
         match e {
             None => tracing::info!(
                 target: "wharf::access",
-                "{} {} {} {} {} {:.1}ms",
-                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms
+                "{} {} {} {} {} {:.1}ms {}",
+                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms,
+                ctx.registry
             ),
             Some(e) => tracing::warn!(
                 target: "wharf::access",
-                "{} {} {} {} {} {:.1}ms cut: {}",
-                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms, e
+                "{} {} {} {} {} {:.1}ms {} cut: {}",
+                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms,
+                ctx.registry, e
             ),
         }
     }
@@ -165,8 +178,21 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     let tags = TagIndex::open(&data.join("tags"))
         .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
     let memory = MemoryTier::new(config.memory_bytes, config.memory_object_max);
-    let upstream = Upstream::new(config.upstream_settings()?)?;
-    let mirror = Arc::new(Mirror::new(store, memory, tags, upstream, config.tag_ttl));
+    let upstreams = config
+        .upstream_settings()?
+        .into_iter()
+        .map(|s| {
+            let host = s.registry.clone();
+            Upstream::new(s).map_err(|e| format!("upstream {host}: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let registries: Vec<String> = upstreams.iter().map(|u| u.registry.clone()).collect();
+    let freshness = Freshness::new(
+        config.tag_ttl,
+        config.negative_ttl,
+        config.tag_ttl_rules.clone(),
+    );
+    let mirror = Arc::new(Mirror::new(store, memory, tags, upstreams, freshness));
 
     // Fail with a clear message now rather than inside Pingora's listener setup.
     std::net::TcpListener::bind(&config.listen)
@@ -191,10 +217,11 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     service.add_tcp(&config.listen);
     server.add_service(service);
     tracing::info!(
-        "wharf listening on {} (data {}, upstream {})",
+        "wharf listening on {} (data {}, registries {}{})",
         config.listen,
         data.display(),
-        config.upstream.url
+        registries.join(", "),
+        if config.offline { ", offline" } else { "" }
     );
     server.run_forever()
 }

@@ -16,11 +16,12 @@ use crate::cache::fill::read_at;
 use crate::cache::{Fill, Joined, Kind};
 use crate::registry::media;
 use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
-use crate::upstream::{header_str, transport_error};
+use crate::upstream::{header_str, transport_error, Upstream};
 
 impl Mirror {
     pub(super) async fn blob(
         self: &Arc<Self>,
+        up: &Arc<Upstream>,
         name: &RepoName,
         digest: Digest,
         head: bool,
@@ -29,8 +30,8 @@ impl Mirror {
         if let Some(reply) = self.local_blob(&digest, head, range).await? {
             return Ok(reply);
         }
-        if head {
-            return self.blob_head_upstream(name, &digest).await;
+        if head || up.offline {
+            return self.blob_head_upstream(up, name, &digest).await;
         }
         let joined = self
             .fills
@@ -45,7 +46,7 @@ impl Mirror {
             }
             Joined::Existing(f) => (f, Outcome::Coalesced),
             Joined::New(f) => {
-                self.spawn_fill(name.clone(), f.clone());
+                self.spawn_fill(up.clone(), name.clone(), f.clone());
                 (f, Outcome::Miss)
             }
         };
@@ -100,13 +101,13 @@ impl Mirror {
     /// HEAD for a blob wharf does not have: ask the upstream, fetch nothing.
     async fn blob_head_upstream(
         &self,
+        up: &Upstream,
         name: &RepoName,
         digest: &Digest,
     ) -> Result<Reply, RegistryError> {
         let len = match self.fills.get(digest) {
             Some(fill) => fill.ready().await?,
-            None => self
-                .upstream
+            None => up
                 .send(
                     Method::HEAD,
                     name,
@@ -131,11 +132,11 @@ impl Mirror {
     }
 
     /// Run a fill to its end on its own task: it belongs to no client.
-    fn spawn_fill(self: &Arc<Self>, name: RepoName, fill: Arc<Fill>) {
+    fn spawn_fill(self: &Arc<Self>, up: Arc<Upstream>, name: RepoName, fill: Arc<Fill>) {
         let me = self.clone();
         tokio::spawn(async move {
             let digest = fill.digest;
-            let result = AssertUnwindSafe(me.run_fill(&name, &fill))
+            let result = AssertUnwindSafe(me.run_fill(&up, &name, &fill))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(RegistryError::internal("blob fill panicked")));
@@ -147,10 +148,14 @@ impl Mirror {
         });
     }
 
-    async fn run_fill(&self, name: &RepoName, fill: &Arc<Fill>) -> Result<(), RegistryError> {
+    async fn run_fill(
+        &self,
+        up: &Upstream,
+        name: &RepoName,
+        fill: &Arc<Fill>,
+    ) -> Result<(), RegistryError> {
         let digest = fill.digest;
-        let resp = self
-            .upstream
+        let resp = up
             .send(
                 Method::GET,
                 name,

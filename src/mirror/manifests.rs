@@ -8,11 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
 
-use super::{cache_header, Body, Mirror, Outcome, Reply};
+use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
 use crate::cache::{Kind, TagEntry};
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
-use crate::upstream::{header_str, read_limited};
+use crate::upstream::{header_str, read_limited, Upstream};
 
 /// A manifest with what a client needs to know about it.
 #[derive(Clone, Debug)]
@@ -40,13 +40,14 @@ pub(super) type ManifestResult = Result<Manifest, RegistryError>;
 impl Mirror {
     pub(super) async fn manifest(
         self: &Arc<Self>,
+        up: &Arc<Upstream>,
         name: &RepoName,
         reference: &Reference,
         accept: &Accept,
     ) -> Result<Reply, RegistryError> {
         let (m, outcome) = match reference {
-            Reference::Digest(d) => self.manifest_by_digest(name, d).await?,
-            Reference::Tag(t) => self.manifest_by_tag(name, t, accept).await?,
+            Reference::Digest(d) => self.manifest_by_digest(up, name, d).await?,
+            Reference::Tag(t) => self.manifest_by_tag(up, name, t, accept).await?,
         };
         let mut headers = vec![
             (header::CONTENT_TYPE, m.media_type.clone()),
@@ -56,8 +57,14 @@ impl Mirror {
                 m.digest.to_string(),
             ),
             (header::ETAG, format!("\"{}\"", m.digest)),
+            cache_header(outcome),
         ];
-        headers.push(cache_header(outcome));
+        if outcome == Outcome::Stale {
+            headers.push((
+                header::WARNING,
+                "110 wharf \"Response is Stale\"".to_owned(),
+            ));
+        }
         Ok(Reply {
             status: StatusCode::OK,
             headers,
@@ -69,16 +76,17 @@ impl Mirror {
     /// A manifest by digest: memory, disk, or one upstream fetch verified against the digest.
     async fn manifest_by_digest(
         self: &Arc<Self>,
+        up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
     ) -> Result<(Manifest, Outcome), RegistryError> {
         if let Some(m) = self.local_manifest(digest).await? {
             return Ok(m);
         }
-        let key = format!("{}@{digest}", name);
-        let (me, name2, d) = (self.clone(), name.clone(), *digest);
+        let key = format!("{}/{}@{digest}", up.registry, name);
+        let (me, up, name, d) = (self.clone(), up.clone(), name.clone(), *digest);
         self.fetch_once(key, async move {
-            me.fetch_manifest(&name2, &d.to_string(), &Accept::default(), Some(d))
+            me.fetch_manifest(&up, &name, &d.to_string(), &Accept::default(), Some(d))
                 .await
         })
         .await
@@ -130,79 +138,183 @@ impl Mirror {
         )))
     }
 
-    /// A manifest by tag: from the tag index while fresh, revalidated with a HEAD after the TTL,
-    /// served stale if the upstream cannot be asked, fetched when unknown or not acceptable.
+    /// A manifest by tag. A mapping that answers this client ([`Accept::can_reuse`]) is served
+    /// while fresh, revalidated with a HEAD after its TTL, and served stale if the upstream
+    /// cannot be asked; otherwise the tag is fetched. With the upstream unavailable (or wharf
+    /// offline), any cached mapping the client accepts stands in.
     async fn manifest_by_tag(
         self: &Arc<Self>,
+        up: &Arc<Upstream>,
         name: &RepoName,
         tag: &Tag,
         accept: &Accept,
     ) -> Result<(Manifest, Outcome), RegistryError> {
-        let registry = &self.upstream.registry;
-        let entry = match self.tags.get_cached(registry, name, tag) {
-            Some(e) => Some(e),
+        let record = match self.tags.get_cached(&up.registry, name, tag) {
+            Some(r) => Some(r),
             None => {
-                let (me, r, n, t) = (self.clone(), registry.clone(), name.clone(), tag.clone());
+                let (me, r, n, t) = (self.clone(), up.registry.clone(), name.clone(), tag.clone());
                 tokio::task::spawn_blocking(move || me.tags.get(&r, &n, &t))
                     .await
                     .ok()
                     .flatten()
             }
+        }
+        .unwrap_or_default();
+        let newest = |ok: &dyn Fn(&str, &TagEntry) -> bool| {
+            record
+                .by_accept
+                .iter()
+                .filter(|(k, e)| ok(k, e) && e.digest().is_some())
+                .max_by_key(|(_, e)| e.checked)
+                .map(|(k, e)| (k.clone(), e.clone()))
         };
-        let known = entry
-            .filter(|e| accept.accepts(&e.media_type))
-            .and_then(|e| e.digest().map(|d| (e, d)));
-        if let Some((entry, digest)) = known {
-            if entry.is_fresh(self.tag_ttl) {
-                if let Some(found) = self.local_manifest(&digest).await? {
+        let reusable = newest(&|k, e| accept.can_reuse(k, &e.media_type));
+        let acceptable = newest(&|_, e| accept.accepts(&e.media_type));
+
+        if up.offline {
+            return match acceptable {
+                Some((_, e)) => self.tagged_manifest(&e, Outcome::HitDisk).await,
+                None => Err(RegistryError::not_found(
+                    ErrorCode::ManifestUnknown,
+                    format!("{name}:{tag} is not cached, and wharf is offline"),
+                )),
+            };
+        }
+
+        let ttl = self
+            .freshness
+            .tag_ttl(&up.registry, up.tag_ttl, name.as_str(), tag.as_str());
+        if let Some((key, entry)) = &reusable {
+            if entry.is_fresh(ttl) {
+                if let Some(found) = self.tagged_local(entry).await? {
                     return Ok(found);
                 }
             } else {
-                match self.revalidate(name, tag, accept, &digest).await {
+                let digest = entry.digest().expect("filtered on a valid digest");
+                match self.revalidate(up, name, tag, accept, &digest).await {
                     Ok(true) => {
                         let fresh = TagEntry::new(&digest, &entry.media_type);
-                        self.put_tag(name, tag, fresh).await;
-                        if let Some(found) = self.local_manifest(&digest).await? {
+                        self.put_tag(up, name, tag, key, fresh).await;
+                        if let Some(found) = self.tagged_local(entry).await? {
                             return Ok(found);
                         }
                     }
                     Ok(false) => {}
                     Err(e) if is_unavailable(&e) => {
-                        if let Some((m, _)) = self.local_manifest(&digest).await? {
-                            tracing::warn!(
-                                "serving stale {name}:{tag} -> {digest}: upstream unavailable ({e})"
-                            );
-                            return Ok((m, Outcome::Stale));
-                        }
+                        return self.stale(name, tag, acceptable.as_ref(), e).await;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(self.tag_missing(up, name, tag, e)),
                 }
             }
         }
-        let upstream_accept = accept.for_upstream();
-        let key = format!("{}:{}#{}", name, tag, upstream_accept);
-        let (me, name2, tag2, accept2) = (self.clone(), name.clone(), tag.clone(), accept.clone());
-        self.fetch_once(key, async move {
-            let m = me
-                .fetch_manifest(&name2, tag2.as_str(), &accept2, None)
-                .await?;
-            me.put_tag(&name2, &tag2, TagEntry::new(&m.digest, &m.media_type))
-                .await;
-            Ok(m)
-        })
-        .await
+
+        let missing_key = (up.registry.clone(), name.to_string(), tag.to_string());
+        if self.missing_tags.contains_key(&missing_key) {
+            return Err(RegistryError::not_found(
+                ErrorCode::ManifestUnknown,
+                format!(
+                    "{name}:{tag} is not known upstream (checked in the last {:?})",
+                    self.freshness.negative
+                ),
+            ));
+        }
+        let accept_key = accept.key();
+        let key = format!("{}/{}:{}#{}", up.registry, name, tag, accept_key);
+        let (me, up2, name2, tag2, accept2) = (
+            self.clone(),
+            up.clone(),
+            name.clone(),
+            tag.clone(),
+            accept.clone(),
+        );
+        let fetched = self
+            .fetch_once(key, async move {
+                let m = me
+                    .fetch_manifest(&up2, &name2, tag2.as_str(), &accept2, None)
+                    .await?;
+                let entry = TagEntry::new(&m.digest, &m.media_type);
+                me.put_tag(&up2, &name2, &tag2, &accept_key, entry).await;
+                Ok(m)
+            })
+            .await;
+        match fetched {
+            Err(e) if is_unavailable(&e) => self.stale(name, tag, acceptable.as_ref(), e).await,
+            Err(e) => Err(self.tag_missing(up, name, tag, e)),
+            ok => ok,
+        }
+    }
+
+    /// The manifest a tag entry names, if stored.
+    async fn tagged_local(
+        &self,
+        entry: &TagEntry,
+    ) -> Result<Option<(Manifest, Outcome)>, RegistryError> {
+        match entry.digest() {
+            Some(d) => self.local_manifest(&d).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn tagged_manifest(
+        &self,
+        entry: &TagEntry,
+        outcome: Outcome,
+    ) -> Result<(Manifest, Outcome), RegistryError> {
+        match self.tagged_local(entry).await? {
+            Some((m, _)) => Ok((m, outcome)),
+            None => Err(RegistryError::not_found(
+                ErrorCode::ManifestUnknown,
+                format!("manifest {} is no longer cached", entry.digest),
+            )),
+        }
+    }
+
+    /// The upstream could not be asked: serve the last known mapping, however old, or fail
+    /// with the upstream's error (429 keeps its Retry-After).
+    async fn stale(
+        &self,
+        name: &RepoName,
+        tag: &Tag,
+        known: Option<&(String, TagEntry)>,
+        error: RegistryError,
+    ) -> Result<(Manifest, Outcome), RegistryError> {
+        let Some((_, entry)) = known else {
+            return Err(error);
+        };
+        match self.tagged_manifest(entry, Outcome::Stale).await {
+            Ok(found) => {
+                tracing::warn!("serving {name}:{tag} stale ({}): {error}", entry.digest);
+                Ok(found)
+            }
+            Err(_) => Err(error),
+        }
+    }
+
+    /// Remember an upstream's 404 for a tag for a little while.
+    fn tag_missing(
+        &self,
+        up: &Upstream,
+        name: &RepoName,
+        tag: &Tag,
+        error: RegistryError,
+    ) -> RegistryError {
+        if error.status == StatusCode::NOT_FOUND {
+            let key = (up.registry.clone(), name.to_string(), tag.to_string());
+            self.missing_tags.insert(key, ());
+        }
+        error
     }
 
     /// Ask the upstream (HEAD) whether `tag` still points at `digest`.
     async fn revalidate(
         &self,
+        up: &Upstream,
         name: &RepoName,
         tag: &Tag,
         accept: &Accept,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let resp = self
-            .upstream
+        let resp = up
             .send(
                 Method::HEAD,
                 name,
@@ -216,13 +328,10 @@ impl Mirror {
         Ok(current.as_ref() == Some(digest))
     }
 
-    async fn put_tag(&self, name: &RepoName, tag: &Tag, entry: TagEntry) {
-        let registry = self.upstream.registry.clone();
-        let result = {
-            let (tags, n, t) = (&self.tags, name.clone(), tag.clone());
-            // a few hundred bytes: the write is quick, but still not on a runtime thread
-            tokio::task::block_in_place(|| tags.put(&registry, &n, &t, entry))
-        };
+    async fn put_tag(&self, up: &Upstream, name: &RepoName, tag: &Tag, key: &str, entry: TagEntry) {
+        // a few hundred bytes: the write is quick, but still not on a runtime thread
+        let result =
+            tokio::task::block_in_place(|| self.tags.put(&up.registry, name, tag, key, entry));
         if let Err(e) = result {
             tracing::error!("cannot record tag {name}:{tag}: {e}");
         }
@@ -231,13 +340,13 @@ impl Mirror {
     /// GET a manifest from upstream, check it, store it. `expected` is the digest asked for.
     async fn fetch_manifest(
         &self,
+        up: &Upstream,
         name: &RepoName,
         reference: &str,
         accept: &Accept,
         expected: Option<Digest>,
     ) -> ManifestResult {
-        let resp = self
-            .upstream
+        let resp = up
             .send(
                 Method::GET,
                 name,
@@ -275,8 +384,4 @@ impl Mirror {
             .insert(Kind::Manifest, m.digest, m.bytes.clone());
         Ok(m)
     }
-}
-
-fn is_unavailable(e: &RegistryError) -> bool {
-    e.code == ErrorCode::Unavailable || e.code == ErrorCode::TooManyRequests
 }

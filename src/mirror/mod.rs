@@ -8,8 +8,11 @@
 //! does not count against rate limits) once their TTL has passed.
 
 mod blobs;
+pub mod freshness;
 mod manifests;
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +21,12 @@ use bytes::Bytes;
 use http::{header, Method, StatusCode};
 
 use crate::cache::{BlobStore, FillReader, Fills, Flights, MemoryTier, TagIndex};
+use crate::config::DEFAULT_REGISTRY;
 use crate::registry::media::Accept;
 use crate::registry::{ErrorCode, RegistryError, RepoName, Route};
 use crate::upstream::{header_str, read_limited, Upstream};
 
+pub use freshness::Freshness;
 pub use manifests::Manifest;
 
 /// How a request was answered, for the access log and the `X-Wharf-Cache` header.
@@ -117,8 +122,11 @@ pub struct Mirror {
     pub tags: TagIndex,
     pub fills: Fills,
     manifest_fetches: Flights<String, manifests::ManifestResult>,
-    pub upstream: Upstream,
-    tag_ttl: Duration,
+    /// Upstreams by the registry host they stand for.
+    upstreams: HashMap<String, Arc<Upstream>>,
+    freshness: Freshness,
+    /// Tags an upstream said it does not have, for `freshness.negative`.
+    missing_tags: moka::sync::Cache<(String, String, String), ()>,
 }
 
 /// Bytes per chunk when streaming to clients: large chunks keep big blobs near disk speed.
@@ -129,23 +137,75 @@ impl Mirror {
         store: BlobStore,
         memory: MemoryTier,
         tags: TagIndex,
-        upstream: Upstream,
-        tag_ttl: Duration,
+        upstreams: Vec<Upstream>,
+        freshness: Freshness,
     ) -> Mirror {
+        let missing_tags = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(freshness.negative.max(Duration::from_millis(1)))
+            .build();
         Mirror {
             store,
             memory,
             tags,
             fills: Fills::default(),
             manifest_fetches: Flights::default(),
-            upstream,
-            tag_ttl,
+            upstreams: upstreams
+                .into_iter()
+                .map(|u| (u.registry.clone(), Arc::new(u)))
+                .collect(),
+            freshness,
+            missing_tags,
         }
     }
 
-    /// Answer one pull request. Never fails: errors become OCI error replies.
+    /// Pick the upstream a request is for: containerd's `?ns=<host>`; else a first path
+    /// component naming a configured upstream (`/v2/ghcr.io/…`, what podman and CRI-O send for a
+    /// mirror location with a path), which is removed; else Docker Hub (what dockerd sends).
+    /// A host that is not configured is refused: nothing is ever fetched from a host a client
+    /// names unless the operator configured it.
+    pub fn upstream_for<'p>(
+        &self,
+        ns: Option<&str>,
+        path: &'p str,
+    ) -> Result<(Arc<Upstream>, Cow<'p, str>), RegistryError> {
+        let prefixed = path.strip_prefix("/v2/").and_then(|rest| {
+            let (first, more) = rest.split_once('/')?;
+            let up = self.upstreams.get(first)?;
+            Some((up, Cow::Owned(format!("/v2/{more}"))))
+        });
+        if let Some(ns) = ns {
+            let host = match ns {
+                "registry-1.docker.io" | "index.docker.io" => DEFAULT_REGISTRY,
+                h => h,
+            };
+            let up = self.upstreams.get(host).ok_or_else(|| {
+                RegistryError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Denied,
+                    format!("registry {ns:?} is not mirrored here"),
+                )
+            })?;
+            let path = match prefixed {
+                Some((p, stripped)) if p.registry == up.registry => stripped,
+                _ => Cow::Borrowed(path),
+            };
+            return Ok((up.clone(), path));
+        }
+        if let Some((up, stripped)) = prefixed {
+            return Ok((up.clone(), stripped));
+        }
+        let hub = self
+            .upstreams
+            .get(DEFAULT_REGISTRY)
+            .expect("docker.io is always configured");
+        Ok((hub.clone(), Cow::Borrowed(path)))
+    }
+
+    /// Answer one pull request for upstream `up`. Never fails: errors become OCI error replies.
     pub async fn handle(
         self: &Arc<Self>,
+        up: &Arc<Upstream>,
         route: Route,
         head: bool,
         accept: &Accept,
@@ -158,41 +218,48 @@ impl Mirror {
                 Outcome::Local,
             )),
             Route::Manifest { name, reference } => {
-                self.manifest(&self.upstream_name(name), &reference, accept)
+                self.manifest(up, &upstream_name(up, name), &reference, accept)
                     .await
             }
             Route::Blob { name, digest } => {
-                self.blob(&self.upstream_name(name), digest, head, range)
+                self.blob(up, &upstream_name(up, name), digest, head, range)
                     .await
             }
             Route::TagsList { name, query } => {
-                self.tags_list(&self.upstream_name(name), &query).await
+                self.tags_list(up, &upstream_name(up, name), &query).await
             }
         };
         result.unwrap_or_else(Reply::error)
     }
 
-    /// Docker Hub's official images live under `library/`.
-    fn upstream_name(&self, name: RepoName) -> RepoName {
-        if self.upstream.registry == "docker.io" {
-            name.with_library_prefix()
-        } else {
-            name
-        }
-    }
-
     // ---------------------------------------------------------------- tag lists
 
-    async fn tags_list(&self, name: &RepoName, query: &str) -> Result<Reply, RegistryError> {
+    /// The upstream's tag list; the tags wharf knows when the upstream cannot be asked.
+    async fn tags_list(
+        &self,
+        up: &Upstream,
+        name: &RepoName,
+        query: &str,
+    ) -> Result<Reply, RegistryError> {
         let rest = if query.is_empty() {
             "tags/list".to_owned()
         } else {
             format!("tags/list?{query}")
         };
-        let resp = self
-            .upstream
+        let resp = match up
             .send(Method::GET, name, &rest, None, ErrorCode::NameUnknown)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if up.offline || is_unavailable(&e) => {
+                let tags = tokio::task::block_in_place(|| self.tags.list(&up.registry, name));
+                if tags.is_empty() {
+                    return Err(e);
+                }
+                return Ok(local_tags_list(name, tags, query));
+            }
+            Err(e) => return Err(e),
+        };
         let link = header_str(&resp, header::LINK).map(str::to_owned);
         let body = read_limited(resp, 16 << 20).await?;
         let mut reply = Reply::json(StatusCode::OK, body, Outcome::Upstream);
@@ -201,6 +268,39 @@ impl Mirror {
         }
         Ok(reply)
     }
+}
+
+/// Docker Hub's official images live under `library/`.
+fn upstream_name(up: &Upstream, name: RepoName) -> RepoName {
+    if up.registry == DEFAULT_REGISTRY {
+        name.with_library_prefix()
+    } else {
+        name
+    }
+}
+
+/// The upstream could not answer (down, failing, or rate limiting): cached data may stand in.
+fn is_unavailable(e: &RegistryError) -> bool {
+    e.code == ErrorCode::Unavailable || e.code == ErrorCode::TooManyRequests
+}
+
+/// A tag list from the tag index, paginated by `n` and `last` as the spec says.
+fn local_tags_list(name: &RepoName, mut tags: Vec<String>, query: &str) -> Reply {
+    let mut n = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "last" => tags.retain(|t| t.as_str() > &*v),
+            "n" => n = v.parse::<usize>().ok(),
+            _ => {}
+        }
+    }
+    if let Some(n) = n {
+        tags.truncate(n);
+    }
+    let body = serde_json::json!({ "name": name.as_str(), "tags": tags }).to_string();
+    let mut reply = Reply::json(StatusCode::OK, Bytes::from(body), Outcome::Stale);
+    reply.headers.push(cache_header(Outcome::Stale));
+    reply
 }
 
 fn cache_header(outcome: Outcome) -> (header::HeaderName, String) {

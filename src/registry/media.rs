@@ -50,6 +50,11 @@ pub fn manifest_type(body: &[u8]) -> Option<String> {
     )
 }
 
+/// Image indexes: what a multi-platform tag resolves to for clients that accept one.
+pub fn is_index(media_type: &str) -> bool {
+    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
+}
+
 /// The media types a client accepts, from all of its `Accept` headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Accept(Vec<String>);
@@ -76,11 +81,39 @@ impl Accept {
 
     /// What to send upstream: the client's list, or every manifest type when it sent none.
     pub fn for_upstream(&self) -> String {
+        self.upstream_types().join(", ")
+    }
+
+    fn upstream_types(&self) -> Vec<&str> {
         if self.0.is_empty() {
-            ALL_MANIFESTS.join(", ")
+            ALL_MANIFESTS.to_vec()
         } else {
-            self.0.join(", ")
+            self.0.iter().map(String::as_str).collect()
         }
+    }
+
+    /// A stable name for what this client asks the upstream for: a tag resolves per such set.
+    pub fn key(&self) -> String {
+        let mut types = self.upstream_types();
+        types.sort_unstable();
+        types.join(",")
+    }
+
+    /// Whether a tag that resolved to `media_type` for clients with `key` is what the upstream
+    /// would answer this client too: the client accepts the type, and the answer is an index or
+    /// came from a request that offered every index type this client accepts (so the upstream
+    /// had the chance to answer with an index and did not).
+    pub fn can_reuse(&self, key: &str, media_type: &str) -> bool {
+        if !self.accepts(media_type) {
+            return false;
+        }
+        if is_index(media_type) {
+            return true;
+        }
+        let then = Accept::parse(key.split(','));
+        [OCI_INDEX, DOCKER_MANIFEST_LIST]
+            .iter()
+            .all(|t| !self.accepts(t) || then.accepts(t))
     }
 }
 
@@ -117,5 +150,25 @@ mod tests {
         assert!(Accept::parse(["*/*"]).accepts(OCI_MANIFEST));
         assert!(Accept::default().accepts(OCI_MANIFEST));
         assert!(Accept::default().for_upstream().contains(DOCKER_MANIFEST));
+        // the same set in another order is the same key
+        assert_eq!(
+            Accept::parse([DOCKER_MANIFEST, OCI_INDEX]).key(),
+            Accept::parse([&format!("{OCI_INDEX},{DOCKER_MANIFEST}")[..]]).key()
+        );
+    }
+
+    #[test]
+    fn reuse_across_accept_sets() {
+        let docker = Accept::parse([DOCKER_MANIFEST]);
+        let everything = Accept::default();
+        let containerd = Accept::parse(["*/*", OCI_INDEX]);
+        // an index answers anyone who accepts it
+        assert!(containerd.can_reuse(&docker.key(), OCI_INDEX));
+        assert!(!docker.can_reuse(&everything.key(), OCI_INDEX));
+        // a single manifest fetched by a client that took no index is no answer for one that does
+        assert!(!everything.can_reuse(&docker.key(), DOCKER_MANIFEST));
+        // but one fetched while offering every index type is: the tag has no index
+        assert!(docker.can_reuse(&everything.key(), DOCKER_MANIFEST));
+        assert!(containerd.can_reuse(&everything.key(), DOCKER_MANIFEST));
     }
 }

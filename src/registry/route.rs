@@ -28,11 +28,7 @@ impl Route {
     /// Parse a request line. Writes are answered with 405 `UNSUPPORTED`; malformed names, tags
     /// and digests with 400; paths outside the API with 404.
     pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Route, RegistryError> {
-        if method != Method::GET && method != Method::HEAD {
-            return Err(RegistryError::unsupported(format!(
-                "{method} is not supported: wharf is a read-only pull-through mirror"
-            )));
-        }
+        check_method(method)?;
         let not_found = || {
             RegistryError::not_found(
                 ErrorCode::NameUnknown,
@@ -63,6 +59,24 @@ impl Route {
             _ => Err(not_found()),
         }
     }
+}
+
+/// Only pulls are served: GET and HEAD.
+pub fn check_method(method: &Method) -> Result<(), RegistryError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(RegistryError::unsupported(format!(
+            "{method} is not supported: wharf is a read-only pull-through mirror"
+        )))
+    }
+}
+
+/// containerd's `ns` query parameter: the registry a mirror request is for.
+pub fn namespace(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "ns")
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Keep only the pagination parameters the spec defines, re-encoded, so that nothing else a

@@ -6,28 +6,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use http::StatusCode;
 use serde::Deserialize;
 
+use super::credentials::CredentialSource;
 use crate::registry::{ErrorCode, RegistryError};
-
-/// Username and password (or token) for an upstream.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl Credentials {
-    pub fn basic_header(&self) -> String {
-        let raw = format!("{}:{}", self.username, self.password);
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(raw)
-        )
-    }
-}
 
 /// What an upstream asked for in its `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,7 +80,7 @@ struct TokenResponse {
 
 /// An upstream's authentication state: the last challenge seen and the tokens per scope.
 pub struct Auth {
-    credentials: Option<Credentials>,
+    credentials: Option<CredentialSource>,
     state: Mutex<AuthState>,
     /// Serializes token requests so that concurrent misses of one scope fetch one token.
     fetching: tokio::sync::Mutex<()>,
@@ -110,7 +93,7 @@ struct AuthState {
 }
 
 impl Auth {
-    pub fn new(credentials: Option<Credentials>) -> Self {
+    pub fn new(credentials: Option<CredentialSource>) -> Self {
         Auth {
             credentials,
             state: Mutex::default(),
@@ -144,7 +127,10 @@ impl Auth {
         let challenge = self.state.lock().expect("auth state").challenge.clone();
         match challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(Credentials::basic_header)),
+            Some(Challenge::Basic) => match &self.credentials {
+                Some(src) => Ok(Some(src.get().await?.basic_header())),
+                None => Ok(None),
+            },
             Some(Challenge::Bearer { realm, service }) => {
                 if let Some(t) = self.cached_token(scope) {
                     return Ok(Some(format!("Bearer {t}")));
@@ -183,15 +169,47 @@ impl Auth {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = http.get(url.clone());
-        if let Some(c) = &self.credentials {
-            req = req.header(http::header::AUTHORIZATION, c.basic_header());
-        }
+        let credentials = match &self.credentials {
+            Some(src) => Some(src.get().await?),
+            None => None,
+        };
+        // An identity (refresh) token is exchanged with the OAuth2 POST form, as containerd and
+        // docker do; anything else is a GET, with Basic credentials when there are some.
+        let req = match credentials.as_ref().and_then(|c| c.refresh_token()) {
+            Some(refresh) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh)
+                    .append_pair("client_id", "wharf")
+                    .append_pair("scope", scope);
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                let mut post = url.clone();
+                post.set_query(None);
+                http.post(post)
+                    .header(
+                        http::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form.finish())
+            }
+            None => {
+                let get = http.get(url.clone());
+                match &credentials {
+                    Some(c) => get.header(http::header::AUTHORIZATION, c.basic_header()),
+                    None => get,
+                }
+            }
+        };
         let resp = req.send().await.map_err(|e| {
             RegistryError::bad_gateway(format!("token request to {realm} failed: {e}"))
         })?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            if let Some(src) = &self.credentials {
+                src.rejected();
+            }
             return Err(RegistryError::new(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Denied,

@@ -6,6 +6,7 @@
 //! [`RegistryError`] instead of a hang.
 
 pub mod auth;
+pub mod credentials;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,26 +16,33 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{header, Method, StatusCode};
 
-pub use auth::{Auth, Challenge, Credentials};
+pub use auth::{Auth, Challenge};
+pub use credentials::{CredentialSource, Credentials};
 
 use crate::registry::{ErrorCode, RegistryError, RepoName};
 
 /// How to reach one upstream registry.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct UpstreamSettings {
     /// The registry host this upstream stands for (`docker.io`): names the tag namespace.
     pub registry: String,
     pub url: url::Url,
-    pub credentials: Option<Credentials>,
+    pub credentials: Option<CredentialSource>,
     /// Extra CA certificates (PEM) to trust besides the system's.
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// Longest wait for response headers and between two reads of a body.
     pub read_timeout: Duration,
+    /// This upstream's tag TTL, if it differs from the global one.
+    pub tag_ttl: Option<Duration>,
+    /// Never contact it: answer from the cache only.
+    pub offline: bool,
 }
 
 pub struct Upstream {
     pub registry: String,
+    pub tag_ttl: Option<Duration>,
+    pub offline: bool,
     base: String,
     http: reqwest::Client,
     auth: Auth,
@@ -60,6 +68,8 @@ impl Upstream {
         }
         Ok(Upstream {
             registry: s.registry,
+            tag_ttl: s.tag_ttl,
+            offline: s.offline,
             base,
             http,
             auth: Auth::new(s.credentials),
@@ -82,6 +92,12 @@ impl Upstream {
         accept: Option<&str>,
         not_found: ErrorCode,
     ) -> Result<reqwest::Response, RegistryError> {
+        if self.offline {
+            return Err(RegistryError::not_found(
+                not_found,
+                format!("{repo}: {rest} is not cached, and wharf is offline"),
+            ));
+        }
         let url = format!("{}v2/{}/{}", self.base, repo, rest);
         let scope = format!("repository:{repo}:pull");
         let mut pause = RETRY_PAUSE;
