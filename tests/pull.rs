@@ -631,7 +631,10 @@ async fn tls_upstream_is_trusted_through_an_extra_ca_file_only() {
     let c = client();
     let trusting = Wharf::start(
         &hub.url(),
-        &format!("[upstreams.\"docker.io\"]\nca_file = {:?}\n", ca.display().to_string()),
+        &format!(
+            "[upstreams.\"docker.io\"]\nca_file = {:?}\n",
+            ca.display().to_string()
+        ),
     )
     .await;
     let r = c

@@ -99,6 +99,13 @@ pub struct HubState {
     cdn_base: Mutex<String>,
     /// The registry port speaks TLS (`https` realm in challenges).
     tls: bool,
+    /// No authentication at all (a plain registry).
+    anonymous: bool,
+    /// An identity token the token endpoint accepts in the OAuth2 POST form.
+    refresh_token: Option<String>,
+    /// Tags whose answer depends on Accept: (repo, tag) -> single-platform manifest digest,
+    /// served to clients that do not accept the tag's index.
+    fallbacks: Mutex<HashMap<(String, String), String>>,
 }
 
 pub struct FakeHub {
@@ -117,6 +124,10 @@ pub struct HubOptions {
     pub basic_only: bool,
     /// Serve the registry over TLS with a certificate from a fresh test CA.
     pub tls: bool,
+    /// A plain registry: no challenge, no tokens.
+    pub anonymous: bool,
+    /// Accept this identity token through the OAuth2 POST form at the token endpoint.
+    pub refresh_token: Option<String>,
 }
 
 impl FakeHub {
@@ -129,6 +140,8 @@ impl FakeHub {
             user: opts.user,
             basic_only: opts.basic_only,
             tls: opts.tls,
+            anonymous: opts.anonymous,
+            refresh_token: opts.refresh_token,
             ..Default::default()
         });
         let dir = tempfile::tempdir().unwrap();
@@ -254,6 +267,24 @@ impl FakeHub {
         }
     }
 
+    /// Make `tag` an index over `image`'s manifest (OCI index), served to clients that accept
+    /// one; clients that do not get `image`'s own manifest, as Docker Hub does.
+    pub fn add_index_tag(&self, repo: &str, tag: &str, image: &Image) -> String {
+        let index = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{}","digest":"{}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}}]}}"#,
+            image.media_type,
+            image.digest,
+            image.manifest.len()
+        ));
+        let d = self.add_manifest(repo, Some(tag), OCI_INDEX, index);
+        self.state
+            .fallbacks
+            .lock()
+            .unwrap()
+            .insert((repo.to_owned(), tag.to_owned()), image.digest.clone());
+        d
+    }
+
     /// Revoke every token issued so far (as registries do before `expires_in`).
     pub fn revoke_tokens(&self) {
         self.state.tokens.lock().unwrap().clear();
@@ -361,6 +392,12 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
     let method = req.method().clone();
     st.counters.lock().unwrap().registry_requests += 1;
     if path == "/token" {
+        if method == Method::POST {
+            let body = axum::body::to_bytes(req.into_body(), 1 << 16)
+                .await
+                .unwrap_or_default();
+            return token_post(&st, &body);
+        }
         return token(&st, req.uri().query().unwrap_or(""), req.headers());
     }
     {
@@ -384,7 +421,9 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
         return r;
     }
     // authentication
-    let authorized = if st.basic_only {
+    let authorized = if st.anonymous {
+        true
+    } else if st.basic_only {
         st.user.as_ref().is_some_and(|u| basic_ok(req.headers(), u))
     } else {
         req.headers()
@@ -446,14 +485,28 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
     let (repo, kind) = head.rsplit_once('/').unwrap_or(("", ""));
     match kind {
         "manifests" => {
+            let accept: Vec<String> = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|t| t.split(';').next().unwrap_or("").trim().to_owned())
+                .collect();
+            let accepts =
+                |t: &str| accept.is_empty() || accept.iter().any(|a| a == t || a == "*/*");
+            let key = (repo.to_owned(), reference.to_owned());
             let digest = if reference.starts_with("sha256:") {
                 Some(reference.to_owned())
             } else {
-                st.tags
-                    .lock()
-                    .unwrap()
-                    .get(&(repo.to_owned(), reference.to_owned()))
-                    .cloned()
+                let primary = st.tags.lock().unwrap().get(&key).cloned();
+                let primary_type = primary
+                    .as_ref()
+                    .and_then(|d| st.manifests.lock().unwrap().get(d).map(|(t, _)| t.clone()));
+                match (primary, primary_type) {
+                    (Some(d), Some(t)) if accepts(&t) => Some(d),
+                    (p, _) => st.fallbacks.lock().unwrap().get(&key).cloned().or(p),
+                }
             };
             let found = digest.and_then(|d| {
                 st.manifests
@@ -515,6 +568,33 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
         }
         _ => oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "no route"),
     }
+}
+
+/// The OAuth2 form: `grant_type=refresh_token` with the identity token wharf was given.
+fn token_post(st: &HubState, body: &[u8]) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let ok = form.get("grant_type").map(String::as_str) == Some("refresh_token")
+        && form.get("refresh_token") == st.refresh_token.as_ref()
+        && form
+            .get("scope")
+            .is_some_and(|s| s.starts_with("repository:"));
+    if !ok {
+        return oci_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "bad refresh token",
+        );
+    }
+    let t = format!("tok{:016x}", rand::random::<u64>());
+    st.tokens.lock().unwrap().insert(t.clone());
+    st.counters.lock().unwrap().tokens_issued += 1;
+    let body = serde_json::json!({"access_token": t, "expires_in": 300}).to_string();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 fn token(st: &HubState, query: &str, headers: &HeaderMap) -> Response {

@@ -31,8 +31,26 @@ impl Wharf {
         w
     }
 
+    /// Start wharf with extra environment variables.
+    pub async fn start_env(upstream: &str, extra_config: &str, env: &[(&str, &str)]) -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut w = Self::launch(upstream, extra_config, data, env).await;
+        w._dir = Some(dir);
+        w
+    }
+
     /// Start wharf on an existing data directory (to test restarts).
     pub async fn start_at(upstream: &str, extra_config: &str, data: PathBuf) -> Wharf {
+        Self::launch(upstream, extra_config, data, &[]).await
+    }
+
+    async fn launch(
+        upstream: &str,
+        extra_config: &str,
+        data: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Wharf {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let conf = data.with_extension("toml");
@@ -52,6 +70,7 @@ impl Wharf {
             .arg("--data")
             .arg(&data)
             .env("WHARF_LOG", "info,pingora=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
