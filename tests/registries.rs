@@ -386,3 +386,49 @@ async fn password_file_and_credential_helper_with_an_identity_token() {
     assert_eq!(r.status(), 200, "{}", w.log());
     assert_eq!(hub.counters().tokens_issued, 1);
 }
+
+#[tokio::test]
+async fn referrers_are_passed_through_filtered_cached_and_kept_for_outages() {
+    let mut hub = FakeHub::start().await;
+    let img = hub.add_image("library/signed", "1", 14, &[10]);
+    let sig = hub.add_referrer(
+        "library/signed",
+        &img.digest,
+        "application/vnd.dev.cosign.sig",
+    );
+    let sbom = hub.add_referrer("library/signed", &img.digest, "application/spdx+json");
+    let w = Wharf::start(&hub.url(), "tag_ttl = \"1s\"\n").await;
+    let c = client();
+    let all = w.url(&format!("/v2/signed/referrers/{}", img.digest));
+    let sigs = format!("{all}?artifactType=application%2Fvnd.dev.cosign.sig");
+    let index = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "content-type"), OCI_INDEX);
+        let filtered = !header(&r, "oci-filters-applied").is_empty();
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        let digests: Vec<String> = v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap().to_owned())
+            .collect();
+        (digests, filtered)
+    };
+    assert_eq!(
+        index(c.get(&all).send().await.unwrap()).await,
+        (vec![sig.clone(), sbom], false)
+    );
+    assert_eq!(
+        index(c.get(&sigs).send().await.unwrap()).await,
+        (vec![sig.clone()], true)
+    );
+    let r = c.get(&sigs).send().await.unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "hit-memory");
+    assert_eq!(hub.counters().referrers_gets, 2);
+    // past the TTL with the upstream gone: the last answer stands in
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    hub.stop();
+    let r = c.get(&sigs).send().await.unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "stale");
+    assert_eq!(index(r).await, (vec![sig], true));
+}

@@ -10,6 +10,7 @@
 mod blobs;
 pub mod freshness;
 mod manifests;
+mod referrers;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -127,6 +128,7 @@ pub struct Mirror {
     freshness: Freshness,
     /// Tags an upstream said it does not have, for `freshness.negative`.
     missing_tags: moka::sync::Cache<(String, String, String), ()>,
+    referrers: moka::sync::Cache<referrers::ReferrersKey, referrers::Referrers>,
 }
 
 /// Bytes per chunk when streaming to clients: large chunks keep big blobs near disk speed.
@@ -156,6 +158,7 @@ impl Mirror {
                 .collect(),
             freshness,
             missing_tags,
+            referrers: referrers::cache(),
         }
     }
 
@@ -227,6 +230,14 @@ impl Mirror {
             }
             Route::TagsList { name, query } => {
                 self.tags_list(up, &upstream_name(up, name), &query).await
+            }
+            Route::Referrers {
+                name,
+                digest,
+                artifact_type,
+            } => {
+                self.referrers(up, &upstream_name(up, name), &digest, artifact_type)
+                    .await
             }
         };
         result.unwrap_or_else(Reply::error)

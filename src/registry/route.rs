@@ -22,6 +22,12 @@ pub enum Route {
     Blob { name: RepoName, digest: Digest },
     /// `/v2/<name>/tags/list`, with the pagination query rebuilt from `n` and `last` only.
     TagsList { name: RepoName, query: String },
+    /// `/v2/<name>/referrers/<digest>`, optionally filtered by `artifactType`.
+    Referrers {
+        name: RepoName,
+        digest: Digest,
+        artifact_type: Option<String>,
+    },
 }
 
 impl Route {
@@ -56,6 +62,11 @@ impl Route {
                 name: RepoName::parse(name)?,
                 digest: Digest::parse(last)?,
             }),
+            "referrers" => Ok(Route::Referrers {
+                name: RepoName::parse(name)?,
+                digest: Digest::parse(last)?,
+                artifact_type: artifact_type(query.unwrap_or(""))?,
+            }),
             _ => Err(not_found()),
         }
     }
@@ -70,6 +81,27 @@ pub fn check_method(method: &Method) -> Result<(), RegistryError> {
             "{method} is not supported: wharf is a read-only pull-through mirror"
         )))
     }
+}
+
+/// The `artifactType` filter of a referrers request: a media type, or nothing.
+fn artifact_type(query: &str) -> Result<Option<String>, RegistryError> {
+    let Some((_, v)) =
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "artifactType")
+    else {
+        return Ok(None);
+    };
+    let ok = !v.is_empty()
+        && v.len() <= 255
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-/".contains(&b));
+    if !ok {
+        return Err(RegistryError::new(
+            http::StatusCode::BAD_REQUEST,
+            ErrorCode::Unsupported,
+            format!("artifactType {v:?} is not a media type"),
+        ));
+    }
+    Ok(Some(v.into_owned()))
 }
 
 /// containerd's `ns` query parameter: the registry a mirror request is for.
@@ -146,6 +178,29 @@ mod tests {
             assert_eq!(e.code, ErrorCode::Unsupported);
             assert_eq!(e.status.as_u16(), 405);
         }
+    }
+
+    #[test]
+    fn referrers() {
+        let hex = "c".repeat(64);
+        let r = Route::parse(
+            &Method::GET,
+            &format!("/v2/a/referrers/sha256:{hex}"),
+            Some("artifactType=application%2Fvnd.dev.sig"),
+        )
+        .unwrap();
+        match r {
+            Route::Referrers { artifact_type, .. } => {
+                assert_eq!(artifact_type.as_deref(), Some("application/vnd.dev.sig"))
+            }
+            r => panic!("{r:?}"),
+        }
+        let bad = Route::parse(
+            &Method::GET,
+            &format!("/v2/a/referrers/sha256:{hex}"),
+            Some("artifactType=a%26b%3Dc%20d"),
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

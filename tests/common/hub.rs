@@ -54,6 +54,7 @@ pub struct Counters {
     pub manifest_heads: usize,
     pub blob_heads: usize,
     pub tokens_issued: usize,
+    pub referrers_gets: usize,
     /// TCP connections accepted by the registry port.
     pub registry_connections: usize,
     pub unauthorized: usize,
@@ -84,6 +85,9 @@ pub struct Image {
     pub blobs: Vec<(String, Bytes)>,
 }
 
+/// (repo, subject digest) -> (artifactType, descriptor JSON) of its referrers.
+type ReferrerMap = HashMap<(String, String), Vec<(String, String)>>;
+
 #[derive(Default)]
 pub struct HubState {
     manifests: Mutex<HashMap<String, (String, Bytes)>>,
@@ -106,6 +110,8 @@ pub struct HubState {
     /// Tags whose answer depends on Accept: (repo, tag) -> single-platform manifest digest,
     /// served to clients that do not accept the tag's index.
     fallbacks: Mutex<HashMap<(String, String), String>>,
+    /// (repo, subject digest) -> (artifactType, descriptor JSON) of its referrers.
+    referrers: Mutex<ReferrerMap>,
 }
 
 pub struct FakeHub {
@@ -282,6 +288,31 @@ impl FakeHub {
             .lock()
             .unwrap()
             .insert((repo.to_owned(), tag.to_owned()), image.digest.clone());
+        d
+    }
+
+    /// Record an artifact of `artifact_type` referring to `subject`.
+    pub fn add_referrer(&self, repo: &str, subject: &str, artifact_type: &str) -> String {
+        let body = Bytes::from(format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"{artifact_type}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2}},"layers":[],"subject":{{"mediaType":"{DOCKER_MANIFEST}","digest":"{subject}","size":1}}}}"#
+        ));
+        let d = self.add_manifest(
+            repo,
+            None,
+            "application/vnd.oci.image.manifest.v1+json",
+            body.clone(),
+        );
+        let descriptor = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":{},"artifactType":"{artifact_type}"}}"#,
+            body.len()
+        );
+        self.state
+            .referrers
+            .lock()
+            .unwrap()
+            .entry((repo.to_owned(), subject.to_owned()))
+            .or_default()
+            .push((artifact_type.to_owned(), descriptor));
         d
     }
 
@@ -565,6 +596,36 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
                 [(header::LOCATION, location)],
             )
                 .into_response()
+        }
+        "referrers" => {
+            st.counters.lock().unwrap().referrers_gets += 1;
+            let filter = req.uri().query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "artifactType")
+                    .map(|(_, v)| v.into_owned())
+            });
+            let all = st
+                .referrers
+                .lock()
+                .unwrap()
+                .get(&(repo.to_owned(), reference.to_owned()))
+                .cloned()
+                .unwrap_or_default();
+            let picked: Vec<String> = all
+                .into_iter()
+                .filter(|(t, _)| filter.as_ref().is_none_or(|f| f == t))
+                .map(|(_, d)| d)
+                .collect();
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+                picked.join(",")
+            );
+            let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, OCI_INDEX)], body).into_response();
+            if filter.is_some() {
+                r.headers_mut()
+                    .insert("oci-filters-applied", "artifactType".parse().unwrap());
+            }
+            r
         }
         _ => oci_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "no route"),
     }

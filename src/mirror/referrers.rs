@@ -1,0 +1,116 @@
+//! The referrers API (signatures, SBOMs and other artifacts that point at a manifest): passed
+//! through to the upstream and cached per subject digest and `artifactType` filter. New
+//! referrers can appear at any time, so an answer is fresh for the tag TTL; after that it is
+//! asked again, and kept as a stale answer (or, offline, the only one) while the upstream
+//! cannot be asked. Answers live in memory only, bounded in bytes.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
+
+use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
+use crate::registry::media::{self, OCI_INDEX};
+use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
+use crate::upstream::{header_str, read_limited, Upstream};
+
+/// Registry, repository, subject digest, artifactType.
+pub(super) type ReferrersKey = (String, String, Digest, Option<String>);
+
+#[derive(Clone)]
+pub(super) struct Referrers {
+    body: Bytes,
+    filtered: bool,
+    fetched: Instant,
+}
+
+/// How long an answer is kept at all (for stale and offline use).
+pub(super) const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub(super) fn cache() -> moka::sync::Cache<ReferrersKey, Referrers> {
+    moka::sync::Cache::builder()
+        .max_capacity(64 << 20)
+        .weigher(|_, v: &Referrers| v.body.len().try_into().unwrap_or(u32::MAX))
+        .time_to_live(KEEP)
+        .build()
+}
+
+impl Mirror {
+    pub(super) async fn referrers(
+        &self,
+        up: &Upstream,
+        name: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<String>,
+    ) -> Result<Reply, RegistryError> {
+        let key = (
+            up.registry.clone(),
+            name.to_string(),
+            *digest,
+            artifact_type,
+        );
+        let cached = self.referrers.get(&key);
+        let ttl = self
+            .freshness
+            .tag_ttl(&up.registry, up.tag_ttl, name.as_str(), "");
+        if let Some(r) = &cached {
+            if up.offline || r.fetched.elapsed() < ttl {
+                return Ok(reply(r.clone(), Outcome::HitMemory));
+            }
+        }
+        let mut rest = format!("referrers/{digest}");
+        if let Some(t) = &key.3 {
+            let q: String = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("artifactType", t)
+                .finish();
+            rest = format!("{rest}?{q}");
+        }
+        let fetched = async {
+            let resp = up
+                .send(
+                    Method::GET,
+                    name,
+                    &rest,
+                    Some(OCI_INDEX),
+                    ErrorCode::ManifestUnknown,
+                )
+                .await?;
+            let filtered = header_str(&resp, "oci-filters-applied").is_some();
+            let body = read_limited(resp, media::MAX_MANIFEST_BYTES).await?;
+            Ok::<_, RegistryError>(Referrers {
+                body,
+                filtered,
+                fetched: Instant::now(),
+            })
+        }
+        .await;
+        match (fetched, cached) {
+            (Ok(r), _) => {
+                self.referrers.insert(key, r.clone());
+                Ok(reply(r, Outcome::Miss))
+            }
+            (Err(e), Some(old)) if is_unavailable(&e) => Ok(reply(old, Outcome::Stale)),
+            (Err(e), _) => Err(e),
+        }
+    }
+}
+
+fn reply(r: Referrers, outcome: Outcome) -> Reply {
+    let mut headers = vec![
+        (header::CONTENT_TYPE, OCI_INDEX.to_owned()),
+        (header::CONTENT_LENGTH, r.body.len().to_string()),
+        cache_header(outcome),
+    ];
+    if r.filtered {
+        headers.push((
+            header::HeaderName::from_static("oci-filters-applied"),
+            "artifactType".to_owned(),
+        ));
+    }
+    Reply {
+        status: StatusCode::OK,
+        headers,
+        body: Body::Bytes(r.body),
+        outcome,
+    }
+}
