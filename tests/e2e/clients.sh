@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# End-to-end: real clients pull through wharf from a real registry, all on 127.0.0.1.
+# End-to-end: real clients pull through wharf from real registries, all on 127.0.0.1.
 #
-# Starts CNCF distribution (Debian's docker-registry) as the upstream with images built offline
-# (tests/e2e/images.py), wharf in front of it, then pulls with skopeo, containerd's ctr
-# (hosts.toml mirror, which adds ?ns=docker.io), dockerd (registry-mirrors; then `docker run`)
-# and podman (registries.conf mirror). Asserts the digests every client got, and that pulling
-# everything a second time fetches no blob from the upstream.
+# Starts two CNCF distribution registries (Debian's docker-registry) with images built offline
+# (tests/e2e/images.py): one stands for docker.io, the other for "registry.test". wharf mirrors
+# both. Then skopeo, containerd's ctr (hosts.toml mirrors, which add ?ns=<registry>), dockerd
+# (registry-mirrors; then `docker run`) and podman (registries.conf mirrors; registry.test's
+# mirror location carries a path prefix) pull through it:
+#   round 1  every client pulls; digests are checked (and --platform pulls of an index);
+#   round 2  the same again: no blob and no manifest is fetched from an upstream;
+#   round 3  both upstreams stopped, tags past their TTL: pulls still work (stale tags);
+#   round 4  wharf restarted --offline: pulls still work; a tag never pulled fails.
 #
 # Needs root and the packages tests/install-deps.sh installs. Everything it starts runs under
 # a temp dir and is stopped on exit. Docker Hub's hostnames are pinned to a dead loopback
@@ -13,7 +17,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 W=$(mktemp -d /tmp/wharf-e2e.XXXXXX)
-UP=127.0.0.1:15000       # upstream registry
+UP=127.0.0.1:15000       # upstream registry standing for docker.io
+UP2=127.0.0.1:15002      # upstream registry standing for registry.test
 MIRROR=127.0.0.1:15001   # wharf
 FAILS=0
 PASSES=0
@@ -28,9 +33,15 @@ fi
 PIDS=()
 start() { # NAME CMD... : background daemon, logs to $W/NAME.log
   local name=$1; shift
-  setsid "$@" >"$W/$name.log" 2>&1 </dev/null &
+  setsid "$@" >>"$W/$name.log" 2>&1 </dev/null &
   PIDS+=($!)
   echo $! >"$W/$name.pid"
+}
+stop() { # NAME : stop a daemon started with start
+  local pid; pid=$(cat "$W/$1.pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  kill -KILL "$pid" 2>/dev/null || true
 }
 wait_for() { # DESCRIPTION CMD... : retry CMD for up to 30 s
   local what=$1; shift
@@ -56,16 +67,25 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- upstream + images + wharf
-mkdir -p "$W/registry"
-cat >"$W/registry/config.yml" <<YML
+registry() { # NAME ADDR
+  mkdir -p "$W/$1"
+  cat >"$W/$1/config.yml" <<YML
 version: 0.1
 log: {level: info, formatter: text, accesslog: {disabled: false}}
-storage: {filesystem: {rootdirectory: $W/registry/data}, delete: {enabled: true}}
-http: {addr: "$UP"}
+storage: {filesystem: {rootdirectory: $W/$1/data}, delete: {enabled: true}}
+http: {addr: "$2"}
 YML
-start registry /usr/bin/docker-registry serve "$W/registry/config.yml"
-wait_for "the upstream registry" curl -sf "http://$UP/v2/"
+  start "$1" /usr/bin/docker-registry serve "$W/$1/config.yml"
+  wait_for "registry $1" curl -sf "http://$2/v2/"
+}
+registry registry "$UP"
+registry registry2 "$UP2"
 python3 "$ROOT/tests/e2e/images.py" "$UP" >"$W/images.json"
+python3 "$ROOT/tests/e2e/images.py" "$UP2" >/dev/null
+# a tag only registry.test has: pulling it proves the request went there
+D_MANIFEST=application/vnd.docker.distribution.manifest.v2+json
+curl -sf -H "Accept: $D_MANIFEST" "http://$UP2/v2/library/busybox/manifests/latest" -o "$W/bb.json"
+curl -sf -X PUT -H "Content-Type: $D_MANIFEST" --data-binary @"$W/bb.json" "http://$UP2/v2/library/busybox/manifests/only-here"
 digest_of() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$W/images.json" "$1"; }
 BUSYBOX=$(digest_of library/busybox:latest)
 MULTI=$(digest_of library/multi:1)
@@ -73,12 +93,22 @@ LAYERS=$(digest_of library/layers:1)
 log "images pushed: busybox $BUSYBOX, multi $MULTI, layers $LAYERS"
 
 (cd "$ROOT" && cargo build --quiet)
-start wharf env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen "$MIRROR" --data "$W/wharf-data" --upstream "http://$UP"
-wait_for wharf curl -sf "http://$MIRROR/v2/"
+cat >"$W/wharf.toml" <<TOML
+tag_ttl = "2s"
+[upstreams."docker.io"]
+url = "http://$UP"
+[upstreams."registry.test"]
+url = "http://$UP2"
+TOML
+start_wharf() { # [--offline]
+  start wharf env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen "$MIRROR" --data "$W/wharf-data" --config "$W/wharf.toml" "$@"
+  wait_for wharf curl -sf "http://$MIRROR/v2/"
+}
+start_wharf
 
-# upstream requests so far, from distribution's access log
-upstream_blob_gets() { grep -cE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64} ' "$W/registry.log" || true; }
-upstream_manifest_gets() { grep -cE '"GET /v2/[^ ]+/manifests/' "$W/registry.log" || true; }
+# upstream requests so far, from both registries' access logs
+upstream_blob_gets() { cat "$W/registry.log" "$W/registry2.log" | grep -cE '"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]{64} ' || true; }
+upstream_manifest_gets() { cat "$W/registry.log" "$W/registry2.log" | grep -cE '"GET /v2/[^ ]+/manifests/' || true; }
 
 # ---------------------------------------------------------------- clients
 skopeo_pull() {
@@ -89,13 +119,15 @@ skopeo_pull() {
 }
 
 containerd_setup() {
-  local d=$W/containerd
-  mkdir -p "$d/certs.d/docker.io"
-  cat >"$d/certs.d/docker.io/hosts.toml" <<TOML
+  local d=$W/containerd r
+  for r in docker.io registry.test; do
+    mkdir -p "$d/certs.d/$r"
+    cat >"$d/certs.d/$r/hosts.toml" <<TOML
 server = "http://127.0.0.1:9"
 [host."http://$MIRROR"]
   capabilities = ["pull", "resolve"]
 TOML
+  done
   cat >"$d/config.toml" <<TOML
 version = 2
 root = "$d/root"
@@ -109,10 +141,11 @@ TOML
   start containerd /usr/bin/containerd --config "$d/config.toml"
   wait_for containerd "${CTR[@]}" version
 }
-containerd_pull() { # IMAGE DIGEST
-  "${CTR[@]}" images rm --sync "docker.io/$1" >/dev/null 2>&1 || true
-  "${CTR[@]}" images pull --hosts-dir "$W/containerd/certs.d" "docker.io/$1" >"$W/ctr-pull.out" 2>&1 || { tail -5 "$W/ctr-pull.out" >&2; return 1; }
-  "${CTR[@]}" images ls | grep -F "docker.io/$1 " | grep -qF "$2" || { log "ctr: $1 is not $2"; "${CTR[@]}" images ls >&2; return 1; }
+containerd_pull() { # REF DIGEST [ctr pull flags...]  (REF with its registry: docker.io/library/x:1)
+  local ref=$1 want=$2; shift 2
+  "${CTR[@]}" images rm --sync "$ref" >/dev/null 2>&1 || true
+  "${CTR[@]}" images pull --hosts-dir "$W/containerd/certs.d" "$@" "$ref" >"$W/ctr-pull.out" 2>&1 || { tail -5 "$W/ctr-pull.out" >&2; return 1; }
+  "${CTR[@]}" images ls 2>/dev/null | grep -F "$ref " | grep -qF "$want" || { log "ctr: $ref is not $want"; "${CTR[@]}" images ls >&2; return 1; }
 }
 
 dockerd_setup() {
@@ -149,6 +182,14 @@ insecure = true
 [[registry.mirror]]
 location = "$MIRROR"
 insecure = true
+
+[[registry]]
+prefix = "registry.test"
+location = "127.0.0.1:9"
+insecure = true
+[[registry.mirror]]
+location = "$MIRROR/registry.test"
+insecure = true
 TOML
   printf '[storage]\ndriver = "overlay"\ngraphroot = "%s/root"\nrunroot = "%s/run"\n' "$d" "$d" >"$d/storage.conf"
   cat >"$d/containers.conf" <<TOML
@@ -163,10 +204,10 @@ tmp_dir = "$d/tmp"
 TOML
   export CONTAINERS_REGISTRIES_CONF=$d/registries.conf CONTAINERS_STORAGE_CONF=$d/storage.conf CONTAINERS_CONF=$d/containers.conf
 }
-podman_pull() { # IMAGE DIGEST
-  podman rmi -f "docker.io/$1" >/dev/null 2>&1 || true
-  podman pull -q "docker.io/$1" >"$W/podman-pull.out" 2>&1 || { tail -5 "$W/podman-pull.out" >&2; return 1; }
-  local got; got=$(podman image inspect --format '{{.Digest}}' "docker.io/$1")
+podman_pull() { # REF DIGEST  (REF with its registry)
+  podman rmi -f "$1" >/dev/null 2>&1 || true
+  podman pull -q "$1" >"$W/podman-pull.out" 2>&1 || { tail -5 "$W/podman-pull.out" >&2; return 1; }
+  local got; got=$(podman image inspect --format '{{.Digest}}' "$1")
   [[ $got == "$2" ]] || { log "podman: $1 has $got, want $2"; return 1; }
 }
 
@@ -174,23 +215,49 @@ containerd_setup
 dockerd_setup
 podman_setup
 
-round() { # N
-  skopeo_pull && ok "round $1: skopeo pulled library/layers:1" || fail "round $1: skopeo"
-  containerd_pull library/busybox:latest "$BUSYBOX" && ok "round $1: ctr pulled busybox" || fail "round $1: ctr busybox"
-  containerd_pull library/multi:1 "$MULTI" && ok "round $1: ctr pulled the multi-arch index" || fail "round $1: ctr multi"
-  docker_pull_run busybox "$BUSYBOX" && ok "round $1: dockerd pulled busybox and ran it" || fail "round $1: docker busybox"
-  docker_pull_run multi:1 "$MULTI" && ok "round $1: dockerd pulled the multi-arch index and ran it" || fail "round $1: docker multi"
-  podman_pull library/busybox:latest "$BUSYBOX" && ok "round $1: podman pulled busybox" || fail "round $1: podman busybox"
-  podman_pull library/layers:1 "$LAYERS" && ok "round $1: podman pulled library/layers:1" || fail "round $1: podman layers"
+check() { # DESCRIPTION CMD... : one client check
+  local what=$1; shift
+  if "$@"; then ok "round $ROUND: $what"; else fail "round $ROUND: $what"; fi
 }
 
-round 1
+round() { # what every client pulls in every round
+  check "skopeo pulled library/layers:1" skopeo_pull
+  check "ctr pulled busybox" containerd_pull docker.io/library/busybox:latest "$BUSYBOX"
+  check "ctr pulled the multi-arch index" containerd_pull docker.io/library/multi:1 "$MULTI"
+  check "ctr pulled registry.test's own tag (?ns=registry.test)" containerd_pull registry.test/library/busybox:only-here "$BUSYBOX"
+  check "dockerd pulled busybox and ran it" docker_pull_run busybox "$BUSYBOX"
+  check "dockerd pulled the multi-arch index and ran it" docker_pull_run multi:1 "$MULTI"
+  check "podman pulled busybox" podman_pull docker.io/library/busybox:latest "$BUSYBOX"
+  check "podman pulled library/layers:1" podman_pull docker.io/library/layers:1 "$LAYERS"
+  check "podman pulled registry.test's own tag (path prefix)" podman_pull registry.test/library/busybox:only-here "$BUSYBOX"
+}
+
+ROUND=1
+round
+check "ctr pulled linux/arm64 from the index" containerd_pull docker.io/library/multi:1 "$MULTI" --platform linux/arm64
+check "dockerd pulled --platform linux/arm64" bash -c 'docker pull -q --platform linux/arm64 multi:1 >/dev/null' 
+docker rmi -f multi:1 >/dev/null 2>&1 || true
 blobs1=$(upstream_blob_gets); manifests1=$(upstream_manifest_gets)
-log "after round 1 the upstream served $blobs1 blob GETs and $manifests1 manifest GETs"
-round 2
+log "after round 1 the upstreams served $blobs1 blob GETs and $manifests1 manifest GETs"
+
+ROUND=2
+round
 blobs2=$(upstream_blob_gets); manifests2=$(upstream_manifest_gets)
-if ((blobs2 == blobs1)); then ok "round 2 fetched no blob from the upstream"; else fail "round 2 fetched $((blobs2 - blobs1)) blobs from the upstream"; fi
-if ((manifests2 == manifests1)); then ok "round 2 fetched no manifest from the upstream"; else fail "round 2 fetched $((manifests2 - manifests1)) manifests from the upstream"; fi
+check "fetched no blob from the upstreams" test "$blobs2" -eq "$blobs1"
+check "fetched no manifest from the upstreams" test "$manifests2" -eq "$manifests1"
+
+ROUND=3
+stop registry
+stop registry2
+sleep 2.5 # past the tag TTL: every tag needs revalidation, and no upstream answers
+round
+check "wharf served tags stale" grep -q ' stale ' "$W/wharf.log"
+
+ROUND=4
+stop wharf
+start_wharf --offline
+round
+check "a tag never pulled is not found offline" bash -c '! podman pull -q docker.io/library/busybox:never-pulled >/dev/null 2>&1'
 
 hits=$(grep -c 'hit-' "$W/wharf.log" || true); misses=$(grep -c ' miss ' "$W/wharf.log" || true)
 log "wharf access log: $hits hits, $misses misses"
