@@ -385,6 +385,22 @@ async fn password_file_and_credential_helper_with_an_identity_token() {
     let r = c.get(w.url("/v2/team/b/manifests/1")).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", w.log());
     assert_eq!(hub.counters().tokens_issued, 1);
+
+    // a token service that only takes the OAuth2 form gets the password grant
+    let hub = FakeHub::start_with(HubOptions {
+        user: Some(("carol".into(), "pw".into())),
+        post_only: true,
+        ..Default::default()
+    })
+    .await;
+    hub.add_image("team/c", "1", 15, &[10]);
+    let w = Wharf::start(
+        &hub.url(),
+        "[upstreams.\"docker.io\"]\nusername = \"carol\"\npassword = \"pw\"\n",
+    )
+    .await;
+    let r = c.get(w.url("/v2/team/c/manifests/1")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", w.log());
 }
 
 #[tokio::test]

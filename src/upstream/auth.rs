@@ -173,38 +173,63 @@ impl Auth {
             Some(src) => Some(src.get().await?),
             None => None,
         };
-        // An identity (refresh) token is exchanged with the OAuth2 POST form, as containerd and
-        // docker do; anything else is a GET, with Basic credentials when there are some.
-        let req = match credentials.as_ref().and_then(|c| c.refresh_token()) {
-            Some(refresh) => {
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", "refresh_token")
-                    .append_pair("refresh_token", refresh)
-                    .append_pair("client_id", "wharf")
-                    .append_pair("scope", scope);
-                if let Some(s) = service {
-                    form.append_pair("service", s);
-                }
-                let mut post = url.clone();
-                post.set_query(None);
-                http.post(post)
-                    .header(
-                        http::header::CONTENT_TYPE,
-                        "application/x-www-form-urlencoded",
-                    )
-                    .body(form.finish())
-            }
-            None => {
-                let get = http.get(url.clone());
-                match &credentials {
-                    Some(c) => get.header(http::header::AUTHORIZATION, c.basic_header()),
-                    None => get,
-                }
-            }
+        let send = |req: reqwest::RequestBuilder| async move {
+            req.send().await.map_err(|e| {
+                RegistryError::bad_gateway(format!("token request to {realm} failed: {e}"))
+            })
         };
-        let resp = req.send().await.map_err(|e| {
-            RegistryError::bad_gateway(format!("token request to {realm} failed: {e}"))
-        })?;
+        // The OAuth2 form, as containerd and docker send it.
+        let post = |grant: &[(&str, &str)]| {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.extend_pairs(grant)
+                .append_pair("client_id", "wharf")
+                .append_pair("scope", scope);
+            if let Some(s) = service {
+                form.append_pair("service", s);
+            }
+            let mut to = url.clone();
+            to.set_query(None);
+            http.post(to)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(form.finish())
+        };
+        // An identity (refresh) token goes through the OAuth2 form. Anything else is a GET, with
+        // Basic credentials when there are some; a token service that takes no GET (404/405)
+        // gets the form's password grant instead.
+        let resp = match &credentials {
+            Some(c) if c.refresh_token().is_some() => {
+                let refresh = c.refresh_token().unwrap_or_default();
+                send(post(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh),
+                ]))
+                .await?
+            }
+            Some(c) => {
+                let resp = send(
+                    http.get(url.clone())
+                        .header(http::header::AUTHORIZATION, c.basic_header()),
+                )
+                .await?;
+                if matches!(
+                    resp.status(),
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                ) {
+                    let grant = [
+                        ("grant_type", "password"),
+                        ("username", c.username.as_str()),
+                        ("password", c.password.as_str()),
+                    ];
+                    send(post(&grant)).await?
+                } else {
+                    resp
+                }
+            }
+            None => send(http.get(url.clone())).await?,
+        };
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             if let Some(src) = &self.credentials {

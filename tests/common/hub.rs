@@ -107,6 +107,8 @@ pub struct HubState {
     anonymous: bool,
     /// An identity token the token endpoint accepts in the OAuth2 POST form.
     refresh_token: Option<String>,
+    /// The token endpoint takes only the OAuth2 POST form (GET answers 405).
+    post_only: bool,
     /// Tags whose answer depends on Accept: (repo, tag) -> single-platform manifest digest,
     /// served to clients that do not accept the tag's index.
     fallbacks: Mutex<HashMap<(String, String), String>>,
@@ -134,6 +136,8 @@ pub struct HubOptions {
     pub anonymous: bool,
     /// Accept this identity token through the OAuth2 POST form at the token endpoint.
     pub refresh_token: Option<String>,
+    /// The token endpoint answers GET with 405: only the OAuth2 POST form works.
+    pub post_only: bool,
 }
 
 impl FakeHub {
@@ -148,6 +152,7 @@ impl FakeHub {
             tls: opts.tls,
             anonymous: opts.anonymous,
             refresh_token: opts.refresh_token,
+            post_only: opts.post_only,
             ..Default::default()
         });
         let dir = tempfile::tempdir().unwrap();
@@ -429,6 +434,9 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
                 .unwrap_or_default();
             return token_post(&st, &body);
         }
+        if st.post_only {
+            return (StatusCode::METHOD_NOT_ALLOWED, "POST only").into_response();
+        }
         return token(&st, req.uri().query().unwrap_or(""), req.headers());
     }
     {
@@ -634,8 +642,14 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
 /// The OAuth2 form: `grant_type=refresh_token` with the identity token wharf was given.
 fn token_post(st: &HubState, body: &[u8]) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-    let ok = form.get("grant_type").map(String::as_str) == Some("refresh_token")
-        && form.get("refresh_token") == st.refresh_token.as_ref()
+    let granted = match form.get("grant_type").map(String::as_str) {
+        Some("refresh_token") => form.get("refresh_token") == st.refresh_token.as_ref(),
+        Some("password") => st.user.as_ref().is_some_and(|(u, p)| {
+            form.get("username") == Some(u) && form.get("password") == Some(p)
+        }),
+        _ => false,
+    };
+    let ok = granted
         && form
             .get("scope")
             .is_some_and(|s| s.starts_with("repository:"));
