@@ -448,3 +448,56 @@ async fn referrers_are_passed_through_filtered_cached_and_kept_for_outages() {
     assert_eq!(header(&r, "x-wharf-cache"), "stale");
     assert_eq!(index(r).await, (vec![sig], true));
 }
+
+#[tokio::test]
+async fn a_hung_upstream_is_asked_once_then_spared_while_stale_tags_are_served() {
+    let hub = FakeHub::start().await;
+    hub.add_image("library/h", "1", 16, &[10]);
+    hub.add_image("library/h", "2", 17, &[10]);
+    let w = Wharf::start(
+        &hub.url(),
+        "tag_ttl = \"1s\"\n[upstreams.\"docker.io\"]\nread_timeout = \"1s\"\n",
+    )
+    .await;
+    let c = client();
+    for t in ["1", "2"] {
+        let r = c
+            .get(w.url(&format!("/v2/library/h/manifests/{t}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    hub.set_faults(Faults {
+        hang: true,
+        ..Default::default()
+    });
+    let before = hub.counters().registry_requests;
+    let r = c
+        .get(w.url("/v2/library/h/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "x-wharf-cache"),
+        "stale",
+        "after the read timeout"
+    );
+    assert_eq!(
+        hub.counters().registry_requests,
+        before + 1,
+        "one HEAD, timed out"
+    );
+    let r = c
+        .get(w.url("/v2/library/h/manifests/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "stale");
+    assert_eq!(
+        hub.counters().registry_requests,
+        before + 1,
+        "the upstream just failed: no second wait for it"
+    );
+}

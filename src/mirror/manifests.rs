@@ -189,6 +189,9 @@ impl Mirror {
                 if let Some(found) = self.tagged_local(entry).await? {
                     return Ok(found);
                 }
+            } else if up.recently_failed() {
+                let e = RegistryError::bad_gateway("the upstream failed moments ago");
+                return self.stale(name, tag, acceptable.as_ref(), e).await;
             } else {
                 let digest = entry.digest().expect("filtered on a valid digest");
                 match self.revalidate(up, name, tag, accept, &digest).await {

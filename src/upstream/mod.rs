@@ -43,6 +43,8 @@ pub struct Upstream {
     pub registry: String,
     pub tag_ttl: Option<Duration>,
     pub offline: bool,
+    /// When a request last failed for want of the upstream (down, timing out, 5xx).
+    last_failure: std::sync::Mutex<Option<std::time::Instant>>,
     base: String,
     http: reqwest::Client,
     auth: Auth,
@@ -70,6 +72,7 @@ impl Upstream {
             registry: s.registry,
             tag_ttl: s.tag_ttl,
             offline: s.offline,
+            last_failure: std::sync::Mutex::new(None),
             base,
             http,
             auth: Auth::new(s.credentials),
@@ -111,10 +114,24 @@ impl Upstream {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
-                result => return result,
+                result => {
+                    let failed = matches!(&result, Err(e) if e.code == ErrorCode::Unavailable);
+                    *self.last_failure.lock().expect("failure time") =
+                        failed.then(std::time::Instant::now);
+                    return result;
+                }
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Whether the upstream just failed (in the last 10 s): optional requests, such as
+    /// revalidating a tag wharf can serve stale, are better not made.
+    pub fn recently_failed(&self) -> bool {
+        self.last_failure
+            .lock()
+            .expect("failure time")
+            .is_some_and(|t| t.elapsed() < RECENT_FAILURE)
     }
 
     async fn send_once(
@@ -164,6 +181,9 @@ impl Upstream {
         }
     }
 }
+
+/// How long an upstream that failed is spared optional requests.
+const RECENT_FAILURE: Duration = Duration::from_secs(10);
 
 /// Tries per upstream request, and the pause before the first retry (doubled each time).
 const ATTEMPTS: usize = 4;

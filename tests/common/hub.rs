@@ -73,6 +73,8 @@ pub struct Faults {
     pub status: Option<u16>,
     /// Answer the next this many registry requests with 503.
     pub fail_next: usize,
+    /// Never answer registry requests (hold them for a minute).
+    pub hang: bool,
 }
 
 pub struct Image {
@@ -438,6 +440,9 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
             return (StatusCode::METHOD_NOT_ALLOWED, "POST only").into_response();
         }
         return token(&st, req.uri().query().unwrap_or(""), req.headers());
+    }
+    if st.faults.lock().unwrap().hang {
+        tokio::time::sleep(Duration::from_secs(60)).await;
     }
     {
         let mut f = st.faults.lock().unwrap();
