@@ -35,6 +35,9 @@ impl Manifest {
     }
 }
 
+/// Longest wait for an upstream to confirm a tag wharf could serve stale.
+const REVALIDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub(super) type ManifestResult = Result<Manifest, RegistryError>;
 
 impl Mirror {
@@ -308,7 +311,9 @@ impl Mirror {
         error
     }
 
-    /// Ask the upstream (HEAD) whether `tag` still points at `digest`.
+    /// Ask the upstream (HEAD) whether `tag` still points at `digest`. The answer is optional
+    /// (a stale mapping can be served instead), so it gets [`REVALIDATE_TIMEOUT`], not the
+    /// upstream's full read timeout; running out of it counts as an upstream failure.
     async fn revalidate(
         &self,
         up: &Upstream,
@@ -317,15 +322,23 @@ impl Mirror {
         accept: &Accept,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let resp = up
-            .send(
-                Method::HEAD,
-                name,
-                &format!("manifests/{tag}"),
-                Some(&accept.for_upstream()),
-                ErrorCode::ManifestUnknown,
-            )
-            .await?;
+        let (rest, accept) = (format!("manifests/{tag}"), accept.for_upstream());
+        let head = up.send(
+            Method::HEAD,
+            name,
+            &rest,
+            Some(&accept),
+            ErrorCode::ManifestUnknown,
+        );
+        let resp = match tokio::time::timeout(REVALIDATE_TIMEOUT, head).await {
+            Ok(r) => r?,
+            Err(_) => {
+                up.note_failure();
+                return Err(RegistryError::gateway_timeout(format!(
+                    "the upstream did not confirm {name}:{tag} within {REVALIDATE_TIMEOUT:?}"
+                )));
+            }
+        };
         let current =
             header_str(&resp, "docker-content-digest").and_then(|v| Digest::parse(v).ok());
         Ok(current.as_ref() == Some(digest))

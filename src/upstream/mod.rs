@@ -125,6 +125,11 @@ impl Upstream {
         unreachable!("the last attempt returns")
     }
 
+    /// Record that the upstream failed a request made outside `send` (a caller's deadline).
+    pub fn note_failure(&self) {
+        *self.last_failure.lock().expect("failure time") = Some(std::time::Instant::now());
+    }
+
     /// Whether the upstream just failed (in the last 10 s): optional requests, such as
     /// revalidating a tag wharf can serve stale, are better not made.
     pub fn recently_failed(&self) -> bool {
