@@ -172,16 +172,22 @@ impl Mirror {
                 .map(|(k, e)| (k.clone(), e.clone()))
         };
         let reusable = newest(&|k, e| accept.can_reuse(k, &e.media_type));
-        let acceptable = newest(&|_, e| accept.accepts(&e.media_type));
+        // what may stand in when the upstream cannot be asked: best the exact answer
+        let fallback = reusable
+            .clone()
+            .or_else(|| newest(&|_, e| accept.accepts(&e.media_type)));
 
         if up.offline {
-            return match acceptable {
-                Some((_, e)) => self.tagged_manifest(&e, Outcome::HitDisk).await,
-                None => Err(RegistryError::not_found(
+            let found = match &fallback {
+                Some((_, e)) => self.tagged_local(e).await?,
+                None => None,
+            };
+            return found.ok_or_else(|| {
+                RegistryError::not_found(
                     ErrorCode::ManifestUnknown,
                     format!("{name}:{tag} is not cached, and wharf is offline"),
-                )),
-            };
+                )
+            });
         }
 
         let ttl = self
@@ -194,7 +200,7 @@ impl Mirror {
                 }
             } else if up.recently_failed() {
                 let e = RegistryError::bad_gateway("the upstream failed moments ago");
-                return self.stale(name, tag, acceptable.as_ref(), e).await;
+                return self.stale(name, tag, fallback.as_ref(), e).await;
             } else {
                 let digest = entry.digest().expect("filtered on a valid digest");
                 match self.revalidate(up, name, tag, accept, &digest).await {
@@ -207,7 +213,7 @@ impl Mirror {
                     }
                     Ok(false) => {}
                     Err(e) if is_unavailable(&e) => {
-                        return self.stale(name, tag, acceptable.as_ref(), e).await;
+                        return self.stale(name, tag, fallback.as_ref(), e).await;
                     }
                     Err(e) => return Err(self.tag_missing(up, name, tag, e)),
                 }
@@ -244,7 +250,7 @@ impl Mirror {
             })
             .await;
         match fetched {
-            Err(e) if is_unavailable(&e) => self.stale(name, tag, acceptable.as_ref(), e).await,
+            Err(e) if is_unavailable(&e) => self.stale(name, tag, fallback.as_ref(), e).await,
             Err(e) => Err(self.tag_missing(up, name, tag, e)),
             ok => ok,
         }
@@ -261,20 +267,6 @@ impl Mirror {
         }
     }
 
-    async fn tagged_manifest(
-        &self,
-        entry: &TagEntry,
-        outcome: Outcome,
-    ) -> Result<(Manifest, Outcome), RegistryError> {
-        match self.tagged_local(entry).await? {
-            Some((m, _)) => Ok((m, outcome)),
-            None => Err(RegistryError::not_found(
-                ErrorCode::ManifestUnknown,
-                format!("manifest {} is no longer cached", entry.digest),
-            )),
-        }
-    }
-
     /// The upstream could not be asked: serve the last known mapping, however old, or fail
     /// with the upstream's error (429 keeps its Retry-After).
     async fn stale(
@@ -287,12 +279,12 @@ impl Mirror {
         let Some((_, entry)) = known else {
             return Err(error);
         };
-        match self.tagged_manifest(entry, Outcome::Stale).await {
-            Ok(found) => {
+        match self.tagged_local(entry).await? {
+            Some((m, _)) => {
                 tracing::warn!("serving {name}:{tag} stale ({}): {error}", entry.digest);
-                Ok(found)
+                Ok((m, Outcome::Stale))
             }
-            Err(_) => Err(error),
+            None => Err(error),
         }
     }
 
