@@ -22,6 +22,11 @@ pub struct Config {
     pub listen: String,
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// The admin listener (metrics, health), if any.
+    #[serde(default)]
+    pub admin: Option<String>,
+    #[serde(default)]
+    pub log_format: LogFormat,
     #[serde(default = "default_tag_ttl", with = "humantime_serde")]
     pub tag_ttl: Duration,
     #[serde(default = "default_negative_ttl", with = "humantime_serde")]
@@ -38,6 +43,14 @@ pub struct Config {
     pub threads: usize,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// A tag TTL for the tags whose `registry/repository:tag` matches `pattern` (`*` matches any
@@ -102,6 +115,7 @@ pub struct Overrides {
     /// Replaces the URL of the default upstream (docker.io).
     pub upstream: Option<String>,
     pub offline: bool,
+    pub admin: Option<String>,
 }
 
 impl Config {
@@ -130,6 +144,9 @@ impl Config {
             cfg.data_dir = Some(d.clone());
         }
         cfg.offline |= overrides.offline;
+        if let Some(a) = &overrides.admin {
+            cfg.admin = Some(a.clone());
+        }
         let hub = cfg
             .upstreams
             .get_mut(DEFAULT_REGISTRY)
@@ -144,9 +161,12 @@ impl Config {
             hub.password = Some(p);
         }
         cfg.upstream_settings()?;
-        cfg.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("listen = {:?}: {e} (expected HOST:PORT)", cfg.listen))?;
+        for (key, addr) in [("listen", Some(&cfg.listen)), ("admin", cfg.admin.as_ref())] {
+            if let Some(a) = addr {
+                a.parse::<std::net::SocketAddr>()
+                    .map_err(|e| format!("{key} = {a:?}: {e} (expected HOST:PORT)"))?;
+            }
+        }
         Ok(cfg)
     }
 
@@ -326,11 +346,13 @@ mod tests {
             data_dir: Some("/tmp/x".into()),
             upstream: Some("http://127.0.0.1:5010".into()),
             offline: true,
+            admin: Some("127.0.0.1:7001".into()),
         };
         let c = Config::load(None, &o).unwrap();
         assert_eq!(c.listen, "127.0.0.1:7000");
         assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
         assert!(c.offline);
+        assert_eq!(c.admin.as_deref(), Some("127.0.0.1:7001"));
         let ups = c.upstream_settings().unwrap();
         assert_eq!(ups[0].url.as_str(), "http://127.0.0.1:5010/");
         let bad = Overrides {

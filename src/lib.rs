@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod config;
 pub mod front;
+pub mod metrics;
 pub mod mirror;
 pub mod registry;
 pub mod upstream;

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wharf::config::{Config, Overrides};
+use wharf::config::{Config, LogFormat, Overrides};
 
 /// wharf: a pull-through caching mirror for container registries.
 ///
 /// Point dockerd (`registry-mirrors`), containerd (hosts.toml) or podman (registries.conf) at
-/// wharf: it answers pulls from its cache and fetches what it lacks from the upstream registry
+/// wharf: it answers pulls from its cache and fetches what it lacks from the upstream registries
 /// (Docker Hub by default), verifying every digest before caching it.
 #[derive(Parser)]
 #[command(version, about, long_about)]
@@ -38,19 +38,14 @@ enum Command {
         /// Never contact any upstream: serve what is cached, answer 404 for the rest.
         #[arg(long)]
         offline: bool,
+        /// Admin listener, HOST:PORT: Prometheus /metrics, /healthz, /readyz.
+        #[arg(long)]
+        admin: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match cli.command {
         Command::Serve {
             config,
@@ -58,22 +53,44 @@ fn main() -> ExitCode {
             data,
             upstream,
             offline,
+            admin,
         } => {
             let overrides = Overrides {
                 listen,
                 data_dir: data,
                 upstream,
                 offline,
+                admin,
             };
-            let result =
-                Config::load(config.as_deref(), &overrides).and_then(|c| wharf::front::serve(&c));
-            match result {
+            let config = match Config::load(config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            init_logging(config.log_format);
+            match wharf::front::serve(&config) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("wharf: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => fail(&e),
             }
         }
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("wharf: {message}");
+    ExitCode::from(2)
+}
+
+/// Logs go to stderr; `WHARF_LOG` filters them (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }

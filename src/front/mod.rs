@@ -6,6 +6,8 @@
 //! request is parsed into a [`Route`], answered by the [`Mirror`], and written back here — with
 //! one access-log line per request.
 
+pub mod admin;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -19,6 +21,7 @@ use pingora::server::configuration::ServerConf;
 use crate::cache::fill::read_at;
 use crate::cache::{BlobStore, MemoryTier, TagIndex};
 use crate::config::Config;
+use crate::metrics::METRICS;
 use crate::mirror::{Body, Freshness, Mirror, Outcome, Reply, CHUNK};
 use crate::registry::media::Accept;
 use crate::registry::route::{check_method, namespace};
@@ -36,6 +39,8 @@ pub struct RequestCtx {
     outcome: Outcome,
     /// The registry the request went to.
     registry: String,
+    /// The kind of endpoint, for metrics.
+    route: &'static str,
 }
 
 #[async_trait]
@@ -47,6 +52,7 @@ impl ProxyHttp for Front {
             started: Instant::now(),
             outcome: Outcome::Local,
             registry: String::new(),
+            route: "invalid",
         }
     }
 
@@ -79,6 +85,7 @@ impl ProxyHttp for Front {
         let reply = match routed {
             Ok((up, route)) => {
                 ctx.registry.clone_from(&up.registry);
+                ctx.route = route.kind();
                 self.mirror
                     .handle(&up, route, head, &accept, range.as_deref())
                     .await
@@ -107,19 +114,31 @@ impl ProxyHttp for Front {
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
         let ms = ctx.started.elapsed().as_secs_f64() * 1e3;
+        let outcome = ctx.outcome.as_str();
+        METRICS
+            .requests
+            .with_label_values(&[ctx.route, &status.to_string()])
+            .inc();
+        METRICS.outcomes.with_label_values(&[outcome]).inc();
+        METRICS
+            .bytes_served
+            .with_label_values(&[outcome])
+            .inc_by(session.body_bytes_sent() as u64);
         let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let (method, bytes, ms) = (
+            req.method.as_str(),
+            session.body_bytes_sent(),
+            (ms * 10.0).round() / 10.0,
+        );
+        let registry = ctx.registry.as_str();
         match e {
             None => tracing::info!(
                 target: "wharf::access",
-                "{} {} {} {} {} {:.1}ms {}",
-                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms,
-                ctx.registry
+                method, path, status, bytes, outcome, ms, registry
             ),
             Some(e) => tracing::warn!(
                 target: "wharf::access",
-                "{} {} {} {} {} {:.1}ms {} cut: {}",
-                req.method, path, status, session.body_bytes_sent(), ctx.outcome.as_str(), ms,
-                ctx.registry, e
+                method, path, status, bytes, outcome, ms, registry, cut = %e
             ),
         }
     }
@@ -216,6 +235,17 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     let mut service = pingora::proxy::http_proxy_service(&server.configuration, Front { mirror });
     service.add_tcp(&config.listen);
     server.add_service(service);
+    if let Some(addr) = &config.admin {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        let admin = admin::Admin {
+            tmp_dir: data.join("tmp"),
+        };
+        let mut service = pingora::services::listening::Service::new("admin".into(), admin);
+        service.add_tcp(addr);
+        server.add_service(service);
+        tracing::info!("admin listener on {addr}: /metrics /healthz /readyz");
+    }
     tracing::info!(
         "wharf listening on {} (data {}, registries {}{})",
         config.listen,

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::{cache_header, Body, Headers, Mirror, Outcome, Reply};
 use crate::cache::fill::read_at;
 use crate::cache::{Fill, Joined, Kind};
+use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
 use crate::upstream::{header_str, transport_error, Upstream};
@@ -134,6 +135,7 @@ impl Mirror {
     /// Run a fill to its end on its own task: it belongs to no client.
     fn spawn_fill(self: &Arc<Self>, up: Arc<Upstream>, name: RepoName, fill: Arc<Fill>) {
         let me = self.clone();
+        METRICS.fills_in_flight.inc();
         tokio::spawn(async move {
             let digest = fill.digest;
             let result = AssertUnwindSafe(me.run_fill(&up, &name, &fill))
@@ -145,6 +147,7 @@ impl Mirror {
                 tokio::task::block_in_place(|| fill.fail(e));
             }
             me.fills.remove(&digest);
+            METRICS.fills_in_flight.dec();
         });
     }
 
@@ -206,7 +209,9 @@ impl Mirror {
                 "upstream sent {len} of {t} bytes of blob {digest}"
             )));
         }
+        METRICS.bytes_fetched.inc_by(len);
         if got != digest {
+            METRICS.verification_failures.inc();
             return Err(RegistryError::bad_gateway(format!(
                 "upstream bytes for blob {digest} hash to {got}; not cached"
             )));

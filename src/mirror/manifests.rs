@@ -10,6 +10,7 @@ use http::{header, Method, StatusCode};
 
 use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
 use crate::cache::{Kind, TagEntry};
+use crate::metrics::METRICS;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
 use crate::upstream::{header_str, read_limited, Upstream};
@@ -367,7 +368,9 @@ impl Mirror {
         let content_type = header_str(&resp, header::CONTENT_TYPE).map(str::to_owned);
         let bytes = read_limited(resp, media::MAX_MANIFEST_BYTES).await?;
         let digest = Digest::of(&bytes);
+        METRICS.bytes_fetched.inc_by(bytes.len() as u64);
         let mismatch = |claimed: &str| {
+            METRICS.verification_failures.inc();
             RegistryError::bad_gateway(format!(
                 "upstream manifest {name}:{reference} hashes to {digest}, not {claimed}; not cached"
             ))

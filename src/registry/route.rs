@@ -72,6 +72,19 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The kind of endpoint, as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Base => "base",
+            Route::Manifest { .. } => "manifest",
+            Route::Blob { .. } => "blob",
+            Route::TagsList { .. } => "tags",
+            Route::Referrers { .. } => "referrers",
+        }
+    }
+}
+
 /// Only pulls are served: GET and HEAD.
 pub fn check_method(method: &Method) -> Result<(), RegistryError> {
     if method == Method::GET || method == Method::HEAD {

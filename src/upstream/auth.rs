@@ -80,6 +80,8 @@ struct TokenResponse {
 
 /// An upstream's authentication state: the last challenge seen and the tokens per scope.
 pub struct Auth {
+    /// The registry this is for (labels metrics).
+    registry: String,
     credentials: Option<CredentialSource>,
     state: Mutex<AuthState>,
     /// Serializes token requests so that concurrent misses of one scope fetch one token.
@@ -93,8 +95,9 @@ struct AuthState {
 }
 
 impl Auth {
-    pub fn new(credentials: Option<CredentialSource>) -> Self {
+    pub fn new(registry: &str, credentials: Option<CredentialSource>) -> Self {
         Auth {
+            registry: registry.to_owned(),
             credentials,
             state: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
@@ -159,6 +162,10 @@ impl Auth {
         service: Option<&str>,
         scope: &str,
     ) -> Result<(String, Duration), RegistryError> {
+        crate::metrics::METRICS
+            .upstream_requests
+            .with_label_values(&[&self.registry, "token"])
+            .inc();
         let mut url = url::Url::parse(realm).map_err(|e| {
             RegistryError::bad_gateway(format!("upstream token realm {realm:?} is not a URL: {e}"))
         })?;

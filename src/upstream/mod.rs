@@ -19,6 +19,7 @@ use http::{header, Method, StatusCode};
 pub use auth::{Auth, Challenge};
 pub use credentials::{CredentialSource, Credentials};
 
+use crate::metrics::METRICS;
 use crate::registry::{ErrorCode, RegistryError, RepoName};
 
 /// How to reach one upstream registry.
@@ -68,14 +69,15 @@ impl Upstream {
         if !base.ends_with('/') {
             base.push('/');
         }
+        let registry = s.registry;
         Ok(Upstream {
-            registry: s.registry,
+            registry: registry.clone(),
             tag_ttl: s.tag_ttl,
             offline: s.offline,
             last_failure: std::sync::Mutex::new(None),
             base,
             http,
-            auth: Auth::new(s.credentials),
+            auth: Auth::new(&registry, s.credentials),
             read_timeout: s.read_timeout,
         })
     }
@@ -169,6 +171,10 @@ impl Upstream {
         scope: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
+        METRICS
+            .upstream_requests
+            .with_label_values(&[&self.registry, request_kind(method, url)])
+            .inc();
         let mut req = self.http.request(method.clone(), url);
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
@@ -182,8 +188,35 @@ impl Upstream {
                 self.read_timeout
             ))),
             Ok(Err(e)) => Err(transport_error(&e)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(Ok(resp)) => {
+                // Docker Hub: "ratelimit-remaining: 76;w=21600"
+                let remaining = header_str(&resp, "ratelimit-remaining")
+                    .and_then(|v| v.split(';').next()?.trim().parse::<i64>().ok());
+                if let Some(n) = remaining {
+                    METRICS
+                        .ratelimit_remaining
+                        .with_label_values(&[&self.registry])
+                        .set(n);
+                }
+                Ok(resp)
+            }
         }
+    }
+}
+
+/// What a request to `url` is, as metrics label it.
+fn request_kind(method: &Method, url: &str) -> &'static str {
+    let head = method == Method::HEAD;
+    let path = url.split('?').next().unwrap_or(url);
+    let kind = path.rsplit('/').nth(1).unwrap_or("");
+    match (kind, head) {
+        ("manifests", false) => "manifest",
+        ("manifests", true) => "manifest-head",
+        ("blobs", false) => "blob",
+        ("blobs", true) => "blob-head",
+        ("referrers", _) => "referrers",
+        _ if path.ends_with("/tags/list") => "tags",
+        _ => "other",
     }
 }
 

@@ -578,6 +578,11 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
                 (header::CONTENT_TYPE, media_type),
                 (header::HeaderName::from_static("docker-content-digest"), d),
                 (header::CONTENT_LENGTH, body.len().to_string()),
+                // as Docker Hub announces the pull allowance left
+                (
+                    header::HeaderName::from_static("ratelimit-remaining"),
+                    "42;w=21600".to_owned(),
+                ),
             ];
             if method == Method::HEAD {
                 (StatusCode::OK, hdrs).into_response()

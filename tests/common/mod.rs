@@ -1,7 +1,7 @@
 //! Test harness: a fake Hub-like upstream ([`hub`]) and the real `wharf` binary in front of it,
 //! everything on 127.0.0.1.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod hub;
 
@@ -15,6 +15,8 @@ pub use hub::{FakeHub, Faults, HubOptions};
 /// A running `wharf serve` process with its own data directory.
 pub struct Wharf {
     pub addr: String,
+    /// The admin listener (metrics, health).
+    pub admin: String,
     pub data: PathBuf,
     child: Child,
     _dir: Option<tempfile::TempDir>,
@@ -51,21 +53,15 @@ impl Wharf {
         data: PathBuf,
         env: &[(&str, &str)],
     ) -> Wharf {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
         let conf = data.with_extension("toml");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(&conf, extra_config).unwrap();
         let log = data.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
-            .args([
-                "serve",
-                "--listen",
-                &addr,
-                "--upstream",
-                upstream,
-                "--config",
-            ])
+            .args(["serve", "--listen", &addr, "--admin", &admin])
+            .args(["--upstream", upstream, "--config"])
             .arg(&conf)
             .arg("--data")
             .arg(&data)
@@ -77,6 +73,7 @@ impl Wharf {
             .expect("run wharf");
         let w = Wharf {
             addr,
+            admin,
             data,
             child,
             _dir: None,
@@ -100,6 +97,22 @@ impl Wharf {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The value of one metric sample, e.g. `wharf_cache_requests_total{outcome="miss"}`
+    /// (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = client()
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn log(&self) -> String {

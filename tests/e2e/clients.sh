@@ -251,7 +251,7 @@ stop registry
 stop registry2
 sleep 2.5 # past the tag TTL: every tag needs revalidation, and no upstream answers
 round
-check "wharf served tags stale" grep -q ' stale ' "$W/wharf.log"
+check "wharf served tags stale" grep -q 'outcome="stale"' "$W/wharf.log"
 
 ROUND=4
 stop wharf
@@ -259,7 +259,7 @@ start_wharf --offline
 round
 check "a tag never pulled is not found offline" bash -c '! podman pull -q docker.io/library/busybox:never-pulled >/dev/null 2>&1'
 
-hits=$(grep -c 'hit-' "$W/wharf.log" || true); misses=$(grep -c ' miss ' "$W/wharf.log" || true)
+hits=$(grep -c 'outcome="hit-' "$W/wharf.log" || true); misses=$(grep -c 'outcome="miss"' "$W/wharf.log" || true)
 log "wharf access log: $hits hits, $misses misses"
 if ((FAILS)); then
   log "wharf log tail:"; tail -20 "$W/wharf.log" >&2
