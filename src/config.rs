@@ -35,6 +35,9 @@ pub struct Config {
     pub tag_ttl_rules: Vec<TtlRule>,
     #[serde(default)]
     pub offline: bool,
+    /// Most bytes of manifests and blobs to keep on disk (least recently used go first).
+    #[serde(default)]
+    pub max_size: Option<u64>,
     #[serde(default = "default_memory_bytes")]
     pub memory_bytes: u64,
     #[serde(default = "default_memory_object_max")]

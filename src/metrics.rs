@@ -98,6 +98,12 @@ impl Metrics {
         }
     }
 
+    /// Register a metric owned elsewhere (the store's size and evictions). A second one of the
+    /// same name (a second store in one process, as in tests) is left out.
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) {
+        let _ = self.registry.register(c);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

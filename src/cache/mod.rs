@@ -5,11 +5,13 @@
 pub mod fill;
 pub mod flight;
 pub mod memory;
+pub mod quota;
 pub mod store;
 pub mod tags;
 
 pub use fill::{Fill, FillReader, Fills, Joined};
 pub use flight::Flights;
 pub use memory::MemoryTier;
+pub use quota::DiskQuota;
 pub use store::{BlobStore, Kind};
 pub use tags::{TagEntry, TagIndex};

@@ -26,6 +26,14 @@ impl Kind {
     }
 }
 
+/// One stored object, as found by a scan.
+pub struct Stored {
+    pub kind: Kind,
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 /// A content-addressed directory: `<root>/{blobs,manifests}/sha256/<hex>` plus `<root>/tmp/`.
 pub struct BlobStore {
     root: PathBuf,
@@ -54,16 +62,54 @@ impl BlobStore {
         self.root.join(kind.dir()).join("sha256").join(digest.hex())
     }
 
-    /// Open a stored object for reading, with its size; `None` if it is not stored. Blocking.
-    pub fn open_object(&self, kind: Kind, digest: &Digest) -> io::Result<Option<(File, u64)>> {
-        match File::open(self.path(kind, digest)) {
-            Ok(f) => {
-                let len = f.metadata()?.len();
-                Ok(Some((f, len)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+    /// Open a stored object for reading, with its size; `None` if it is not stored. An object
+    /// whose mtime is older than `touch_after` gets the current time, which keeps recency on
+    /// disk for the quota's next restart. Blocking.
+    pub fn open_object(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        touch_after: std::time::Duration,
+    ) -> io::Result<Option<(File, u64)>> {
+        let file = match File::open(self.path(kind, digest)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let now = std::time::SystemTime::now();
+        let stale = meta
+            .modified()
+            .is_ok_and(|m| now.duration_since(m).unwrap_or_default() > touch_after);
+        if stale {
+            let _ = file.set_modified(now);
         }
+        Ok(Some((file, meta.len())))
+    }
+
+    /// Every stored object (names that are not digests are skipped). Blocking.
+    pub fn list(&self) -> io::Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        for kind in [Kind::Manifest, Kind::Blob] {
+            for entry in fs::read_dir(self.root.join(kind.dir()).join("sha256"))? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(digest) = name
+                    .to_str()
+                    .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+                else {
+                    continue;
+                };
+                let meta = entry.metadata()?;
+                out.push(Stored {
+                    kind,
+                    digest,
+                    size: meta.len(),
+                    modified: meta.modified()?,
+                });
+            }
+        }
+        Ok(out)
     }
 
     pub fn contains(&self, kind: Kind, digest: &Digest) -> bool {
@@ -116,9 +162,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let d = Digest::of(b"hello");
-        assert!(store.open_object(Kind::Blob, &d).unwrap().is_none());
+        assert!(store
+            .open_object(Kind::Blob, &d, std::time::Duration::ZERO)
+            .unwrap()
+            .is_none());
         store.write(Kind::Blob, &d, b"hello").unwrap();
-        let (_, len) = store.open_object(Kind::Blob, &d).unwrap().unwrap();
+        let (_, len) = store
+            .open_object(Kind::Blob, &d, std::time::Duration::ZERO)
+            .unwrap()
+            .unwrap();
         assert_eq!(len, 5);
         assert!(!store.contains(Kind::Manifest, &d));
         let (_f, tmp) = store.temp_file(&d).unwrap();

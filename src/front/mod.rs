@@ -19,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
 use crate::cache::fill::read_at;
-use crate::cache::{BlobStore, MemoryTier, TagIndex};
+use crate::cache::{BlobStore, DiskQuota, MemoryTier, TagIndex};
 use crate::config::Config;
 use crate::metrics::METRICS;
 use crate::mirror::{Body, Freshness, Mirror, Outcome, Reply, CHUNK};
@@ -211,7 +211,26 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         config.negative_ttl,
         config.tag_ttl_rules.clone(),
     );
-    let mirror = Arc::new(Mirror::new(store, memory, tags, upstreams, freshness));
+    let store = Arc::new(store);
+    let quota = DiskQuota::new(store.clone(), config.max_size);
+    let mirror = Arc::new(Mirror::new(
+        store, quota, memory, tags, upstreams, freshness,
+    ));
+    {
+        // index the store in the background: hits need no index, eviction waits for it
+        let mirror = mirror.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            match mirror.quota.load(&mirror.store) {
+                Ok(n) => tracing::info!(
+                    "store indexed: {n} objects, {} bytes, in {:?}",
+                    mirror.quota.used(),
+                    started.elapsed()
+                ),
+                Err(e) => tracing::error!("cannot index the store: {e}"),
+            }
+        });
+    }
 
     // Fail with a clear message now rather than inside Pingora's listener setup.
     std::net::TcpListener::bind(&config.listen)

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{cache_header, Body, Headers, Mirror, Outcome, Reply};
 use crate::cache::fill::read_at;
+use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::{Fill, Joined, Kind};
 use crate::metrics::METRICS;
 use crate::registry::media;
@@ -78,18 +79,21 @@ impl Mirror {
         range: Option<&str>,
     ) -> Result<Option<Reply>, RegistryError> {
         if let Some(b) = self.memory.get(Kind::Blob, digest) {
+            self.quota.touched(Kind::Blob, digest);
             return Ok(Some(bytes_reply(digest, b, range, Outcome::HitMemory)));
         }
         let (me, d) = (self.clone(), *digest);
-        let opened = tokio::task::spawn_blocking(move || me.store.open_object(Kind::Blob, &d))
-            .await
-            .map_err(|e| RegistryError::internal(format!("cache task failed: {e}")))?
-            .map_err(|e| {
-                RegistryError::internal(format!("cannot open cached blob {digest}: {e}"))
-            })?;
+        let opened =
+            tokio::task::spawn_blocking(move || me.store.open_object(Kind::Blob, &d, TOUCH_AFTER))
+                .await
+                .map_err(|e| RegistryError::internal(format!("cache task failed: {e}")))?
+                .map_err(|e| {
+                    RegistryError::internal(format!("cannot open cached blob {digest}: {e}"))
+                })?;
         let Some((file, len)) = opened else {
             return Ok(None);
         };
+        self.quota.touched(Kind::Blob, digest);
         let file = Arc::new(file);
         if !head && self.memory.admits(len) {
             let bytes = read_at(file, 0, len as usize).await?;
@@ -217,8 +221,9 @@ impl Mirror {
             )));
         }
         fill.verified();
-        if let Err(e) = tokio::task::block_in_place(|| fill.commit(&self.store)) {
-            tracing::error!("cannot commit blob {digest} to the cache: {e}");
+        match tokio::task::block_in_place(|| fill.commit(&self.store)) {
+            Ok(()) => self.quota.added(Kind::Blob, digest, len),
+            Err(e) => tracing::error!("cannot commit blob {digest} to the cache: {e}"),
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{header, Method, StatusCode};
 
 use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
+use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::{Kind, TagEntry};
 use crate::metrics::METRICS;
 use crate::registry::media::{self, Accept};
@@ -120,21 +121,30 @@ impl Mirror {
         digest: &Digest,
     ) -> Result<Option<(Manifest, Outcome)>, RegistryError> {
         if let Some(b) = self.memory.get(Kind::Manifest, digest) {
+            self.quota.touched(Kind::Manifest, digest);
             return Ok(Some((
                 Manifest::from_bytes(*digest, b, None),
                 Outcome::HitMemory,
             )));
         }
-        let path = self.store.path(Kind::Manifest, digest);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => Bytes::from(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(RegistryError::internal(format!(
-                    "cannot read cached manifest {digest}: {e}"
-                )))
-            }
+        let (store, d) = (self.store.clone(), *digest);
+        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let Some((file, len)) = store.open_object(Kind::Manifest, &d, TOUCH_AFTER)? else {
+                return Ok(None);
+            };
+            let mut buf = vec![0u8; len.min(media::MAX_MANIFEST_BYTES as u64) as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
+            Ok(Some(Bytes::from(buf)))
+        })
+        .await
+        .map_err(|e| RegistryError::internal(format!("cache task failed: {e}")))?
+        .map_err(|e| {
+            RegistryError::internal(format!("cannot read cached manifest {digest}: {e}"))
+        })?;
+        let Some(bytes) = opened else {
+            return Ok(None);
         };
+        self.quota.touched(Kind::Manifest, digest);
         self.memory.insert(Kind::Manifest, *digest, bytes.clone());
         Ok(Some((
             Manifest::from_bytes(*digest, bytes, None),
@@ -388,8 +398,11 @@ impl Mirror {
         let m = Manifest::from_bytes(digest, bytes, content_type.as_deref());
         let stored =
             tokio::task::block_in_place(|| self.store.write(Kind::Manifest, &m.digest, &m.bytes));
-        if let Err(e) = stored {
-            tracing::error!("cannot store manifest {}: {e}", m.digest);
+        match stored {
+            Ok(()) => self
+                .quota
+                .added(Kind::Manifest, m.digest, m.bytes.len() as u64),
+            Err(e) => tracing::error!("cannot store manifest {}: {e}", m.digest),
         }
         self.memory
             .insert(Kind::Manifest, m.digest, m.bytes.clone());

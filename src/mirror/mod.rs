@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
 
-use crate::cache::{BlobStore, FillReader, Fills, Flights, MemoryTier, TagIndex};
+use crate::cache::{BlobStore, DiskQuota, FillReader, Fills, Flights, MemoryTier, TagIndex};
 use crate::config::DEFAULT_REGISTRY;
 use crate::registry::media::Accept;
 use crate::registry::{ErrorCode, RegistryError, RepoName, Route};
@@ -118,7 +118,8 @@ impl Reply {
 
 /// Everything the pull path needs, shared by all requests.
 pub struct Mirror {
-    pub store: BlobStore,
+    pub store: Arc<BlobStore>,
+    pub quota: DiskQuota,
     pub memory: MemoryTier,
     pub tags: TagIndex,
     pub fills: Fills,
@@ -136,7 +137,8 @@ pub const CHUNK: usize = 1 << 20;
 
 impl Mirror {
     pub fn new(
-        store: BlobStore,
+        store: Arc<BlobStore>,
+        quota: DiskQuota,
         memory: MemoryTier,
         tags: TagIndex,
         upstreams: Vec<Upstream>,
@@ -148,6 +150,7 @@ impl Mirror {
             .build();
         Mirror {
             store,
+            quota,
             memory,
             tags,
             fills: Fills::default(),
