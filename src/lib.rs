@@ -6,6 +6,7 @@
 //! [`config`] holds the knobs.
 
 pub mod cache;
+pub mod commands;
 pub mod config;
 pub mod front;
 pub mod metrics;

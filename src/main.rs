@@ -1,10 +1,14 @@
-//! The `wharf` command line.
+//! The `wharf` command line: `serve`, and the commands that work on its cache.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use wharf::commands::{self, archive, human_bytes, report};
 use wharf::config::{Config, LogFormat, Overrides};
+use wharf::registry::image::Platform;
+use wharf::registry::ImageRef;
 
 /// wharf: a pull-through caching mirror for container registries.
 ///
@@ -14,27 +18,34 @@ use wharf::config::{Config, LogFormat, Overrides};
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
+    #[command(flatten)]
+    common: Common,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the cache is and which registries it mirrors: the same for every command.
+#[derive(Args)]
+struct Common {
+    /// Configuration file (TOML). Without it, the built-in default (conf/wharf.toml).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory for the cache (default ~/.cache/wharf).
+    #[arg(long, global = true)]
+    data: Option<PathBuf>,
+    /// URL for the default upstream (docker.io), replacing the configured one
+    /// (default https://registry-1.docker.io).
+    #[arg(long, global = true)]
+    upstream: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the mirror.
     Serve {
-        /// Configuration file (TOML). Without it, the built-in default (conf/wharf.toml).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
         /// Address to listen on, HOST:PORT (default 0.0.0.0:5000).
         #[arg(long)]
         listen: Option<String>,
-        /// Data directory for the cache (default ~/.cache/wharf).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// URL for the default upstream (docker.io), replacing the configured one
-        /// (default https://registry-1.docker.io).
-        #[arg(long)]
-        upstream: Option<String>,
         /// Never contact any upstream: serve what is cached, answer 404 for the rest.
         #[arg(long)]
         offline: bool,
@@ -42,48 +53,235 @@ enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Pull images into the cache through the configured upstreams, without a client.
+    Warm {
+        /// Images, e.g. alpine:3.20, ghcr.io/org/app@sha256:…
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Only this platform of multi-platform images (os/arch[/variant]); default all.
+        #[arg(long)]
+        platform: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the cache (or the named images) as an OCI image layout: a directory, or a tar
+    /// when PATH ends in .tar. Tags are included.
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+        /// Images to export (default: everything cached).
+        images: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load an OCI image layout (directory or .tar) into the cache, verifying every digest.
+    Import {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List cached images: tags, digests, sizes, last use.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evict least recently used content now, down to --max-size (default: max_size).
+    Gc {
+        /// Bytes to keep at most.
+        #[arg(long)]
+        max_size: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every cached object; remove and report those that do not match.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            data,
-            upstream,
-            offline,
-            admin,
-        } => {
-            let overrides = Overrides {
-                listen,
-                data_dir: data,
-                upstream,
-                offline,
-                admin,
-            };
-            let config = match Config::load(config.as_deref(), &overrides) {
-                Ok(c) => c,
-                Err(e) => return fail(&e),
-            };
-            init_logging(config.log_format);
-            match wharf::front::serve(&config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            }
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("wharf: {e}");
+            ExitCode::from(2)
         }
     }
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("wharf: {message}");
-    ExitCode::from(2)
+/// Ok(false): the command ran but something in it failed (already reported).
+fn run(cli: Cli) -> Result<bool, String> {
+    let (common, command) = (cli.common, cli.command);
+    let mut overrides = Overrides {
+        data_dir: common.data,
+        upstream: common.upstream,
+        ..Overrides::default()
+    };
+    if let Command::Serve {
+        listen,
+        offline,
+        admin,
+    } = &command
+    {
+        overrides.listen = listen.clone();
+        overrides.offline = *offline;
+        overrides.admin = admin.clone();
+    }
+    let config = Config::load(common.config.as_deref(), &overrides)?;
+    init_logging(config.log_format, matches!(command, Command::Serve { .. }));
+    let images = |names: &[String]| -> Result<Vec<ImageRef>, String> {
+        names
+            .iter()
+            .map(|n| ImageRef::parse(n).map_err(|e| format!("{n}: {}", e.message)))
+            .collect()
+    };
+    match command {
+        Command::Serve { .. } => wharf::front::serve(&config).map(|_| true),
+        Command::Warm {
+            images: names,
+            platform,
+            json,
+        } => {
+            let platform = platform.as_deref().map(Platform::parse).transpose()?;
+            let list = images(&names)?;
+            let (mirror, rt) = commands::open(&config)?;
+            let mut ok = true;
+            for image in &list {
+                match rt.block_on(commands::warm::warm(
+                    &mirror,
+                    image,
+                    platform.as_ref(),
+                    json,
+                )) {
+                    Ok(w) => report(
+                        json,
+                        &w.json(),
+                        &[format!(
+                            "{} {}: {} manifests, {} blobs, {} ({} fetched)",
+                            w.image,
+                            w.digest,
+                            w.manifests,
+                            w.blobs,
+                            human_bytes(w.bytes),
+                            human_bytes(w.fetched)
+                        )],
+                    ),
+                    Err(e) => {
+                        ok = false;
+                        report(
+                            json,
+                            &json!({"image": image.to_string(), "error": e}),
+                            &[format!("error: {e}")],
+                        );
+                    }
+                }
+            }
+            Ok(ok)
+        }
+        Command::Export {
+            out,
+            images: names,
+            json,
+        } => {
+            let list = images(&names)?;
+            let (mirror, _rt) = commands::open(&config)?;
+            let e = archive::export(&mirror, &out, &list)?;
+            report(
+                json,
+                &json!({"out": out, "images": e.images, "objects": e.objects, "bytes": e.bytes}),
+                &[format!(
+                    "exported {} images ({} objects, {}) to {}",
+                    e.images,
+                    e.objects,
+                    human_bytes(e.bytes),
+                    out.display()
+                )],
+            );
+            Ok(true)
+        }
+        Command::Import { path, json } => {
+            let (mirror, _rt) = commands::open(&config)?;
+            let i = archive::import(&mirror, &path)?;
+            let mut lines = vec![format!(
+                "imported {} objects ({}), tags: {}",
+                i.objects,
+                human_bytes(i.bytes),
+                if i.tags.is_empty() {
+                    "none".into()
+                } else {
+                    i.tags.join(", ")
+                }
+            )];
+            lines.extend(i.rejected.iter().map(|r| format!("rejected: {r}")));
+            report(
+                json,
+                &json!({"objects": i.objects, "bytes": i.bytes, "tags": i.tags, "rejected": i.rejected}),
+                &lines,
+            );
+            Ok(i.rejected.is_empty())
+        }
+        Command::Ls { json } => {
+            let (mirror, _rt) = commands::open(&config)?;
+            let list = commands::store::ls(&mirror);
+            let lines: Vec<String> = list
+                .iter()
+                .map(|l| {
+                    let age = l.last_use.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+                    format!(
+                        "{:<60} {:.19}  {:>10}  used {} ago",
+                        l.image,
+                        l.digest,
+                        human_bytes(l.size),
+                        humantime::format_duration(std::time::Duration::from_secs(age))
+                    )
+                })
+                .collect();
+            let value = json!(list.iter().map(|l| l.json()).collect::<Vec<_>>());
+            report(json, &value, &lines);
+            Ok(true)
+        }
+        Command::Gc { max_size, json } => {
+            let max = max_size
+                .or(config.max_size)
+                .ok_or("give --max-size (or max_size in the config)")?;
+            let (mirror, _rt) = commands::open(&config)?;
+            let (n, bytes) = commands::store::gc(&mirror, max)?;
+            report(
+                json,
+                &json!({"removed": n, "bytes": bytes}),
+                &[format!("removed {n} objects ({})", human_bytes(bytes))],
+            );
+            Ok(true)
+        }
+        Command::Verify { json } => {
+            let (mirror, _rt) = commands::open(&config)?;
+            let v = commands::store::verify(&mirror, json)?;
+            let mut lines = vec![format!(
+                "verified {} objects ({}): {} bad",
+                v.objects,
+                human_bytes(v.bytes),
+                v.bad.len()
+            )];
+            lines.extend(v.bad.iter().map(|b| format!("removed: {b}")));
+            report(
+                json,
+                &json!({"objects": v.objects, "bytes": v.bytes, "bad": v.bad}),
+                &lines,
+            );
+            Ok(v.bad.is_empty())
+        }
+    }
 }
 
-/// Logs go to stderr; `WHARF_LOG` filters them (default `info`).
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr; `WHARF_LOG` filters them (default `info` for serve, `warn` for the
+/// other commands, whose output is their report).
+fn init_logging(format: LogFormat, serving: bool) {
+    let default = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WHARF_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -40,6 +40,8 @@ pub struct FillState {
     /// Length the upstream announced, if it did.
     pub total: Option<u64>,
     pub written: u64,
+    /// Whether the verified file made it into the store (`None` until decided).
+    pub stored: Option<bool>,
 }
 
 /// One blob being fetched into the cache.
@@ -123,7 +125,25 @@ impl Fill {
         if result.is_err() {
             let _ = std::fs::remove_file(&self.tmp);
         }
+        self.state.send_modify(|s| s.stored = Some(result.is_ok()));
         result
+    }
+
+    /// Wait until the blob is in the store; returns its length.
+    pub async fn stored(&self) -> Result<u64, RegistryError> {
+        let mut rx = self.state.subscribe();
+        let s = rx
+            .wait_for(|s| s.stored.is_some() || matches!(s.phase, Phase::Failed(_)))
+            .await
+            .map_err(|_| abandoned())?;
+        match (&s.phase, s.stored) {
+            (Phase::Failed(e), _) => Err(e.clone()),
+            (_, Some(true)) => Ok(s.written),
+            _ => Err(RegistryError::internal(format!(
+                "blob {} was verified but could not be stored",
+                self.digest
+            ))),
+        }
     }
 
     /// Give up: readers are told why and the temp file is removed. Blocking (one unlink).
@@ -217,6 +237,7 @@ impl Fills {
             phase: Phase::Connecting,
             total: None,
             written: 0,
+            stored: None,
         });
         let fill = Arc::new(Fill {
             digest: *digest,

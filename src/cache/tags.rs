@@ -143,6 +143,50 @@ impl TagIndex {
         Ok(())
     }
 
+    /// Every tag recorded, as (registry, repository, tag, record), sorted. Blocking.
+    pub fn all(&self) -> Vec<(String, RepoName, Tag, TagRecord)> {
+        fn walk(dir: &Path, repo: &str, out: &mut Vec<(String, String)>) {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let path = entry.path();
+                if name == "_tags" {
+                    out.push((repo.to_owned(), path.display().to_string()));
+                } else {
+                    let sub = if repo.is_empty() {
+                        name
+                    } else {
+                        format!("{repo}/{name}")
+                    };
+                    walk(&path, &sub, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for reg in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            let registry = reg.file_name().to_string_lossy().into_owned();
+            let mut repos = Vec::new();
+            walk(&reg.path(), "", &mut repos);
+            for (repo, _) in repos {
+                let Ok(repo) = RepoName::parse(&repo) else {
+                    continue;
+                };
+                for t in self.list(&registry, &repo) {
+                    let Ok(tag) = Tag::parse(&t) else { continue };
+                    if let Some(record) = self.get(&registry, &repo, &tag) {
+                        out.push((registry.clone(), repo.clone(), tag, record));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.0, a.1.as_str(), a.2.as_str()).cmp(&(&b.0, b.1.as_str(), b.2.as_str()))
+        });
+        out
+    }
+
     /// The tags recorded for a repository, sorted. Blocking.
     pub fn list(&self, registry: &str, repo: &RepoName) -> Vec<String> {
         let mut tags: Vec<String> = fs::read_dir(self.dir(registry, repo))
@@ -188,6 +232,12 @@ mod tests {
         assert!(!r.by_accept["x/m"].is_fresh(Duration::ZERO));
         assert!(idx.get("ghcr.io", &repo, &tag).is_none());
         assert_eq!(idx.list("docker.io", &repo), ["latest"]);
+        let all = idx.all();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (all[0].0.as_str(), all[0].1.as_str(), all[0].2.as_str()),
+            ("docker.io", "library/busybox", "latest")
+        );
         assert!(idx
             .list("docker.io", &RepoName::parse("none").unwrap())
             .is_empty());

@@ -19,14 +19,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
 use crate::cache::fill::read_at;
-use crate::cache::{BlobStore, DiskQuota, MemoryTier, TagIndex};
 use crate::config::Config;
 use crate::metrics::METRICS;
-use crate::mirror::{Body, Freshness, Mirror, Outcome, Reply, CHUNK};
+use crate::mirror::{Body, Mirror, Outcome, Reply, CHUNK};
 use crate::registry::media::Accept;
 use crate::registry::route::{check_method, namespace};
 use crate::registry::Route;
-use crate::upstream::Upstream;
 
 /// The registry API service.
 pub struct Front {
@@ -192,30 +190,8 @@ async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
 /// Build the mirror from `config` and serve until a signal stops the process.
 pub fn serve(config: &Config) -> std::result::Result<(), String> {
     let data = config.data_dir();
-    let store = BlobStore::open(&data)
-        .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
-    let tags = TagIndex::open(&data.join("tags"))
-        .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
-    let memory = MemoryTier::new(config.memory_bytes, config.memory_object_max);
-    let upstreams = config
-        .upstream_settings()?
-        .into_iter()
-        .map(|s| {
-            let host = s.registry.clone();
-            Upstream::new(s).map_err(|e| format!("upstream {host}: {e}"))
-        })
-        .collect::<std::result::Result<Vec<_>, String>>()?;
-    let registries: Vec<String> = upstreams.iter().map(|u| u.registry.clone()).collect();
-    let freshness = Freshness::new(
-        config.tag_ttl,
-        config.negative_ttl,
-        config.tag_ttl_rules.clone(),
-    );
-    let store = Arc::new(store);
-    let quota = DiskQuota::new(store.clone(), config.max_size);
-    let mirror = Arc::new(Mirror::new(
-        store, quota, memory, tags, upstreams, freshness,
-    ));
+    let mirror = Arc::new(Mirror::open(config)?);
+    let registries = mirror.registries();
     {
         // index the store in the background: hits need no index, eviction waits for it
         let mirror = mirror.clone();

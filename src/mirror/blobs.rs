@@ -71,6 +71,43 @@ impl Mirror {
         })
     }
 
+    /// Make sure a blob is in the store, fetching it (or waiting for the fetch in flight) if it
+    /// is not. Returns its length and how it was found.
+    pub async fn ensure_blob(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<(u64, Outcome), RegistryError> {
+        let joined = self
+            .fills
+            .join_or_start(&self.store, digest)
+            .map_err(|e| RegistryError::internal(format!("cannot start a cache file: {e}")))?;
+        let (fill, outcome) = match joined {
+            Joined::Stored => {
+                let size = std::fs::metadata(self.store.path(Kind::Blob, digest))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                return Ok((size, Outcome::HitDisk));
+            }
+            Joined::Existing(f) => (f, Outcome::Coalesced),
+            Joined::New(f) if up.offline => {
+                let e = RegistryError::not_found(
+                    ErrorCode::BlobUnknown,
+                    format!("{name}@{digest} is not cached, and wharf is offline"),
+                );
+                f.fail(e.clone());
+                self.fills.remove(digest);
+                return Err(e);
+            }
+            Joined::New(f) => {
+                self.spawn_fill(up.clone(), name.clone(), f.clone());
+                (f, Outcome::Miss)
+            }
+        };
+        Ok((fill.stored().await?, outcome))
+    }
+
     /// A stored blob, from memory or disk; `None` if it is not stored.
     async fn local_blob(
         self: &Arc<Self>,

@@ -78,6 +78,19 @@ impl Mirror {
         })
     }
 
+    /// The manifest `reference` names, as a client accepting every manifest type gets it.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        reference: &Reference,
+    ) -> Result<(Manifest, Outcome), RegistryError> {
+        match reference {
+            Reference::Digest(d) => self.manifest_by_digest(up, name, d).await,
+            Reference::Tag(t) => self.manifest_by_tag(up, name, t, &Accept::default()).await,
+        }
+    }
+
     /// A manifest by digest: memory, disk, or one upstream fetch verified against the digest.
     async fn manifest_by_digest(
         self: &Arc<Self>,

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http::{header, Method, StatusCode};
 
 use crate::cache::{BlobStore, DiskQuota, FillReader, Fills, Flights, MemoryTier, TagIndex};
-use crate::config::DEFAULT_REGISTRY;
+use crate::config::{Config, DEFAULT_REGISTRY};
 use crate::registry::media::Accept;
 use crate::registry::{ErrorCode, RegistryError, RepoName, Route};
 use crate::upstream::{header_str, read_limited, Upstream};
@@ -163,6 +163,46 @@ impl Mirror {
             missing_tags,
             referrers: referrers::cache(),
         }
+    }
+
+    /// Open the data directory and build the upstream clients `config` describes.
+    pub fn open(config: &Config) -> Result<Mirror, String> {
+        let data = config.data_dir();
+        let store = BlobStore::open(&data)
+            .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
+        let tags = TagIndex::open(&data.join("tags"))
+            .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
+        let memory = MemoryTier::new(config.memory_bytes, config.memory_object_max);
+        let upstreams = config
+            .upstream_settings()?
+            .into_iter()
+            .map(|s| {
+                let host = s.registry.clone();
+                Upstream::new(s).map_err(|e| format!("upstream {host}: {e}"))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let freshness = Freshness::new(
+            config.tag_ttl,
+            config.negative_ttl,
+            config.tag_ttl_rules.clone(),
+        );
+        let store = Arc::new(store);
+        let quota = DiskQuota::new(store.clone(), config.max_size);
+        Ok(Mirror::new(
+            store, quota, memory, tags, upstreams, freshness,
+        ))
+    }
+
+    /// The registries mirrored, sorted.
+    pub fn registries(&self) -> Vec<String> {
+        let mut r: Vec<String> = self.upstreams.keys().cloned().collect();
+        r.sort();
+        r
+    }
+
+    /// The upstream for a registry host, if configured.
+    pub fn upstream(&self, registry: &str) -> Option<Arc<Upstream>> {
+        self.upstreams.get(registry).cloned()
     }
 
     /// Pick the upstream a request is for: containerd's `?ns=<host>`; else a first path

@@ -2,10 +2,11 @@
 //! a manifest is (media types) and how failures are told (OCI error JSON).
 
 pub mod error;
+pub mod image;
 pub mod media;
 pub mod reference;
 pub mod route;
 
 pub use error::{ErrorCode, RegistryError};
-pub use reference::{Digest, Reference, RepoName, Tag};
+pub use reference::{Digest, ImageRef, Reference, RepoName, Tag};
 pub use route::Route;

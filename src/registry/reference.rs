@@ -174,9 +174,73 @@ impl fmt::Display for Reference {
     }
 }
 
+/// An image as people write it: `[registry/]name[:tag|@digest]`. Without a registry (a first
+/// component with no `.` or `:` that is not `localhost`) it is Docker Hub's, where a
+/// one-component name is an official image (`alpine` is `docker.io/library/alpine:latest`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    pub registry: String,
+    pub name: RepoName,
+    pub reference: Reference,
+}
+
+impl ImageRef {
+    pub fn parse(s: &str) -> Result<ImageRef, RegistryError> {
+        let (first, rest) = s.split_once('/').unwrap_or(("", s));
+        let has_registry = first.contains('.') || first.contains(':') || first == "localhost";
+        let (registry, path) = if has_registry {
+            (first.to_owned(), rest)
+        } else {
+            ("docker.io".to_owned(), s)
+        };
+        let (path, reference) = match path.split_once('@') {
+            Some((p, d)) => (p, Reference::Digest(Digest::parse(d)?)),
+            None => match path.rsplit_once(':') {
+                Some((p, t)) if !t.contains('/') => (p, Reference::Tag(Tag::parse(t)?)),
+                _ => (path, Reference::Tag(Tag::parse("latest")?)),
+            },
+        };
+        let mut name = RepoName::parse(path)?;
+        if registry == "docker.io" {
+            name = name.with_library_prefix();
+        }
+        Ok(ImageRef {
+            registry,
+            name,
+            reference,
+        })
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reference {
+            Reference::Tag(t) => write!(f, "{}/{}:{}", self.registry, self.name, t),
+            Reference::Digest(d) => write!(f, "{}/{}@{}", self.registry, self.name, d),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_refs() {
+        let show = |s: &str| ImageRef::parse(s).unwrap().to_string();
+        assert_eq!(show("alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(show("alpine:3.20"), "docker.io/library/alpine:3.20");
+        assert_eq!(show("me/app:v1"), "docker.io/me/app:v1");
+        assert_eq!(show("ghcr.io/me/app"), "ghcr.io/me/app:latest");
+        assert_eq!(show("localhost:5000/app:1"), "localhost:5000/app:1");
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            show(&format!("quay.io/x/y@{d}")),
+            format!("quay.io/x/y@{d}")
+        );
+        assert!(ImageRef::parse("UPPER/case").is_err());
+        assert!(ImageRef::parse("a:b:c").is_err());
+    }
 
     #[test]
     fn names() {

@@ -1,0 +1,403 @@
+//! `wharf export` and `wharf import`: the cache (or some images in it) as an OCI image layout —
+//! a directory, or a tar when the path ends in `.tar` — for sites that run on a cache filled
+//! somewhere else. Tags travel as index annotations (`io.containerd.image.name` with the full
+//! reference, `org.opencontainers.image.ref.name` with the tag), so `ctr import` reads the same
+//! file. Import verifies every digest before anything is stored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{Kind, TagEntry};
+use crate::mirror::Mirror;
+use crate::registry::image::refs;
+use crate::registry::media::{self, Accept};
+use crate::registry::{Digest, ImageRef, Reference};
+
+const FULL_NAME: &str = "io.containerd.image.name";
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// A top-level manifest in the layout's index.json.
+struct Entry {
+    digest: Digest,
+    media_type: String,
+    size: u64,
+    name: Option<ImageRef>,
+}
+
+pub struct Exported {
+    pub images: usize,
+    pub objects: usize,
+    pub bytes: u64,
+}
+
+/// Write `images` (every tag and object in the cache when empty) to `out`. Blocking.
+pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Exported, String> {
+    let store = &mirror.store;
+    let manifest = |d: &Digest| -> Result<(String, Vec<u8>), String> {
+        let bytes = fs::read(store.path(Kind::Manifest, d))
+            .map_err(|e| format!("manifest {d} is not cached ({e}): run wharf warm first"))?;
+        let t = media::manifest_type(&bytes).unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
+        Ok((t, bytes))
+    };
+    let mut entries = Vec::new();
+    if images.is_empty() {
+        for (registry, repo, tag, record) in mirror.tags.all() {
+            let Some(e) = preferred(&record.by_accept) else {
+                continue;
+            };
+            let Some(d) = e.digest() else { continue };
+            let Ok((t, bytes)) = manifest(&d) else {
+                continue;
+            };
+            let name = ImageRef {
+                registry,
+                name: repo,
+                reference: Reference::Tag(tag),
+            };
+            entries.push(Entry {
+                digest: d,
+                media_type: t,
+                size: bytes.len() as u64,
+                name: Some(name),
+            });
+        }
+    } else {
+        for image in images {
+            let d = match &image.reference {
+                Reference::Digest(d) => *d,
+                Reference::Tag(t) => mirror
+                    .tags
+                    .get(&image.registry, &image.name, t)
+                    .and_then(|r| preferred(&r.by_accept).and_then(|e| e.digest()))
+                    .ok_or_else(|| format!("{image} is not cached: run wharf warm first"))?,
+            };
+            let (t, bytes) = manifest(&d)?;
+            entries.push(Entry {
+                digest: d,
+                media_type: t,
+                size: bytes.len() as u64,
+                name: Some(image.clone()),
+            });
+        }
+    }
+
+    // everything the entries reach (every stored object for a full export)
+    let mut objects: BTreeMap<Digest, Kind> = BTreeMap::new();
+    let mut todo: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
+    while let Some(d) = todo.pop() {
+        if objects.insert(d, Kind::Manifest).is_some() {
+            continue;
+        }
+        let (t, bytes) = manifest(&d)?;
+        let r = refs(&t, &bytes).map_err(|e| format!("manifest {d}: {e}"))?;
+        todo.extend(r.manifests.iter().map(|(c, _)| *c));
+        for (b, _) in r.blobs {
+            objects.entry(b).or_insert(Kind::Blob);
+        }
+    }
+    if images.is_empty() {
+        let stored = store
+            .list()
+            .map_err(|e| format!("cannot list the store: {e}"))?;
+        for o in stored {
+            if o.kind == Kind::Manifest && !objects.contains_key(&o.digest) {
+                // pulled by digest only: keep it a manifest on the other side
+                let (t, bytes) = manifest(&o.digest)?;
+                entries.push(Entry {
+                    digest: o.digest,
+                    media_type: t,
+                    size: bytes.len() as u64,
+                    name: None,
+                });
+            }
+            objects.entry(o.digest).or_insert(o.kind);
+        }
+    }
+    for (d, kind) in &objects {
+        if !store.contains(*kind, d) {
+            return Err(format!(
+                "{d} is not cached (evicted?): run wharf warm first"
+            ));
+        }
+    }
+
+    let index = index_json(&entries);
+    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+    let bar = super::progress(objects.len() as u64, "exporting", false);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:30!} [{bar:30}] {pos}/{len} objects")
+            .expect("template"),
+    );
+    let mut bytes = 0;
+    let tar = out.extension().is_some_and(|e| e == "tar");
+    let mut writer = if tar {
+        let f = File::create(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        Some(tar::Builder::new(f))
+    } else {
+        fs::create_dir_all(out.join("blobs/sha256"))
+            .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+        None
+    };
+    let io_err = |e: io::Error| format!("cannot write {}: {e}", out.display());
+    for (d, kind) in &objects {
+        let src = store.path(*kind, d);
+        let name = format!("blobs/sha256/{}", d.hex());
+        match &mut writer {
+            Some(t) => t.append_path_with_name(&src, &name).map_err(io_err)?,
+            None => {
+                let dest = out.join(&name);
+                if !dest.exists() {
+                    fs::copy(&src, &dest).map_err(io_err)?;
+                }
+            }
+        }
+        bytes += fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    match writer {
+        Some(mut t) => {
+            for (name, data) in [
+                ("oci-layout", &layout[..]),
+                ("index.json", index.as_bytes()),
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                h.set_mtime(0);
+                h.set_cksum();
+                t.append_data(&mut h, name, data).map_err(io_err)?;
+            }
+            t.into_inner().and_then(|f| f.sync_all()).map_err(io_err)?;
+        }
+        None => {
+            fs::write(out.join("oci-layout"), layout).map_err(io_err)?;
+            fs::write(out.join("index.json"), index).map_err(io_err)?;
+        }
+    }
+    Ok(Exported {
+        images: entries.iter().filter(|e| e.name.is_some()).count(),
+        objects: objects.len(),
+        bytes,
+    })
+}
+
+/// The mapping to carry for a tag: an index when there is one (it serves every platform),
+/// else the most recently confirmed.
+fn preferred(by_accept: &BTreeMap<String, TagEntry>) -> Option<&TagEntry> {
+    by_accept
+        .values()
+        .max_by_key(|e| (media::is_index(&e.media_type), e.checked))
+}
+
+fn index_json(entries: &[Entry]) -> String {
+    let manifests: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut v =
+                json!({"mediaType": e.media_type, "digest": e.digest.to_string(), "size": e.size});
+            if let Some(n) = &e.name {
+                let tag = match &n.reference {
+                    Reference::Tag(t) => t.to_string(),
+                    Reference::Digest(d) => d.to_string(),
+                };
+                v["annotations"] = json!({FULL_NAME: n.to_string(), REF_NAME: tag});
+            }
+            v
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests,
+    }))
+    .expect("index serializes")
+}
+
+pub struct Imported {
+    pub objects: usize,
+    pub bytes: u64,
+    pub tags: Vec<String>,
+    /// Objects whose content did not match their name: not imported.
+    pub rejected: Vec<String>,
+}
+
+/// A verified object waiting in the store's temp directory.
+struct Pending {
+    file: File,
+    tmp: PathBuf,
+    size: u64,
+}
+
+/// Load the layout at `path` (directory or `.tar`) into the store, verifying every digest, and
+/// record its tags. Blocking.
+pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
+    let store = &mirror.store;
+    let mut pending: HashMap<Digest, Pending> = HashMap::new();
+    let mut rejected = Vec::new();
+    let mut index: Option<Vec<u8>> = None;
+    let bar = super::progress(0, "importing", false);
+    let mut take = |name: &str,
+                    reader: &mut dyn Read,
+                    pending: &mut HashMap<Digest, Pending>|
+     -> Result<(), String> {
+        let name = name.trim_start_matches("./");
+        if name == "index.json" {
+            let mut buf = Vec::new();
+            reader
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read index.json: {e}"))?;
+            index = Some(buf);
+            return Ok(());
+        }
+        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
+            return Ok(());
+        };
+        let Ok(want) = Digest::parse(&format!("sha256:{hex}")) else {
+            return Ok(());
+        };
+        let (mut file, tmp) = store
+            .temp_file(&want)
+            .map_err(|e| format!("cannot write the store: {e}"))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| format!("cannot read {name}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])
+                .map_err(|e| format!("cannot write the store: {e}"))?;
+            size += n as u64;
+            bar.inc(n as u64);
+        }
+        if Digest::from_bytes(hasher.finalize().into()) == want {
+            pending.insert(want, Pending { file, tmp, size });
+        } else {
+            let _ = fs::remove_file(&tmp);
+            rejected.push(format!("{want}: content does not match its digest"));
+        }
+        Ok(())
+    };
+    if path.is_dir() {
+        let mut f = File::open(path.join("index.json"))
+            .map_err(|e| format!("{}: not an OCI layout ({e})", path.display()))?;
+        take("index.json", &mut f, &mut pending)?;
+        let dir = path.join("blobs/sha256");
+        for entry in
+            fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let name = format!("blobs/sha256/{}", entry.file_name().to_string_lossy());
+            let mut f = File::open(entry.path()).map_err(|e| format!("cannot read {name}: {e}"))?;
+            take(&name, &mut f, &mut pending)?;
+        }
+    } else {
+        let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let mut archive = tar::Archive::new(f);
+        for entry in archive
+            .entries()
+            .map_err(|e| format!("{}: not a tar ({e})", path.display()))?
+        {
+            let mut entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+            let name = entry
+                .path()
+                .map_err(|e| e.to_string())?
+                .to_string_lossy()
+                .into_owned();
+            take(&name, &mut entry, &mut pending)?;
+        }
+    }
+    bar.finish_and_clear();
+    let index: Value = serde_json::from_slice(&index.ok_or("the layout has no index.json")?)
+        .map_err(|e| format!("index.json: {e}"))?;
+    let top = index["manifests"].as_array().cloned().unwrap_or_default();
+
+    // what is a manifest: the index's entries and every manifest they reach
+    let read = |p: &Pending| -> Vec<u8> {
+        let mut buf = vec![0u8; p.size.min(media::MAX_MANIFEST_BYTES as u64) as usize];
+        let _ = std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, 0);
+        buf
+    };
+    let stored_manifest = |d: &Digest| fs::read(store.path(Kind::Manifest, d)).ok();
+    let mut kinds: HashMap<Digest, Kind> = HashMap::new();
+    let mut todo: Vec<Digest> = top
+        .iter()
+        .filter_map(|m| Digest::parse(m["digest"].as_str()?).ok())
+        .collect();
+    while let Some(d) = todo.pop() {
+        if kinds.insert(d, Kind::Manifest).is_some() {
+            continue;
+        }
+        let Some(bytes) = pending.get(&d).map(read).or_else(|| stored_manifest(&d)) else {
+            continue;
+        };
+        let t = media::manifest_type(&bytes).unwrap_or_default();
+        if let Ok(r) = refs(&t, &bytes) {
+            todo.extend(r.manifests.iter().map(|(c, _)| *c));
+        }
+    }
+    let (mut objects, mut bytes) = (0, 0);
+    for (d, p) in pending {
+        let kind = kinds.get(&d).copied().unwrap_or(Kind::Blob);
+        if store.contains(kind, &d) {
+            let _ = fs::remove_file(&p.tmp);
+            continue;
+        }
+        store
+            .commit(&p.tmp, &p.file, kind, &d)
+            .map_err(|e| format!("cannot store {d}: {e}"))?;
+        mirror.quota.added(kind, d, p.size);
+        objects += 1;
+        bytes += p.size;
+    }
+    let mut tags = Vec::new();
+    let key = Accept::default().key();
+    for m in &top {
+        let name = m["annotations"][FULL_NAME]
+            .as_str()
+            .or(m["annotations"][REF_NAME].as_str());
+        let (Some(name), Some(digest)) = (
+            name,
+            m["digest"].as_str().and_then(|d| Digest::parse(d).ok()),
+        ) else {
+            continue;
+        };
+        let Ok(image) = ImageRef::parse(name) else {
+            continue;
+        };
+        let (Reference::Tag(tag), false) = (&image.reference, !name.contains('/')) else {
+            continue;
+        };
+        if !store.contains(Kind::Manifest, &digest) {
+            continue;
+        }
+        let media_type = m["mediaType"].as_str().unwrap_or(media::OCI_MANIFEST);
+        mirror
+            .tags
+            .put(
+                &image.registry,
+                &image.name,
+                tag,
+                &key,
+                TagEntry::new(&digest, media_type),
+            )
+            .map_err(|e| format!("cannot record {image}: {e}"))?;
+        tags.push(image.to_string());
+    }
+    Ok(Imported {
+        objects,
+        bytes,
+        tags,
+        rejected,
+    })
+}

@@ -1,0 +1,146 @@
+//! `wharf ls`, `wharf gc` and `wharf verify`: what the cache holds, shrinking it now, and
+//! re-hashing everything in it.
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::cache::{DiskQuota, Kind};
+use crate::mirror::Mirror;
+use crate::registry::image::refs;
+use crate::registry::{media, Digest};
+
+pub struct Listed {
+    pub image: String,
+    pub digest: String,
+    pub media_type: String,
+    /// Bytes of the manifests and blobs of the image that are cached.
+    pub size: u64,
+    /// The most recent use of any of its files (hits refresh mtimes at most hourly).
+    pub last_use: SystemTime,
+}
+
+impl Listed {
+    pub fn json(&self) -> serde_json::Value {
+        let secs = self
+            .last_use
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        json!({"image": self.image, "digest": self.digest, "media_type": self.media_type,
+               "size": self.size, "last_use": secs})
+    }
+}
+
+/// Every cached tag with its digest, size and last use. Blocking.
+pub fn ls(mirror: &Mirror) -> Vec<Listed> {
+    let store = &mirror.store;
+    let mut out = Vec::new();
+    for (registry, repo, tag, record) in mirror.tags.all() {
+        for entry in record.by_accept.values() {
+            let Some(top) = entry.digest() else { continue };
+            if out.iter().any(|l: &Listed| {
+                l.digest == entry.digest && l.image.ends_with(&format!("/{repo}:{tag}"))
+            }) {
+                continue; // the same digest under another Accept set
+            }
+            let (mut size, mut last_use) = (0, SystemTime::UNIX_EPOCH);
+            let mut seen = Vec::new();
+            let mut todo = vec![(Kind::Manifest, top)];
+            while let Some((kind, d)) = todo.pop() {
+                if seen.contains(&(kind, d)) {
+                    continue;
+                }
+                seen.push((kind, d));
+                let path = store.path(kind, &d);
+                let Ok(meta) = fs::metadata(&path) else {
+                    continue;
+                };
+                size += meta.len();
+                last_use = last_use.max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+                if kind == Kind::Manifest {
+                    let Ok(bytes) = fs::read(&path) else { continue };
+                    let t = media::manifest_type(&bytes).unwrap_or_default();
+                    if let Ok(r) = refs(&t, &bytes) {
+                        todo.extend(r.manifests.into_iter().map(|(c, _)| (Kind::Manifest, c)));
+                        todo.extend(r.blobs.into_iter().map(|(b, _)| (Kind::Blob, b)));
+                    }
+                }
+            }
+            out.push(Listed {
+                image: format!("{registry}/{repo}:{tag}"),
+                digest: entry.digest.clone(),
+                media_type: entry.media_type.clone(),
+                size,
+                last_use,
+            });
+        }
+    }
+    out
+}
+
+/// Evict least recently used objects until the store holds at most `max` bytes. Returns the
+/// objects and bytes removed. Blocking.
+pub fn gc(mirror: &Mirror, max: u64) -> Result<(usize, u64), String> {
+    let list = |m: &Mirror| -> Result<(usize, u64), String> {
+        let l = m
+            .store
+            .list()
+            .map_err(|e| format!("cannot list the store: {e}"))?;
+        Ok((l.len(), l.iter().map(|o| o.size).sum()))
+    };
+    let before = list(mirror)?;
+    let quota = DiskQuota::new(Arc::clone(&mirror.store), Some(max));
+    quota
+        .load(&mirror.store)
+        .map_err(|e| format!("cannot index the store: {e}"))?;
+    quota.flush();
+    let after = list(mirror)?;
+    Ok((before.0 - after.0, before.1.saturating_sub(after.1)))
+}
+
+pub struct Verified {
+    pub objects: usize,
+    pub bytes: u64,
+    /// Objects whose content did not match their digest; they were removed.
+    pub bad: Vec<String>,
+}
+
+/// Re-hash every stored object, removing those whose content does not match. Blocking.
+pub fn verify(mirror: &Mirror, json: bool) -> Result<Verified, String> {
+    let store = &mirror.store;
+    let objects = store
+        .list()
+        .map_err(|e| format!("cannot list the store: {e}"))?;
+    let total = objects.iter().map(|o| o.size).sum();
+    let bar = super::progress(total, "verifying", json);
+    let mut bad = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for o in &objects {
+        let path = store.path(o.kind, &o.digest);
+        let mut hasher = Sha256::new();
+        let read = File::open(&path).and_then(|mut f| loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break Ok(());
+            }
+            hasher.update(&buf[..n]);
+            bar.inc(n as u64);
+        });
+        let ok = read.is_ok() && Digest::from_bytes(hasher.finalize().into()) == o.digest;
+        if !ok {
+            let _ = fs::remove_file(&path);
+            bad.push(format!("{} ({})", o.digest, path.display()));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Verified {
+        objects: objects.len(),
+        bytes: total,
+        bad,
+    })
+}

@@ -1,0 +1,125 @@
+//! What a manifest points at: an index's platform manifests, an image manifest's config and
+//! layers. The commands that move whole images (warm, export, import, ls) walk these.
+
+use serde::Deserialize;
+
+use super::media;
+use super::reference::Digest;
+
+/// A platform as `os/arch[/variant]` (`linux/arm64/v8`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let mut parts = s.split('/');
+        let (Some(os), Some(arch)) = (parts.next(), parts.next()) else {
+            return Err(format!("platform {s:?} is not os/arch[/variant]"));
+        };
+        Ok(Platform {
+            os: os.to_owned(),
+            architecture: arch.to_owned(),
+            variant: parts.next().map(str::to_owned),
+        })
+    }
+
+    /// Whether a manifest for `other` serves this platform (no variant asked: any variant).
+    pub fn matches(&self, other: &Platform) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && (self.variant.is_none() || self.variant == other.variant)
+    }
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    platform: Option<PlatformJson>,
+}
+
+#[derive(Deserialize)]
+struct PlatformJson {
+    os: String,
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ManifestJson {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+/// What one manifest refers to.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Refs {
+    /// An index's manifests, with their platforms when given.
+    pub manifests: Vec<(Digest, Option<Platform>)>,
+    /// An image manifest's config and layers, with their sizes.
+    pub blobs: Vec<(Digest, u64)>,
+}
+
+/// Read what `body` (a manifest of `media_type`) refers to. Unknown digests are skipped.
+pub fn refs(media_type: &str, body: &[u8]) -> Result<Refs, String> {
+    let m: ManifestJson =
+        serde_json::from_slice(body).map_err(|e| format!("not a manifest: {e}"))?;
+    let digest = |d: &Descriptor| Digest::parse(&d.digest).ok();
+    let mut out = Refs::default();
+    if media::is_index(media_type) || !m.manifests.is_empty() {
+        for d in &m.manifests {
+            if let Some(dg) = digest(d) {
+                let p = d.platform.as_ref().map(|p| Platform {
+                    os: p.os.clone(),
+                    architecture: p.architecture.clone(),
+                    variant: p.variant.clone(),
+                });
+                out.manifests.push((dg, p));
+            }
+        }
+    }
+    for d in m.config.iter().chain(&m.layers) {
+        if let Some(dg) = digest(d) {
+            out.blobs.push((dg, d.size));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_indexes_and_images() {
+        let a = format!("sha256:{}", "a".repeat(64));
+        let b = format!("sha256:{}", "b".repeat(64));
+        let index = format!(
+            r#"{{"manifests":[{{"digest":"{a}","size":1,"platform":{{"os":"linux","architecture":"arm64","variant":"v8"}}}},{{"digest":"{b}","size":1}}]}}"#
+        );
+        let r = refs(media::OCI_INDEX, index.as_bytes()).unwrap();
+        assert_eq!(r.manifests.len(), 2);
+        let arm = r.manifests[0].1.clone().unwrap();
+        assert!(Platform::parse("linux/arm64").unwrap().matches(&arm));
+        assert!(Platform::parse("linux/arm64/v8").unwrap().matches(&arm));
+        assert!(!Platform::parse("linux/amd64").unwrap().matches(&arm));
+        let image = format!(
+            r#"{{"config":{{"digest":"{a}","size":5}},"layers":[{{"digest":"{b}","size":7}}]}}"#
+        );
+        let r = refs(media::OCI_MANIFEST, image.as_bytes()).unwrap();
+        assert_eq!(r.blobs.len(), 2);
+        assert_eq!(r.blobs[1].1, 7);
+        assert!(Platform::parse("linux").is_err());
+    }
+}
