@@ -105,6 +105,11 @@ impl ProxyHttp for Front {
         }
     }
 
+    /// A cut transfer is logged once, by the access log below.
+    fn suppress_error_log(&self, _: &Session, _: &RequestCtx, _: &Error) -> bool {
+        true
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let req = session.req_header();
         let status = session

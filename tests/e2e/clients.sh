@@ -9,7 +9,12 @@
 #   round 1  every client pulls; digests are checked (and --platform pulls of an index);
 #   round 2  the same again: no blob and no manifest is fetched from an upstream;
 #   round 3  both upstreams stopped, tags past their TTL: pulls still work (stale tags);
-#   round 4  wharf restarted --offline: pulls still work; a tag never pulled fails.
+#   round 4  wharf restarted --offline: pulls still work; a tag never pulled fails;
+#   round 5  air gap: a cache warmed and exported (`wharf warm`, `wharf export`) while the
+#            upstreams were up is imported into an empty data dir and served --offline:
+#            dockerd and containerd pull and run from it.
+# Also, while the upstreams are up: a second wharf on a 1.5 MiB tmpfs runs out of disk in a
+# fill; the client gets an error, nothing partial is stored, cached content is still served.
 #
 # Needs root and the packages tests/install-deps.sh installs. Everything it starts runs under
 # a temp dir and is stopped on exit. Docker Hub's hostnames are pinned to a dead loopback
@@ -246,6 +251,34 @@ blobs2=$(upstream_blob_gets); manifests2=$(upstream_manifest_gets)
 check "fetched no blob from the upstreams" test "$blobs2" -eq "$blobs1"
 check "fetched no manifest from the upstreams" test "$manifests2" -eq "$manifests1"
 
+# ---------------------------------------------------------------- air gap, part 1: warm + export
+WHARF=("$ROOT/target/debug/wharf")
+ROUND=warm
+check "wharf warm filled a fresh data dir" "${WHARF[@]}" warm --config "$W/wharf.toml" --data "$W/warmed" \
+  busybox multi:1 registry.test/library/busybox:only-here
+check "wharf export wrote the cache as an OCI layout tar" "${WHARF[@]}" export --config "$W/wharf.toml" --data "$W/warmed" --out "$W/cache.tar"
+
+# ---------------------------------------------------------------- full disk during a fill
+ROUND=full-disk
+mkdir -p "$W/small"
+mount -t tmpfs -o size=1536k tmpfs "$W/small"
+SMALL=127.0.0.1:15003
+start wharf-small env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen "$SMALL" --data "$W/small/data" --config "$W/wharf.toml"
+wait_for wharf-small curl -sf "http://$SMALL/v2/"
+copy() { rm -rf "$W/sk-$2"; skopeo copy --quiet --src-tls-verify=false "docker://$SMALL/$1" "oci:$W/sk-$2:x" >/dev/null 2>&1; }
+check "a small image fits and is served" copy library/layers:1 small
+fill_up() { head -c 700k /dev/urandom >"$W/small/filler"; } # leave less room than busybox's layer
+fill_up
+copy_fails() { ! copy "$@"; }
+check "a fill that runs out of disk fails the pull" copy_fails library/busybox:latest big
+BB_LAYER=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["layers"][0]["digest"][7:])' "$W/bb.json")
+check "nothing partial was stored" test ! -e "$W/small/data/blobs/sha256/$BB_LAYER"
+check "no temp file was left" test -z "$(ls -A "$W/small/data/tmp")"
+check "cached content is still served" copy library/layers:1 small-again
+check "wharf is still up" curl -sfo /dev/null "http://$SMALL/v2/"
+stop wharf-small
+umount -l "$W/small"
+
 ROUND=3
 stop registry
 stop registry2
@@ -258,6 +291,19 @@ stop wharf
 start_wharf --offline
 round
 check "a tag never pulled is not found offline" bash -c '! podman pull -q docker.io/library/busybox:never-pulled >/dev/null 2>&1'
+
+# ---------------------------------------------------------------- air gap, part 2: import + offline
+ROUND=5
+stop wharf
+check "wharf import loaded the tar into an empty data dir" "${WHARF[@]}" import --data "$W/imported" "$W/cache.tar"
+start wharf env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen "$MIRROR" --data "$W/imported" --config "$W/wharf.toml" --offline
+wait_for wharf curl -sf "http://$MIRROR/v2/"
+check "ctr pulled busybox from the imported cache" containerd_pull docker.io/library/busybox:latest "$BUSYBOX"
+check "ctr pulled the multi-arch index from the imported cache" containerd_pull docker.io/library/multi:1 "$MULTI"
+check "ctr pulled registry.test's tag from the imported cache" containerd_pull registry.test/library/busybox:only-here "$BUSYBOX"
+check "ctr ran busybox" bash -c "[[ \$(${CTR[*]} run --rm docker.io/library/busybox:latest e2e-ctr echo ok) == ok ]]"
+check "dockerd pulled and ran busybox from the imported cache" docker_pull_run busybox "$BUSYBOX"
+check "dockerd pulled and ran the multi-arch index from the imported cache" docker_pull_run multi:1 "$MULTI"
 
 hits=$(grep -c 'outcome="hit-' "$W/wharf.log" || true); misses=$(grep -c 'outcome="miss"' "$W/wharf.log" || true)
 log "wharf access log: $hits hits, $misses misses"
