@@ -2,7 +2,10 @@
 //! traffic (and Docker Hub's remaining pull allowance), fills in flight and verification
 //! failures. One process-wide set, recorded where things happen, exposed by the admin listener.
 
-use std::sync::LazyLock;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, SystemTime};
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -29,6 +32,105 @@ pub struct Metrics {
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// How often the status page's history is sampled, and how much of it is kept (an hour).
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+const SAMPLES: usize = 360;
+
+/// Counters at one moment, for the status page's history.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    pub at: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes_from_cache: u64,
+    pub bytes_fetched: u64,
+}
+
+/// Requests and bytes per repository (`registry/name`), for "top repositories".
+#[derive(Default)]
+pub struct RepoUse {
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// What the status page shows beyond the metrics: history and per-repository use.
+pub struct Activity {
+    history: Mutex<VecDeque<Sample>>,
+    repos: moka::sync::Cache<String, Arc<RepoUse>>,
+}
+
+pub static ACTIVITY: LazyLock<Activity> = LazyLock::new(|| Activity {
+    history: Mutex::new(VecDeque::with_capacity(SAMPLES)),
+    repos: moka::sync::Cache::new(10_000),
+});
+
+impl Activity {
+    /// Count one request for `repo` that sent `bytes`.
+    pub fn used(&self, repo: &str, bytes: u64) {
+        let u = self
+            .repos
+            .get_with_by_ref(repo, || Arc::new(RepoUse::default()));
+        u.requests.fetch_add(1, Ordering::Relaxed);
+        u.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The `n` repositories with the most requests: (name, requests, bytes).
+    pub fn top(&self, n: usize) -> Vec<(String, u64, u64)> {
+        let mut all: Vec<_> = self
+            .repos
+            .iter()
+            .map(|(k, u)| {
+                let r = u.requests.load(Ordering::Relaxed);
+                ((*k).clone(), r, u.bytes.load(Ordering::Relaxed))
+            })
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// Record the counters now (the admin listener calls this every [`SAMPLE_EVERY`]).
+    pub fn sample(&self) {
+        let m = &*METRICS;
+        let hits = ["hit-memory", "hit-disk", "stale"]
+            .iter()
+            .map(|o| m.outcomes.with_label_values(&[o]).get())
+            .sum();
+        let misses = ["miss", "coalesced"]
+            .iter()
+            .map(|o| m.outcomes.with_label_values(&[o]).get())
+            .sum();
+        let bytes_from_cache = ["hit-memory", "hit-disk", "stale"]
+            .iter()
+            .map(|o| m.bytes_served.with_label_values(&[o]).get())
+            .sum();
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut h = self.history.lock().expect("history");
+        if h.len() == SAMPLES {
+            h.pop_front();
+        }
+        h.push_back(Sample {
+            at,
+            hits,
+            misses,
+            bytes_from_cache,
+            bytes_fetched: m.bytes_fetched.get(),
+        });
+    }
+
+    pub fn history(&self) -> Vec<Sample> {
+        self.history
+            .lock()
+            .expect("history")
+            .iter()
+            .copied()
+            .collect()
+    }
+}
 
 impl Metrics {
     fn new() -> Metrics {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, FakeHub, Faults, Wharf};
+use common::{client, header as header_of, FakeHub, Faults, Wharf};
 
 #[tokio::test]
 async fn health_and_metrics_follow_the_traffic() {
@@ -73,6 +73,21 @@ async fn health_and_metrics_follow_the_traffic() {
             .await,
         2.0
     );
+
+    // the status page shows it to a person
+    let r = c.get(format!("http://{}/", w.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(header_of(&r, "content-type").starts_with("text/html"));
+    let page = r.text().await.unwrap();
+    for want in [
+        "hit ratio",
+        "docker.io/library/obs",
+        "fills in flight",
+        "<svg",
+        "42 pulls left",
+    ] {
+        assert!(page.contains(want), "status page lacks {want:?}");
+    }
 
     // a corrupt upstream body counts as a verification failure
     hub.set_faults(Faults {

@@ -1,18 +1,25 @@
 //! The admin listener, apart from the registry port: Prometheus `/metrics`, `/healthz` (the
-//! process answers) and `/readyz` (it can serve: the data directory is writable).
+//! process answers), `/readyz` (it can serve: the data directory is writable), and at `/` a
+//! status page for people: hit ratio over the last hour, bytes saved, the store against its
+//! quota, the busiest repositories, fills in flight.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{header, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::metrics::METRICS;
+use crate::commands::human_bytes;
+use crate::metrics::{Sample, ACTIVITY, METRICS};
+use crate::mirror::Mirror;
 
 pub struct Admin {
     /// Where the store writes temp files: ready means a file can be created there.
     pub tmp_dir: PathBuf,
+    pub mirror: Arc<Mirror>,
 }
 
 #[async_trait]
@@ -41,10 +48,15 @@ impl ServeHttp for Admin {
                     format!("not ready: {e}\n"),
                 ),
             },
+            "/" => text(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                status_page(&self.mirror),
+            ),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found: try /metrics, /healthz, /readyz\n".into(),
+                "not found: try /, /metrics, /healthz, /readyz\n".into(),
             ),
         }
     }
@@ -63,4 +75,118 @@ impl Admin {
         .await
         .map_err(|e| e.to_string())?
     }
+}
+
+/// The hit ratio of each sampled interval that saw traffic, as (unix time, ratio).
+fn ratios(history: &[Sample]) -> Vec<(u64, f64)> {
+    history
+        .windows(2)
+        .filter_map(|w| {
+            let hits = w[1].hits.saturating_sub(w[0].hits);
+            let misses = w[1].misses.saturating_sub(w[0].misses);
+            (hits + misses > 0).then(|| (w[1].at, hits as f64 / (hits + misses) as f64))
+        })
+        .collect()
+}
+
+/// A 600x120 SVG line of the hit ratio over the last hour.
+fn sparkline(points: &[(u64, f64)], now: u64) -> String {
+    let (w, h) = (600.0, 120.0);
+    let x = |t: u64| w - (now.saturating_sub(t) as f64 / 3600.0 * w).min(w);
+    let y = |r: f64| h - r * (h - 10.0) - 5.0;
+    let line: Vec<String> = points
+        .iter()
+        .map(|&(t, r)| format!("{:.1},{:.1}", x(t), y(r)))
+        .collect();
+    format!(
+        r##"<svg width="600" height="120" viewBox="0 0 600 120" role="img" aria-label="hit ratio">
+<rect width="600" height="120" fill="#f6f8fa"/>
+<line x1="0" x2="600" y1="{y50:.1}" y2="{y50:.1}" stroke="#ddd"/>
+<polyline fill="none" stroke="#2da44e" stroke-width="2" points="{pts}"/>
+<text x="4" y="14" font-size="11" fill="#666">100%</text><text x="4" y="114" font-size="11" fill="#666">0%</text>
+<text x="520" y="114" font-size="11" fill="#666">last hour</text></svg>"##,
+        y50 = y(0.5),
+        pts = line.join(" ")
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn status_page(mirror: &Mirror) -> String {
+    let history = ACTIVITY.history();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let outcome = |o: &str| METRICS.outcomes.with_label_values(&[o]).get();
+    let hits = outcome("hit-memory") + outcome("hit-disk") + outcome("stale");
+    let misses = outcome("miss") + outcome("coalesced");
+    let ratio = if hits + misses == 0 {
+        "no pulls yet".to_owned()
+    } else {
+        format!("{:.1}%", 100.0 * hits as f64 / (hits + misses) as f64)
+    };
+    let served = |o: &str| METRICS.bytes_served.with_label_values(&[o]).get();
+    let saved = served("hit-memory") + served("hit-disk") + served("stale");
+    let used = mirror.quota.used();
+    let quota = match mirror.quota.max() {
+        Some(max) => format!(
+            "{} of {} ({:.0}%)<div class=bar><div style=\"width:{:.1}%\"></div></div>",
+            human_bytes(used),
+            human_bytes(max),
+            100.0 * used as f64 / max.max(1) as f64,
+            (100.0 * used as f64 / max.max(1) as f64).min(100.0)
+        ),
+        None => format!("{} (no max_size)", human_bytes(used)),
+    };
+    let mut top = String::new();
+    for (repo, requests, bytes) in ACTIVITY.top(10) {
+        let _ = write!(
+            top,
+            "<tr><td>{}</td><td>{requests}</td><td>{}</td></tr>",
+            escape(&repo),
+            human_bytes(bytes)
+        );
+    }
+    if top.is_empty() {
+        top = "<tr><td colspan=3>no pulls yet</td></tr>".into();
+    }
+    let mut limits = String::new();
+    for r in mirror.registries() {
+        let g = METRICS.ratelimit_remaining.with_label_values(&[&r]).get();
+        if g > 0 {
+            let _ = write!(limits, "<div>{}: {g} pulls left</div>", escape(&r));
+        }
+    }
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<title>wharf</title><style>
+body{{font:14px system-ui,sans-serif;margin:2em;color:#24292f}} h1{{font-size:20px}}
+.cards{{display:flex;gap:1em;flex-wrap:wrap}} .card{{border:1px solid #d0d7de;border-radius:6px;padding:.8em 1em;min-width:11em}}
+.card b{{display:block;font-size:22px;margin-top:.2em}} table{{border-collapse:collapse;margin-top:.5em}}
+td,th{{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}}
+.bar{{height:6px;background:#eee;border-radius:3px;margin-top:.4em}} .bar div{{height:6px;background:#0969da;border-radius:3px}}
+</style></head><body>
+<h1>wharf {version} &mdash; {registries}</h1>
+<div class=cards>
+<div class=card>hit ratio<b>{ratio}</b>{hits} hits, {misses} misses</div>
+<div class=card>bytes saved<b>{saved}</b>served from cache; {fetched} fetched upstream</div>
+<div class=card>store<b>{quota}</b></div>
+<div class=card>fills in flight<b>{fills}</b>{limits}</div>
+</div>
+<h2>Hit ratio, last hour</h2>{spark}
+<h2>Top repositories</h2><table><tr><th>repository</th><th>requests</th><th>sent</th></tr>{top}</table>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a></p>
+</body></html>"#,
+        version = env!("CARGO_PKG_VERSION"),
+        registries = escape(&mirror.registries().join(", ")),
+        saved = human_bytes(saved),
+        fetched = human_bytes(METRICS.bytes_fetched.get()),
+        fills = METRICS.fills_in_flight.get(),
+        spark = sparkline(&ratios(&history), now),
+    )
 }

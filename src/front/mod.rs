@@ -19,8 +19,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
 use crate::cache::fill::read_at;
-use crate::config::Config;
-use crate::metrics::METRICS;
+use crate::config::{Config, DEFAULT_REGISTRY};
+use crate::metrics::{ACTIVITY, METRICS, SAMPLE_EVERY};
 use crate::mirror::{Body, Mirror, Outcome, Reply, CHUNK};
 use crate::registry::media::Accept;
 use crate::registry::route::{check_method, namespace};
@@ -39,6 +39,8 @@ pub struct RequestCtx {
     registry: String,
     /// The kind of endpoint, for metrics.
     route: &'static str,
+    /// `registry/repository`, for the status page's top repositories.
+    repo: Option<String>,
 }
 
 #[async_trait]
@@ -51,6 +53,7 @@ impl ProxyHttp for Front {
             outcome: Outcome::Local,
             registry: String::new(),
             route: "invalid",
+            repo: None,
         }
     }
 
@@ -84,6 +87,14 @@ impl ProxyHttp for Front {
             Ok((up, route)) => {
                 ctx.registry.clone_from(&up.registry);
                 ctx.route = route.kind();
+                ctx.repo = route.name().map(|n| {
+                    let n = if up.registry == DEFAULT_REGISTRY {
+                        n.clone().with_library_prefix()
+                    } else {
+                        n.clone()
+                    };
+                    format!("{}/{n}", up.registry)
+                });
                 self.mirror
                     .handle(&up, route, head, &accept, range.as_deref())
                     .await
@@ -123,6 +134,9 @@ impl ProxyHttp for Front {
             .with_label_values(&[ctx.route, &status.to_string()])
             .inc();
         METRICS.outcomes.with_label_values(&[outcome]).inc();
+        if let Some(repo) = &ctx.repo {
+            ACTIVITY.used(repo, session.body_bytes_sent() as u64);
+        }
         METRICS
             .bytes_served
             .with_label_values(&[outcome])
@@ -232,7 +246,12 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(&server.configuration, Front { mirror });
+    let mut service = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Front {
+            mirror: mirror.clone(),
+        },
+    );
     service.add_tcp(&config.listen);
     server.add_service(service);
     if let Some(addr) = &config.admin {
@@ -240,7 +259,12 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
         let admin = admin::Admin {
             tmp_dir: data.join("tmp"),
+            mirror: mirror.clone(),
         };
+        std::thread::spawn(|| loop {
+            ACTIVITY.sample();
+            std::thread::sleep(SAMPLE_EVERY);
+        });
         let mut service = pingora::services::listening::Service::new("admin".into(), admin);
         service.add_tcp(addr);
         server.add_service(service);

@@ -73,6 +73,17 @@ impl Route {
 }
 
 impl Route {
+    /// The repository asked about, if any.
+    pub fn name(&self) -> Option<&RepoName> {
+        match self {
+            Route::Base => None,
+            Route::Manifest { name, .. }
+            | Route::Blob { name, .. }
+            | Route::TagsList { name, .. }
+            | Route::Referrers { name, .. } => Some(name),
+        }
+    }
+
     /// The kind of endpoint, as metrics label it.
     pub fn kind(&self) -> &'static str {
         match self {
