@@ -89,10 +89,11 @@ fn ratios(history: &[Sample]) -> Vec<(u64, f64)> {
         .collect()
 }
 
-/// A 600x120 SVG line of the hit ratio over the last hour.
-fn sparkline(points: &[(u64, f64)], now: u64) -> String {
+/// A 600x120 SVG line of the hit ratio over the history kept (a minute to an hour).
+fn sparkline(points: &[(u64, f64)], since: u64, now: u64) -> String {
     let (w, h) = (600.0, 120.0);
-    let x = |t: u64| w - (now.saturating_sub(t) as f64 / 3600.0 * w).min(w);
+    let span = now.saturating_sub(since).clamp(60, 3600);
+    let x = |t: u64| w - (now.saturating_sub(t) as f64 / span as f64 * w).min(w);
     let y = |r: f64| h - r * (h - 10.0) - 5.0;
     let line: Vec<String> = points
         .iter()
@@ -104,9 +105,10 @@ fn sparkline(points: &[(u64, f64)], now: u64) -> String {
 <line x1="0" x2="600" y1="{y50:.1}" y2="{y50:.1}" stroke="#ddd"/>
 <polyline fill="none" stroke="#2da44e" stroke-width="2" points="{pts}"/>
 <text x="4" y="14" font-size="11" fill="#666">100%</text><text x="4" y="114" font-size="11" fill="#666">0%</text>
-<text x="520" y="114" font-size="11" fill="#666">last hour</text></svg>"##,
+<text x="596" y="114" font-size="11" fill="#666" text-anchor="end">last {minutes} min</text></svg>"##,
         y50 = y(0.5),
-        pts = line.join(" ")
+        pts = line.join(" "),
+        minutes = span.div_ceil(60),
     )
 }
 
@@ -178,7 +180,7 @@ td,th{{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}}
 <div class=card>store<b>{quota}</b></div>
 <div class=card>fills in flight<b>{fills}</b>{limits}</div>
 </div>
-<h2>Hit ratio, last hour</h2>{spark}
+<h2>Hit ratio over time</h2>{spark}
 <h2>Top repositories</h2><table><tr><th>repository</th><th>requests</th><th>sent</th></tr>{top}</table>
 <p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a></p>
 </body></html>"#,
@@ -187,6 +189,10 @@ td,th{{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}}
         saved = human_bytes(saved),
         fetched = human_bytes(METRICS.bytes_fetched.get()),
         fills = METRICS.fills_in_flight.get(),
-        spark = sparkline(&ratios(&history), now),
+        spark = sparkline(
+            &ratios(&history),
+            history.first().map_or(now, |s| s.at),
+            now
+        ),
     )
 }
