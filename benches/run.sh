@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# wharf against its peers, on 127.0.0.1, in one run: prints each figure and its ratio.
+#
+# Starts CNCF distribution (Debian's docker-registry) as the upstream with the content of
+# benches/content.py, wharf (release build) in front of it, distribution in proxy mode in front
+# of it too (the peer users would pick), and nginx serving the same files at the same URLs (the
+# speed of light for serving files over HTTP here). Then:
+#   1 warm 256 MiB blob, 1 stream and 4 streams: wharf / nginx throughput
+#   2 warm small objects (manifest by digest, 1 KiB blob), 64 connections (wrk):
+#     wharf / nginx req/s, and wharf's p50 / p99
+#   3 cold 256 MiB blob: wharf / straight from the upstream (throughput)
+#   4 cold pull of an 8-layer, 128 MiB image with skopeo: distribution's proxy time / wharf's
+#   5 50 concurrent cold GETs of one 64 MiB blob: upstream fetches (wharf and distribution), and
+#     wharf's total time / one cold GET's time
+#   6 wharf's anonymous RSS (not page cache) idle, and at peak under 64 concurrent 64 MiB pulls
+# Logs are off for wharf (WHARF_LOG=warn) and nginx (access_log off) alike.
+# usage: benches/run.sh   (as root: installs docker-registry, skopeo, nginx-light, wrk if missing)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=$(mktemp -d /tmp/wharf-bench.XXXXXX)
+UP=127.0.0.1:18000 WHARF=127.0.0.1:18001 DIST=127.0.0.1:18002 NGINX=127.0.0.1:18003
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+pkgs=(docker-registry skopeo nginx-light wrk curl python3 cmake)
+missing=(); for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+(cd "$ROOT" && cargo build --release --quiet)
+BIN=$ROOT/target/release/wharf
+
+declare -A PID
+start() { local name=$1; shift; setsid "$@" >>"$W/$name.log" 2>&1 </dev/null & PID[$name]=$!; }
+stop() { local p=${PID[$1]:-}; [[ -n $p ]] || return 0; kill "$p" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; kill -9 "$p" 2>/dev/null || true; unset "PID[$1]"; }
+wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; log "no answer from $1"; return 1; }
+cleanup() { for n in "${!PID[@]}"; do stop "$n"; done; rm -rf "$W"; }
+trap cleanup EXIT
+
+registry_config() { # FILE ADDR DATA [PROXY_URL]
+  cat >"$1" <<YML
+version: 0.1
+log: {level: warn, formatter: text, accesslog: {disabled: false}}
+storage: {filesystem: {rootdirectory: $3}, delete: {enabled: true}, cache: {blobdescriptor: inmemory}}
+http: {addr: "$2"}
+YML
+  if [[ -n ${4:-} ]]; then printf 'proxy: {remoteurl: "%s"}\n' "$4" >>"$1"; fi
+}
+
+# ---------------------------------------------------------------- servers and content
+registry_config "$W/upstream.yml" "$UP" "$W/upstream"
+start upstream /usr/bin/docker-registry serve "$W/upstream.yml"
+wait_http "http://$UP/v2/"
+log "pushing content (256 MiB + 64 MiB + 8 x 16 MiB + 1 KiB)"
+python3 "$ROOT/benches/content.py" "$UP" "$W/www" >"$W/content.json"
+q() { python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$W/content.json" "$1"; }
+BIG=$(q 'c["bench/big"]["blobs"][0]'); MID=$(q 'c["bench/mid"]["blobs"][0]')
+SMALL=$(q 'c["bench/small"]["blobs"][0]'); SMALL_M=$(q 'c["bench/small"]["manifest"]')
+
+cat >"$W/nginx.conf" <<CONF
+user root;
+worker_processes auto;
+pid $W/nginx.pid;
+error_log $W/nginx.error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile off;
+  keepalive_requests 1000000;
+  default_type application/octet-stream;
+  types {}
+  server { listen $NGINX; root $W/www; }
+}
+CONF
+start nginx /usr/sbin/nginx -c "$W/nginx.conf" -g 'daemon off;'
+wait_http "http://$NGINX/"
+
+fresh_wharf() {
+  stop wharf; rm -rf "$W/wharf"
+  start wharf env WHARF_LOG=warn "$BIN" serve --listen "$WHARF" --data "$W/wharf" --upstream "http://$UP" --config /dev/null
+  wait_http "http://$WHARF/v2/"
+}
+fresh_dist() {
+  stop dist; rm -rf "$W/dist"
+  registry_config "$W/dist.yml" "$DIST" "$W/dist" "http://$UP"
+  start dist /usr/bin/docker-registry serve "$W/dist.yml"
+  wait_http "http://$DIST/v2/"
+}
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
+upstream_gets() { grep -c "\"GET /v2/[^ ]*/blobs/$1 " "$W/upstream.log" || true; }
+# every URL measured must answer 200 first: a fast error is no result
+ok200() { [[ $(curl -s -o /dev/null -w '%{http_code}' "$1") == 200 ]] || { log "not 200: $1"; exit 1; }; }
+speed() { ok200 "$1"; curl -s -o /dev/null -w '%{speed_download}' "$1"; }
+parallel() { # N URL: N concurrent GETs, waiting for those alone (not the servers)
+  local pids=() i
+  for ((i = 0; i < $1; i++)); do curl -s -o /dev/null "$2" & pids+=($!); done
+  wait "${pids[@]}"
+}
+best_of_3() { local b=0 s; for _ in 1 2 3; do s=$(speed "$1"); b=$(awk -v a="$b" -v s="$s" 'BEGIN{print (s>a)?s:a}'); done; echo "$b"; }
+streams4() { # URL SIZE -> bytes/s over 4 parallel streams, best of 3
+  local b=0 t0 t1 s
+  for _ in 1 2 3; do
+    t0=$(now); parallel 4 "$1"; t1=$(now)
+    s=$(awk -v n="$2" -v d="$(secs "$t0" "$t1")" 'BEGIN{print 4*n/d}'); b=$(awk -v a="$b" -v s="$s" 'BEGIN{print (s>a)?s:a}')
+  done; echo "$b"
+}
+wrk_run() { # URL -> "req/s p50_ms p99_ms"
+  ok200 "$1"
+  wrk -t2 -c64 -d5s --latency "$1" | awk '
+    /Requests\/sec/ {r=$2}
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)}
+    END {printf "%s %.2f %.2f\n", r, p50, p99}'
+}
+rss_anon() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
+wharf_pid() { pgrep -f "serve --listen $WHARF" | head -1; }
+RESULTS=()
+row() { RESULTS+=("$(printf '%-58s %14s %14s %8s  %s' "$@")"); }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0)?a/b:0}'; }
+mb() { awk -v v="$1" 'BEGIN{printf "%.0f MB/s", v/1e6}'; }
+
+# ---------------------------------------------------------------- 1: warm 256 MiB
+fresh_wharf
+curl -s -o /dev/null "http://$WHARF/v2/bench/big/blobs/$BIG"
+for _ in $(seq 100); do [[ -e $W/wharf/blobs/sha256/${BIG#sha256:} ]] && break; sleep 0.1; done
+curl -s -o /dev/null "http://$WHARF/v2/bench/big/blobs/$BIG"  # page cache warm
+log "1: warm 256 MiB blob"
+w1=$(best_of_3 "http://$WHARF/v2/bench/big/blobs/$BIG"); n1=$(best_of_3 "http://$NGINX/v2/bench/big/blobs/$BIG")
+row "1 warm 256 MiB blob, 1 stream (wharf | nginx)" "$(mb "$w1")" "$(mb "$n1")" "$(ratio "$w1" "$n1")" "target >= 1.0"
+w4=$(streams4 "http://$WHARF/v2/bench/big/blobs/$BIG" $((256 << 20))); n4=$(streams4 "http://$NGINX/v2/bench/big/blobs/$BIG" $((256 << 20)))
+row "1 warm 256 MiB blob, 4 streams (wharf | nginx)" "$(mb "$w4")" "$(mb "$n4")" "$(ratio "$w4" "$n4")" "target >= 1.0"
+
+# ---------------------------------------------------------------- 2: small objects
+log "2: small objects, 64 connections"
+curl -s -o /dev/null "http://$WHARF/v2/bench/small/manifests/$SMALL_M"
+curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"; sleep 0.5
+curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"
+for what in manifests/$SMALL_M blobs/$SMALL; do
+  read -r wr wp50 wp99 < <(wrk_run "http://$WHARF/v2/bench/small/$what")
+  read -r nr _ _ < <(wrk_run "http://$NGINX/v2/bench/small/$what")
+  label=${what%%/*}; label=${label/manifests/manifest by digest}; label=${label/blobs/1 KiB blob}
+  row "2 warm $label, 64 conns, req/s (wharf | nginx)" "$(printf '%.0f' "$wr")" "$(printf '%.0f' "$nr")" "$(ratio "$wr" "$nr")" "target >= 1.0"
+  row "2 warm $label, wharf latency p50 | p99 (ms)" "$wp50" "$wp99" "" "target p99 <= 2 ms"
+done
+
+# ---------------------------------------------------------------- 3: cold 256 MiB
+log "3: cold 256 MiB blob"
+direct=$(best_of_3 "http://$UP/v2/bench/big/blobs/$BIG")
+fresh_wharf
+cold=$(speed "http://$WHARF/v2/bench/big/blobs/$BIG")
+row "3 cold 256 MiB blob (wharf | upstream direct)" "$(mb "$cold")" "$(mb "$direct")" "$(ratio "$cold" "$direct")" "target >= 0.9"
+
+# ---------------------------------------------------------------- 4: cold multi-layer pull
+log "4: cold pull of bench/layers:1 with skopeo"
+pull() { rm -rf "$W/pulled"; local t0; t0=$(now); skopeo copy -q --src-tls-verify=false "docker://$1/bench/layers:1" "dir:$W/pulled" >/dev/null; secs "$t0" "$(now)"; }
+fresh_wharf; tw=$(pull "$WHARF")
+fresh_dist; td=$(pull "$DIST")
+row "4 cold pull, 8 x 16 MiB layers, seconds (wharf | distribution)" "$tw" "$td" "$(ratio "$td" "$tw")" "target >= 2 (distribution / wharf)"
+
+# ---------------------------------------------------------------- 5: 50 concurrent cold GETs
+log "5: 50 concurrent cold GETs of one 64 MiB blob"
+fresh_wharf
+t0=$(now); curl -s -o /dev/null "http://$WHARF/v2/bench/mid/blobs/$MID"; one=$(secs "$t0" "$(now)")
+fresh_wharf
+before=$(upstream_gets "$MID"); t0=$(now)
+parallel 50 "http://$WHARF/v2/bench/mid/blobs/$MID"
+fifty=$(secs "$t0" "$(now)"); wharf_fetches=$(($(upstream_gets "$MID") - before))
+fresh_dist
+before=$(upstream_gets "$MID")
+parallel 50 "http://$DIST/v2/bench/mid/blobs/$MID"
+dist_fetches=$(($(upstream_gets "$MID") - before))
+row "5 50 cold GETs: upstream fetches (wharf | distribution)" "$wharf_fetches" "$dist_fetches" "" "target: wharf exactly 1"
+row "5 50 cold GETs: total | one cold GET, seconds (wharf)" "$fifty" "$one" "$(ratio "$fifty" "$one")" "target <= 1.5"
+
+# ---------------------------------------------------------------- 6: memory
+log "6: memory under 64 concurrent 64 MiB pulls"
+curl -s -o /dev/null "http://$WHARF/v2/bench/mid/blobs/$MID"; sleep 0.5
+pid=$(wharf_pid); idle=$(rss_anon "$pid"); peak=$idle
+parallel 64 "http://$WHARF/v2/bench/mid/blobs/$MID" &
+pulls=$!
+while kill -0 "$pulls" 2>/dev/null; do
+  r=$(rss_anon "$pid"); ((r > peak)) && peak=$r; sleep 0.02
+done
+row "6 wharf anonymous RSS, MiB (idle | peak, 64 x 64 MiB)" "$((idle / 1024))" "$((peak / 1024))" "" "target peak <= 64 MiB"
+
+echo
+echo "# wharf $(git -C "$ROOT" describe --always --dirty 2>/dev/null) on $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(date -u +%F)"
+printf '%-58s %14s %14s %8s  %s\n' "figure" "wharf" "peer" "ratio" ""
+for r in "${RESULTS[@]}"; do echo "$r"; done
