@@ -175,14 +175,15 @@ row "5 50 cold GETs: total | one cold GET, seconds (wharf)" "$fifty" "$one" "$(r
 
 # ---------------------------------------------------------------- 6: memory
 log "6: memory under 64 concurrent 64 MiB pulls"
-curl -s -o /dev/null "http://$WHARF/v2/bench/mid/blobs/$MID"; sleep 0.5
+fresh_wharf
+curl -s -o /dev/null "http://$WHARF/v2/bench/mid/blobs/$MID"; sleep 0.5  # cached, and idle
 pid=$(wharf_pid); idle=$(rss_anon "$pid"); peak=$idle
 parallel 64 "http://$WHARF/v2/bench/mid/blobs/$MID" &
 pulls=$!
 while kill -0 "$pulls" 2>/dev/null; do
   r=$(rss_anon "$pid"); ((r > peak)) && peak=$r; sleep 0.02
 done
-row "6 wharf anonymous RSS, MiB (idle | peak, 64 x 64 MiB)" "$((idle / 1024))" "$((peak / 1024))" "" "target peak <= 64 MiB"
+row "6 wharf anonymous RSS, MiB (idle after start | peak, 64 x 64 MiB)" "$((idle / 1024))" "$((peak / 1024))" "" "target peak <= 64 MiB"
 
 echo
 echo "# wharf $(git -C "$ROOT" describe --always --dirty 2>/dev/null) on $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(date -u +%F)"

@@ -101,6 +101,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // glibc gives every thread that allocates its own arena; with a blocking pool reading
+    // chunks on many threads that grows the heap for nothing. Two arenas serve two cores.
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 
 pub mod admin;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use pingora::server::configuration::ServerConf;
 use crate::cache::fill::read_at;
 use crate::config::{Config, DEFAULT_REGISTRY};
 use crate::metrics::{ACTIVITY, METRICS, SAMPLE_EVERY};
-use crate::mirror::{Body, Mirror, Outcome, Reply, CHUNK};
+use crate::mirror::{chunk_size, Body, Mirror, Outcome, Reply};
 use crate::registry::media::Accept;
 use crate::registry::route::{check_method, namespace};
 use crate::registry::Route;
@@ -161,6 +162,29 @@ impl ProxyHttp for Front {
     }
 }
 
+/// Bodies being streamed right now, which share the chunk memory budget.
+static TRANSFERS: AtomicUsize = AtomicUsize::new(0);
+
+/// One body being streamed, counted while it lives.
+struct Transfer;
+
+impl Transfer {
+    fn start() -> Transfer {
+        TRANSFERS.fetch_add(1, Ordering::Relaxed);
+        Transfer
+    }
+
+    fn chunk(&self) -> usize {
+        chunk_size(TRANSFERS.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        TRANSFERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Write a reply. An `Err` after the header is out means the transfer must be cut.
 async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
     let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
@@ -180,6 +204,7 @@ async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
         return session.write_response_header(Box::new(h), true).await;
     }
     session.write_response_header(Box::new(h), false).await?;
+    let transfer = Transfer::start();
     match body {
         Body::Empty => unreachable!("handled above"),
         Body::Bytes(b) => session.write_response_body(Some(b), true).await,
@@ -187,7 +212,7 @@ async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
             let end = offset + len;
             let mut pos = offset;
             while pos < end {
-                let n = (end - pos).min(CHUNK as u64) as usize;
+                let n = (end - pos).min(transfer.chunk() as u64) as usize;
                 let chunk = read_at(file.clone(), pos, n)
                     .await
                     .map_err(|e| Error::explain(InternalError, e.message))?;
@@ -197,7 +222,7 @@ async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
             Ok(())
         }
         Body::Fill(mut reader) => loop {
-            match reader.next_chunk(CHUNK).await {
+            match reader.next_chunk(transfer.chunk()).await {
                 Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
                 Ok(None) => return session.write_response_body(None, true).await,
                 Err(e) => return Error::e_explain(InternalError, e.message),

@@ -132,8 +132,24 @@ pub struct Mirror {
     referrers: moka::sync::Cache<referrers::ReferrersKey, referrers::Referrers>,
 }
 
-/// Bytes per chunk when streaming to clients: large chunks keep big blobs near disk speed.
-pub const CHUNK: usize = 1 << 20;
+/// Bytes per chunk when streaming to clients: large chunks keep big blobs near disk speed, but
+/// every transfer holds one, so they shrink when many run at once: together they stay within
+/// [`TRANSFER_BUDGET`] (never below 128 KiB, never above 1 MiB).
+pub fn chunk_size(transfers: usize) -> usize {
+    (TRANSFER_BUDGET / transfers.max(1)).clamp(128 << 10, 1 << 20)
+}
+
+#[cfg(test)]
+#[test]
+fn chunks_shrink_with_concurrency() {
+    assert_eq!(chunk_size(0), 1 << 20);
+    assert_eq!(chunk_size(16), 1 << 20);
+    assert_eq!(chunk_size(64), 256 << 10);
+    assert_eq!(chunk_size(10_000), 128 << 10);
+}
+
+/// Memory that chunks in flight may take together.
+pub const TRANSFER_BUDGET: usize = 16 << 20;
 
 impl Mirror {
     pub fn new(
