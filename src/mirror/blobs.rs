@@ -185,7 +185,8 @@ impl Mirror {
                 .unwrap_or_else(|_| Err(RegistryError::internal("blob fill panicked")));
             if let Err(e) = result {
                 tracing::warn!("fill of {name}@{digest} failed: {e}");
-                tokio::task::block_in_place(|| fill.fail(e));
+                let f = fill.clone();
+                me.blocking(move |_| f.fail(e)).await;
             }
             me.fills.remove(&digest);
             METRICS.fills_in_flight.dec();
@@ -193,7 +194,7 @@ impl Mirror {
     }
 
     async fn run_fill(
-        &self,
+        self: &Arc<Self>,
         up: &Upstream,
         name: &RepoName,
         fill: &Arc<Fill>,
@@ -258,7 +259,8 @@ impl Mirror {
             )));
         }
         fill.verified();
-        match tokio::task::block_in_place(|| fill.commit(&self.store)) {
+        let f = fill.clone();
+        match self.blocking(move |me| f.commit(&me.store)).await {
             Ok(()) => self.quota.added(Kind::Blob, digest, len),
             Err(e) => tracing::error!("cannot commit blob {digest} to the cache: {e}"),
         }

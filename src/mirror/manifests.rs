@@ -360,10 +360,23 @@ impl Mirror {
         Ok(current.as_ref() == Some(digest))
     }
 
-    async fn put_tag(&self, up: &Upstream, name: &RepoName, tag: &Tag, key: &str, entry: TagEntry) {
-        // a few hundred bytes: the write is quick, but still not on a runtime thread
-        let result =
-            tokio::task::block_in_place(|| self.tags.put(&up.registry, name, tag, key, entry));
+    async fn put_tag(
+        self: &Arc<Self>,
+        up: &Upstream,
+        name: &RepoName,
+        tag: &Tag,
+        key: &str,
+        entry: TagEntry,
+    ) {
+        let (registry, n, t, k) = (
+            up.registry.clone(),
+            name.clone(),
+            tag.clone(),
+            key.to_owned(),
+        );
+        let result = self
+            .blocking(move |m| m.tags.put(&registry, &n, &t, &k, entry))
+            .await;
         if let Err(e) = result {
             tracing::error!("cannot record tag {name}:{tag}: {e}");
         }
@@ -371,7 +384,7 @@ impl Mirror {
 
     /// GET a manifest from upstream, check it, store it. `expected` is the digest asked for.
     async fn fetch_manifest(
-        &self,
+        self: &Arc<Self>,
         up: &Upstream,
         name: &RepoName,
         reference: &str,
@@ -409,8 +422,10 @@ impl Mirror {
             }
         }
         let m = Manifest::from_bytes(digest, bytes, content_type.as_deref());
-        let stored =
-            tokio::task::block_in_place(|| self.store.write(Kind::Manifest, &m.digest, &m.bytes));
+        let (d, b) = (m.digest, m.bytes.clone());
+        let stored = self
+            .blocking(move |me| me.store.write(Kind::Manifest, &d, &b))
+            .await;
         match stored {
             Ok(()) => self
                 .quota

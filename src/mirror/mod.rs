@@ -209,6 +209,19 @@ impl Mirror {
         ))
     }
 
+    /// Run blocking filesystem work on the blocking pool, off the runtime's threads (which may
+    /// each be a single-threaded event loop).
+    pub(crate) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Mirror) -> T + Send + 'static,
+    ) -> T {
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || work(&me)).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
     /// The registries mirrored, sorted.
     pub fn registries(&self) -> Vec<String> {
         let mut r: Vec<String> = self.upstreams.keys().cloned().collect();
@@ -306,7 +319,7 @@ impl Mirror {
 
     /// The upstream's tag list; the tags wharf knows when the upstream cannot be asked.
     async fn tags_list(
-        &self,
+        self: &Arc<Self>,
         up: &Upstream,
         name: &RepoName,
         query: &str,
@@ -322,7 +335,8 @@ impl Mirror {
         {
             Ok(r) => r,
             Err(e) if up.offline || is_unavailable(&e) => {
-                let tags = tokio::task::block_in_place(|| self.tags.list(&up.registry, name));
+                let (registry, repo) = (up.registry.clone(), name.clone());
+                let tags = self.blocking(move |m| m.tags.list(&registry, &repo)).await;
                 if tags.is_empty() {
                     return Err(e);
                 }
