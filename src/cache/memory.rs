@@ -3,14 +3,23 @@
 //! Small objects are where per-request cost dominates (a disk read is a blocking-pool hop), so
 //! they are answered from here; large blobs stream from disk, where the page cache does this job.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use moka::sync::Cache;
 
 use super::store::Kind;
 use crate::registry::Digest;
 
+/// An object held in memory; a manifest keeps its media type, so a hit needs no parsing.
+#[derive(Clone)]
+pub struct Cached {
+    pub bytes: Bytes,
+    pub media_type: Option<Arc<str>>,
+}
+
 pub struct MemoryTier {
-    cache: Cache<(Kind, Digest), Bytes>,
+    cache: Cache<(Kind, Digest), Cached>,
     max_object: u64,
 }
 
@@ -20,13 +29,13 @@ impl MemoryTier {
         MemoryTier {
             cache: Cache::builder()
                 .max_capacity(capacity)
-                .weigher(|_, v: &Bytes| v.len().try_into().unwrap_or(u32::MAX))
+                .weigher(|_, v: &Cached| v.bytes.len().try_into().unwrap_or(u32::MAX))
                 .build(),
             max_object: max_object.min(capacity),
         }
     }
 
-    pub fn get(&self, kind: Kind, digest: &Digest) -> Option<Bytes> {
+    pub fn get(&self, kind: Kind, digest: &Digest) -> Option<Cached> {
         self.cache.get(&(kind, *digest))
     }
 
@@ -35,9 +44,10 @@ impl MemoryTier {
         len <= self.max_object
     }
 
-    pub fn insert(&self, kind: Kind, digest: Digest, bytes: Bytes) {
+    pub fn insert(&self, kind: Kind, digest: Digest, bytes: Bytes, media_type: Option<Arc<str>>) {
         if self.admits(bytes.len() as u64) {
-            self.cache.insert((kind, digest), bytes);
+            self.cache
+                .insert((kind, digest), Cached { bytes, media_type });
         }
     }
 }

@@ -115,7 +115,7 @@ impl Mirror {
         head: bool,
         range: Option<&str>,
     ) -> Result<Option<Reply>, RegistryError> {
-        if let Some(b) = self.memory.get(Kind::Blob, digest) {
+        if let Some(b) = self.memory.get(Kind::Blob, digest).map(|c| c.bytes) {
             self.quota.touched(Kind::Blob, digest);
             return Ok(Some(bytes_reply(digest, b, range, Outcome::HitMemory)));
         }
@@ -134,7 +134,7 @@ impl Mirror {
         let file = Arc::new(file);
         if !head && self.memory.admits(len) {
             let bytes = read_at(file, 0, len as usize).await?;
-            self.memory.insert(Kind::Blob, *digest, bytes.clone());
+            self.memory.insert(Kind::Blob, *digest, bytes.clone(), None);
             return Ok(Some(bytes_reply(digest, bytes, range, Outcome::HitDisk)));
         }
         Ok(Some(file_reply(digest, file, len, range, Outcome::HitDisk)))

@@ -10,7 +10,7 @@ use http::{header, Method, StatusCode};
 
 use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
 use crate::cache::quota::TOUCH_AFTER;
-use crate::cache::{Kind, TagEntry};
+use crate::cache::{Kind, MemoryTier, TagEntry};
 use crate::metrics::METRICS;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
@@ -20,7 +20,7 @@ use crate::upstream::{header_str, read_limited, Upstream};
 #[derive(Clone, Debug)]
 pub struct Manifest {
     pub digest: Digest,
-    pub media_type: String,
+    pub media_type: Arc<str>,
     pub bytes: Bytes,
 }
 
@@ -31,9 +31,15 @@ impl Manifest {
             .unwrap_or_else(|| media::BLOB.to_owned());
         Manifest {
             digest,
-            media_type,
+            media_type: media_type.into(),
             bytes,
         }
+    }
+
+    /// Keep it in the memory tier, with its media type.
+    fn remember(&self, memory: &MemoryTier) {
+        let t = Some(self.media_type.clone());
+        memory.insert(Kind::Manifest, self.digest, self.bytes.clone(), t);
     }
 }
 
@@ -54,14 +60,15 @@ impl Mirror {
             Reference::Digest(d) => self.manifest_by_digest(up, name, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(up, name, t, accept).await?,
         };
+        let digest = m.digest.to_string();
         let mut headers = vec![
-            (header::CONTENT_TYPE, m.media_type.clone()),
+            (header::CONTENT_TYPE, m.media_type.to_string()),
             (header::CONTENT_LENGTH, m.bytes.len().to_string()),
+            (header::ETAG, format!("\"{digest}\"")),
             (
                 header::HeaderName::from_static("docker-content-digest"),
-                m.digest.to_string(),
+                digest,
             ),
-            (header::ETAG, format!("\"{}\"", m.digest)),
             cache_header(outcome),
         ];
         if outcome == Outcome::Stale {
@@ -133,12 +140,17 @@ impl Mirror {
         &self,
         digest: &Digest,
     ) -> Result<Option<(Manifest, Outcome)>, RegistryError> {
-        if let Some(b) = self.memory.get(Kind::Manifest, digest) {
+        if let Some(c) = self.memory.get(Kind::Manifest, digest) {
             self.quota.touched(Kind::Manifest, digest);
-            return Ok(Some((
-                Manifest::from_bytes(*digest, b, None),
-                Outcome::HitMemory,
-            )));
+            let m = match c.media_type {
+                Some(media_type) => Manifest {
+                    digest: *digest,
+                    media_type,
+                    bytes: c.bytes,
+                },
+                None => Manifest::from_bytes(*digest, c.bytes, None),
+            };
+            return Ok(Some((m, Outcome::HitMemory)));
         }
         let (store, d) = (self.store.clone(), *digest);
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
@@ -158,11 +170,9 @@ impl Mirror {
             return Ok(None);
         };
         self.quota.touched(Kind::Manifest, digest);
-        self.memory.insert(Kind::Manifest, *digest, bytes.clone());
-        Ok(Some((
-            Manifest::from_bytes(*digest, bytes, None),
-            Outcome::HitDisk,
-        )))
+        let m = Manifest::from_bytes(*digest, bytes, None);
+        m.remember(&self.memory);
+        Ok(Some((m, Outcome::HitDisk)))
     }
 
     /// A manifest by tag. A mapping that answers this client ([`Accept::can_reuse`]) is served
@@ -432,8 +442,7 @@ impl Mirror {
                 .added(Kind::Manifest, m.digest, m.bytes.len() as u64),
             Err(e) => tracing::error!("cannot store manifest {}: {e}", m.digest),
         }
-        self.memory
-            .insert(Kind::Manifest, m.digest, m.bytes.clone());
+        m.remember(&self.memory);
         Ok(m)
     }
 }
