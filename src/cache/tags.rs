@@ -145,22 +145,22 @@ impl TagIndex {
 
     /// Every tag recorded, as (registry, repository, tag, record), sorted. Blocking.
     pub fn all(&self) -> Vec<(String, RepoName, Tag, TagRecord)> {
-        fn walk(dir: &Path, repo: &str, out: &mut Vec<(String, String)>) {
+        /// Repository names under `dir`: every directory path that holds a `_tags` directory.
+        fn walk(dir: &Path, repo: &str, out: &mut Vec<String>) {
             for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !entry.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
-                let path = entry.path();
                 if name == "_tags" {
-                    out.push((repo.to_owned(), path.display().to_string()));
+                    out.push(repo.to_owned());
                 } else {
                     let sub = if repo.is_empty() {
                         name
                     } else {
                         format!("{repo}/{name}")
                     };
-                    walk(&path, &sub, out);
+                    walk(&entry.path(), &sub, out);
                 }
             }
         }
@@ -169,7 +169,7 @@ impl TagIndex {
             let registry = reg.file_name().to_string_lossy().into_owned();
             let mut repos = Vec::new();
             walk(&reg.path(), "", &mut repos);
-            for (repo, _) in repos {
+            for repo in repos {
                 let Ok(repo) = RepoName::parse(&repo) else {
                     continue;
                 };

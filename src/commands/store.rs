@@ -41,13 +41,13 @@ pub fn ls(mirror: &Mirror) -> Vec<Listed> {
     let store = &mirror.store;
     let mut out = Vec::new();
     for (registry, repo, tag, record) in mirror.tags.all() {
+        let mut listed: Vec<Digest> = Vec::new();
         for entry in record.by_accept.values() {
             let Some(top) = entry.digest() else { continue };
-            if out.iter().any(|l: &Listed| {
-                l.digest == entry.digest && l.image.ends_with(&format!("/{repo}:{tag}"))
-            }) {
+            if listed.contains(&top) {
                 continue; // the same digest under another Accept set
             }
+            listed.push(top);
             let (mut size, mut last_use) = (0, SystemTime::UNIX_EPOCH);
             let mut seen = Vec::new();
             let mut todo = vec![(Kind::Manifest, top)];
