@@ -18,7 +18,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch};
 
-use super::store::{BlobStore, Kind};
+use super::store::{read_at, BlobStore, Kind};
 use crate::registry::{Digest, RegistryError};
 
 /// Where a fill is.
@@ -190,18 +190,6 @@ impl FillReader {
             self.state.changed().await.map_err(|_| abandoned())?;
         }
     }
-}
-
-/// Read exactly `len` bytes at `offset` on the blocking pool.
-pub async fn read_at(file: Arc<File>, offset: u64, len: usize) -> Result<Bytes, RegistryError> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)
-            .map(|_| Bytes::from(buf))
-    })
-    .await
-    .map_err(|e| RegistryError::internal(format!("cache read task failed: {e}")))?
-    .map_err(|e| RegistryError::internal(format!("cannot read cached data: {e}")))
 }
 
 /// How a request for a blob relates to the fills in flight.

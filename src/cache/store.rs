@@ -6,9 +6,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::registry::Digest;
+use bytes::Bytes;
+
+use crate::registry::{Digest, RegistryError};
 
 /// Manifests and blobs live apart: a digest asked for as a manifest must be one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,6 +157,55 @@ impl BlobStore {
     }
 }
 
+/// Read exactly `len` bytes of `file` at `offset`.
+///
+/// Stored and growing files are nearly always in the page cache, where a read is a memory copy
+/// that takes less time than handing it to another thread: so it is first tried right here,
+/// with `RWF_NOWAIT`, which makes the kernel refuse rather than wait for the disk. Only what is
+/// not cached goes to the blocking pool. The buffer is not zeroed first: the read fills it.
+pub async fn read_at(file: Arc<File>, offset: u64, len: usize) -> Result<Bytes, RegistryError> {
+    let mut buf = Vec::with_capacity(len);
+    if let Ok(n) = pread(&file, &mut buf, offset, libc::RWF_NOWAIT) {
+        if n == len {
+            return Ok(Bytes::from(buf));
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        while buf.len() < len {
+            match pread(&file, &mut buf, offset, 0) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Bytes::from(buf))
+    })
+    .await
+    .map_err(|e| RegistryError::internal(format!("cache read task failed: {e}")))?
+    .map_err(|e| RegistryError::internal(format!("cannot read cached data: {e}")))
+}
+
+/// One `preadv2` into the spare capacity of `buf`, at `offset` plus what `buf` already holds;
+/// the bytes read are appended to `buf`.
+fn pread(file: &File, buf: &mut Vec<u8>, offset: u64, flags: libc::c_int) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    };
+    let at = (offset + buf.len() as u64) as libc::off_t;
+    // SAFETY: the iovec points at `buf`'s spare capacity, which outlives the call, and the
+    // kernel writes at most `iov_len` bytes there; only those it reports are marked as set.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +231,21 @@ mod tests {
         BlobStore::open(dir.path()).unwrap();
         assert!(!tmp.exists(), "leftover temp files are removed at startup");
         assert!(store.contains(Kind::Blob, &d));
+    }
+
+    #[tokio::test]
+    async fn read_at_reads_exactly_or_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"0123456789").unwrap();
+        let file = Arc::new(File::open(&path).unwrap());
+        assert_eq!(&read_at(file.clone(), 2, 5).await.unwrap()[..], b"23456");
+        assert_eq!(
+            &read_at(file.clone(), 0, 10).await.unwrap()[..],
+            b"0123456789"
+        );
+        // a short read continues on the blocking pool, which finds the end of the file
+        let e = read_at(file, 5, 10).await.unwrap_err();
+        assert!(e.message.contains("cannot read cached data"), "{e}");
     }
 }

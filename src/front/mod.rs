@@ -19,7 +19,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
 
-use crate::cache::fill::read_at;
+use crate::cache::store::read_at;
 use crate::config::{Config, DEFAULT_REGISTRY};
 use crate::metrics::{ACTIVITY, METRICS, SAMPLE_EVERY};
 use crate::mirror::{chunk_size, Body, Mirror, Outcome, Reply};

@@ -12,8 +12,8 @@ use http::{header, Method, StatusCode};
 use tokio::sync::mpsc;
 
 use super::{cache_header, Body, Headers, Mirror, Outcome, Reply};
-use crate::cache::fill::read_at;
 use crate::cache::quota::TOUCH_AFTER;
+use crate::cache::store::read_at;
 use crate::cache::{Fill, Joined, Kind};
 use crate::metrics::METRICS;
 use crate::registry::media;

@@ -132,18 +132,20 @@ pub struct Mirror {
     referrers: moka::sync::Cache<referrers::ReferrersKey, referrers::Referrers>,
 }
 
-/// Bytes per chunk when streaming to clients: large chunks keep big blobs near disk speed, but
-/// every transfer holds one, so they shrink when many run at once: together they stay within
-/// [`TRANSFER_BUDGET`] (never below 128 KiB, never above 1 MiB).
+/// Bytes per chunk when streaming to clients: large chunks mean fewer trips through the event
+/// loop, but a chunk that no longer fits in a core's L2 cache is copied at memory speed (here:
+/// 1 MiB chunks served a warm blob at ~3.3 GB/s, 512 KiB at ~5.5 GB/s, 128 KiB at ~4.7 GB/s).
+/// Every transfer holds one, so they shrink when many run at once: together they stay within
+/// [`TRANSFER_BUDGET`] (never below 128 KiB).
 pub fn chunk_size(transfers: usize) -> usize {
-    (TRANSFER_BUDGET / transfers.max(1)).clamp(128 << 10, 1 << 20)
+    (TRANSFER_BUDGET / transfers.max(1)).clamp(128 << 10, 512 << 10)
 }
 
 #[cfg(test)]
 #[test]
 fn chunks_shrink_with_concurrency() {
-    assert_eq!(chunk_size(0), 1 << 20);
-    assert_eq!(chunk_size(16), 1 << 20);
+    assert_eq!(chunk_size(0), 512 << 10);
+    assert_eq!(chunk_size(32), 512 << 10);
     assert_eq!(chunk_size(64), 256 << 10);
     assert_eq!(chunk_size(10_000), 128 << 10);
 }
