@@ -47,7 +47,10 @@ async fn manifest_by_tag_and_digest_cold_then_warm() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-wharf-cache"), "hit-memory");
     assert_eq!(header(&r, "content-type"), DOCKER_MANIFEST);
+    assert_eq!(header(&r, "docker-content-digest"), img.digest);
+    assert_eq!(header(&r, "etag"), format!("\"{}\"", img.digest));
     assert_eq!(r.bytes().await.unwrap(), img.manifest);
     let n = hub.counters();
     assert_eq!((n.manifest_gets, n.manifest_heads), (1, 0), "{n:?}");

@@ -187,7 +187,9 @@ impl Drop for Transfer {
 
 /// Write a reply. An `Err` after the header is out means the transfer must be cut.
 async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
-    let mut h = ResponseHeader::build(reply.status, Some(reply.headers.len() + 1))?;
+    // Header names go out in lower case (as HTTP/2 sends them): keeping each name's case costs
+    // a second header map per reply, and HTTP/1.1 names are case-insensitive.
+    let mut h = ResponseHeader::build_no_case(reply.status, Some(reply.headers.len() + 1))?;
     h.insert_header("docker-distribution-api-version", "registry/2.0")?;
     for (k, v) in reply.headers {
         h.insert_header(k, v)?;

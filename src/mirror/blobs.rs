@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use http::{header, Method, StatusCode};
+use http::{header, HeaderValue, Method, StatusCode};
 use tokio::sync::mpsc;
 
-use super::{cache_header, Body, Headers, Mirror, Outcome, Reply};
+use super::{cache_header, digest_headers, Body, Headers, Mirror, Outcome, Reply};
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::store::read_at;
 use crate::cache::{Fill, Joined, Kind};
@@ -60,7 +60,7 @@ impl Mirror {
         let total = fill.ready().await?;
         let mut headers = blob_headers(&digest);
         if let Some(t) = total {
-            headers.push((header::CONTENT_LENGTH, t.to_string()));
+            headers.push((header::CONTENT_LENGTH, HeaderValue::from(t)));
         }
         headers.push(cache_header(outcome));
         Ok(Reply {
@@ -108,6 +108,13 @@ impl Mirror {
         Ok((fill.stored().await?, outcome))
     }
 
+    /// The reply for a blob held in the memory tier.
+    pub(super) fn memory_blob(&self, digest: &Digest, range: Option<&str>) -> Option<Reply> {
+        let b = self.memory.get(Kind::Blob, digest)?.bytes;
+        self.quota.touched(Kind::Blob, digest);
+        Some(bytes_reply(digest, b, range, Outcome::HitMemory))
+    }
+
     /// A stored blob, from memory or disk; `None` if it is not stored.
     async fn local_blob(
         self: &Arc<Self>,
@@ -115,9 +122,8 @@ impl Mirror {
         head: bool,
         range: Option<&str>,
     ) -> Result<Option<Reply>, RegistryError> {
-        if let Some(b) = self.memory.get(Kind::Blob, digest).map(|c| c.bytes) {
-            self.quota.touched(Kind::Blob, digest);
-            return Ok(Some(bytes_reply(digest, b, range, Outcome::HitMemory)));
+        if let Some(reply) = self.memory_blob(digest, range) {
+            return Ok(Some(reply));
         }
         let (me, d) = (self.clone(), *digest);
         let opened =
@@ -162,7 +168,7 @@ impl Mirror {
         };
         let mut headers = blob_headers(digest);
         if let Some(n) = len {
-            headers.push((header::CONTENT_LENGTH, n.to_string()));
+            headers.push((header::CONTENT_LENGTH, HeaderValue::from(n)));
         }
         headers.push(cache_header(Outcome::Upstream));
         Ok(Reply {
@@ -269,15 +275,11 @@ impl Mirror {
 }
 
 fn blob_headers(digest: &Digest) -> Headers {
-    vec![
-        (header::CONTENT_TYPE, media::BLOB.to_owned()),
-        (
-            header::HeaderName::from_static("docker-content-digest"),
-            digest.to_string(),
-        ),
-        (header::ETAG, format!("\"{digest}\"")),
-        (header::ACCEPT_RANGES, "bytes".to_owned()),
-    ]
+    let mut headers = Vec::with_capacity(7);
+    headers.push((header::CONTENT_TYPE, HeaderValue::from_static(media::BLOB)));
+    headers.extend(digest_headers(digest));
+    headers.push((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
+    headers
 }
 
 /// A byte range request against a blob of `len` bytes.
@@ -341,12 +343,13 @@ fn ranged(
     headers.push(cache_header(outcome));
     match parse_range(range, len) {
         RangeAnswer::Full => {
-            headers.push((header::CONTENT_LENGTH, len.to_string()));
+            headers.push((header::CONTENT_LENGTH, HeaderValue::from(len)));
             Ok((StatusCode::OK, headers, 0, len))
         }
         RangeAnswer::Part(s, e) => {
-            headers.push((header::CONTENT_LENGTH, (e - s + 1).to_string()));
-            headers.push((header::CONTENT_RANGE, format!("bytes {s}-{e}/{len}")));
+            headers.push((header::CONTENT_LENGTH, HeaderValue::from(e - s + 1)));
+            let range = format!("bytes {s}-{e}/{len}");
+            headers.push((header::CONTENT_RANGE, super::text_value(range)));
             Ok((StatusCode::PARTIAL_CONTENT, headers, s, e - s + 1))
         }
         RangeAnswer::Unsatisfiable => {
@@ -358,8 +361,10 @@ fn ranged(
                     range.unwrap_or("")
                 ),
             ));
-            r.headers
-                .push((header::CONTENT_RANGE, format!("bytes */{len}")));
+            r.headers.push((
+                header::CONTENT_RANGE,
+                super::text_value(format!("bytes */{len}")),
+            ));
             Err(r)
         }
     }

@@ -6,9 +6,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, Method, StatusCode};
+use http::{header, HeaderValue, Method, StatusCode};
 
-use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
+use super::{
+    cache_header, digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply,
+};
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::{Kind, MemoryTier, TagEntry};
 use crate::metrics::METRICS;
@@ -43,6 +45,27 @@ impl Manifest {
     }
 }
 
+/// The reply carrying a manifest.
+pub(super) fn manifest_reply(m: Manifest, outcome: Outcome) -> Reply {
+    let mut headers = Vec::with_capacity(6);
+    headers.push((header::CONTENT_TYPE, text_value(m.media_type.to_string())));
+    headers.push((header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len())));
+    headers.extend(digest_headers(&m.digest));
+    headers.push(cache_header(outcome));
+    if outcome == Outcome::Stale {
+        headers.push((
+            header::WARNING,
+            HeaderValue::from_static("110 wharf \"Response is Stale\""),
+        ));
+    }
+    Reply {
+        status: StatusCode::OK,
+        headers,
+        body: Body::Bytes(m.bytes),
+        outcome,
+    }
+}
+
 /// Longest wait for an upstream to confirm a tag wharf could serve stale.
 const REVALIDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -60,28 +83,20 @@ impl Mirror {
             Reference::Digest(d) => self.manifest_by_digest(up, name, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(up, name, t, accept).await?,
         };
-        let digest = m.digest.to_string();
-        let mut headers = vec![
-            (header::CONTENT_TYPE, m.media_type.to_string()),
-            (header::CONTENT_LENGTH, m.bytes.len().to_string()),
-            (header::ETAG, format!("\"{digest}\"")),
-            (
-                header::HeaderName::from_static("docker-content-digest"),
-                digest,
-            ),
-            cache_header(outcome),
-        ];
-        if outcome == Outcome::Stale {
-            headers.push((
-                header::WARNING,
-                "110 wharf \"Response is Stale\"".to_owned(),
-            ));
-        }
-        Ok(Reply {
-            status: StatusCode::OK,
-            headers,
-            body: Body::Bytes(m.bytes),
-            outcome,
+        Ok(manifest_reply(m, outcome))
+    }
+
+    /// A manifest held in the memory tier.
+    pub(super) fn memory_manifest(&self, digest: &Digest) -> Option<Manifest> {
+        let c = self.memory.get(Kind::Manifest, digest)?;
+        self.quota.touched(Kind::Manifest, digest);
+        Some(match c.media_type {
+            Some(media_type) => Manifest {
+                digest: *digest,
+                media_type,
+                bytes: c.bytes,
+            },
+            None => Manifest::from_bytes(*digest, c.bytes, None),
         })
     }
 
@@ -140,16 +155,7 @@ impl Mirror {
         &self,
         digest: &Digest,
     ) -> Result<Option<(Manifest, Outcome)>, RegistryError> {
-        if let Some(c) = self.memory.get(Kind::Manifest, digest) {
-            self.quota.touched(Kind::Manifest, digest);
-            let m = match c.media_type {
-                Some(media_type) => Manifest {
-                    digest: *digest,
-                    media_type,
-                    bytes: c.bytes,
-                },
-                None => Manifest::from_bytes(*digest, c.bytes, None),
-            };
+        if let Some(m) = self.memory_manifest(digest) {
             return Ok(Some((m, Outcome::HitMemory)));
         }
         let (store, d) = (self.store.clone(), *digest);

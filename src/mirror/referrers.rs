@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, Method, StatusCode};
+use http::{header, HeaderValue, Method, StatusCode};
 
 use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
 use crate::registry::media::{self, OCI_INDEX};
@@ -97,14 +97,14 @@ impl Mirror {
 
 fn reply(r: Referrers, outcome: Outcome) -> Reply {
     let mut headers = vec![
-        (header::CONTENT_TYPE, OCI_INDEX.to_owned()),
-        (header::CONTENT_LENGTH, r.body.len().to_string()),
+        (header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX)),
+        (header::CONTENT_LENGTH, HeaderValue::from(r.body.len())),
         cache_header(outcome),
     ];
     if r.filtered {
         headers.push((
             header::HeaderName::from_static("oci-filters-applied"),
-            "artifactType".to_owned(),
+            HeaderValue::from_static("artifactType"),
         ));
     }
     Reply {

@@ -132,13 +132,46 @@ impl Digest {
     }
 
     pub fn hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex_digits().to_owned()
+    }
+
+    /// `sha256:<hex>`, as a header value.
+    pub fn header_value(&self) -> http::HeaderValue {
+        let mut v = [0u8; 71];
+        v[..7].copy_from_slice(b"sha256:");
+        v[7..].copy_from_slice(self.hex_digits().as_bytes());
+        http::HeaderValue::from_bytes(&v).expect("ASCII")
+    }
+
+    /// `"sha256:<hex>"`, the entity tag of the object with this digest.
+    pub fn etag(&self) -> http::HeaderValue {
+        let mut v = [b'"'; 73];
+        v[1..8].copy_from_slice(b"sha256:");
+        v[8..72].copy_from_slice(self.hex_digits().as_bytes());
+        http::HeaderValue::from_bytes(&v).expect("ASCII")
+    }
+
+    /// The 64 hex digits, in a stack buffer: replies hex-encode a digest or two each.
+    fn hex_digits(&self) -> HexDigits {
+        let mut out = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut out).expect("64 digits for 32 bytes");
+        HexDigits(out)
+    }
+}
+
+struct HexDigits([u8; 64]);
+
+impl std::ops::Deref for HexDigits {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
+        f.write_str("sha256:")?;
+        f.write_str(&self.hex_digits())
     }
 }
 
@@ -303,6 +336,9 @@ mod tests {
             Digest::of(b"").to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+        let d = Digest::of(b"x");
+        assert_eq!(d.header_value().to_str().unwrap(), d.to_string());
+        assert_eq!(d.etag().to_str().unwrap(), format!("\"{d}\""));
     }
 
     #[test]
