@@ -152,10 +152,11 @@ curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"; sleep 0.5
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"
 for what in manifests/$SMALL_M blobs/$SMALL; do
   read -r wr wp50 wp99 < <(wrk_run "http://$WHARF/v2/bench/small/$what")
-  read -r nr _ _ < <(wrk_run "http://$NGINX/v2/bench/small/$what")
+  read -r nr np50 np99 < <(wrk_run "http://$NGINX/v2/bench/small/$what")
   label=${what%%/*}; label=${label/manifests/manifest by digest}; label=${label/blobs/1 KiB blob}
   row "2 warm $label, 64 conns, req/s (wharf | nginx)" "$(printf '%.0f' "$wr")" "$(printf '%.0f' "$nr")" "$(ratio "$wr" "$nr")" "target >= 1.0"
-  row "2 warm $label, wharf latency p50 | p99 (ms)" "$wp50" "$wp99" "" "target p99 <= 2 ms"
+  row "2 warm $label, p50 | p99 ms (wharf)" "$wp50" "$wp99" "" "target p99 <= 2 ms"
+  row "2 warm $label, p50 | p99 ms (nginx)" "$np50" "$np99" "" ""
 done
 
 # ---------------------------------------------------------------- 3: cold 256 MiB

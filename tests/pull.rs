@@ -4,6 +4,7 @@
 mod common;
 
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::hub::{sha256, DOCKER_MANIFEST};
 use common::{client, error_code, eventually, header, FakeHub, Faults, HubOptions, Wharf};
@@ -522,6 +523,17 @@ async fn writes_and_bad_input_are_refused_with_oci_errors() {
         assert_eq!(r.status(), 400, "{path}");
         assert_eq!(error_code(r).await, code, "{path}");
     }
+    // not even HTTP
+    let mut s = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
+    s.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer
+            .ends_with(r#"{"errors":[{"code":"UNSUPPORTED","message":"malformed HTTP request"}]}"#),
+        "{answer}"
+    );
     assert_eq!(
         hub.counters().registry_requests,
         0,

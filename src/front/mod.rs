@@ -1,10 +1,10 @@
 //! The front end: a Pingora HTTP service that answers every request itself.
 //!
-//! Pingora gives wharf its listeners, HTTP/1.1 keep-alive and graceful shutdown; the upstream
-//! side of Pingora's proxy is never used, because a registry mirror must follow redirects, do the
-//! token dance and outlive its clients' connections (see `upstream` and `cache::fill`). Each
-//! request is parsed into a [`Route`], answered by the [`Mirror`], and written back here — with
-//! one access-log line per request.
+//! Pingora gives wharf its listeners, HTTP/1.1 parsing, keep-alive and graceful shutdown.
+//! Pingora's proxy layer is not used: a registry mirror must follow redirects, do the token
+//! dance and outlive its clients' connections (see `upstream` and `cache::fill`), so there is
+//! nothing for it to proxy. Each request is parsed into a [`Route`], answered by the
+//! [`Mirror`], and written back here — with one access-log line per request.
 
 pub mod admin;
 
@@ -12,12 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use async_trait::async_trait;
-use http::{header, Method};
+use http::{header, Method, StatusCode};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
 
 use crate::cache::store::read_at;
 use crate::config::{Config, DEFAULT_REGISTRY};
@@ -25,7 +29,7 @@ use crate::metrics::{ACTIVITY, METRICS, SAMPLE_EVERY};
 use crate::mirror::{chunk_size, Body, Mirror, Outcome, Reply};
 use crate::registry::media::Accept;
 use crate::registry::route::{check_method, namespace};
-use crate::registry::Route;
+use crate::registry::{ErrorCode, RegistryError, Route};
 
 /// The registry API service.
 pub struct Front {
@@ -33,7 +37,7 @@ pub struct Front {
 }
 
 /// Per-request state, for the access log.
-pub struct RequestCtx {
+struct RequestCtx {
     started: Instant,
     outcome: Outcome,
     /// The registry the request went to.
@@ -44,26 +48,66 @@ pub struct RequestCtx {
     repo: Option<String>,
 }
 
+/// Pingora hands each HTTP/1.1 request on a connection here. wharf is no proxy in Pingora's
+/// sense (it answers everything itself), so it sits on Pingora's HTTP server directly rather
+/// than on its proxy layer, whose per-request machinery (filters, modules, peer selection)
+/// cost more than the whole answer to a cached manifest.
 #[async_trait]
-impl ProxyHttp for Front {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
+impl HttpServerApp for Front {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let mut stopping = shutdown.clone();
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            // an idle keep-alive connection goes away when the server stops
+            _ = stopping.wait_for(|stop| *stop) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if e.etype == InvalidHTTPHeader {
+                    let bad = RegistryError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::Unsupported,
+                        "malformed HTTP request",
+                    );
+                    let _ = send(&mut session, Reply::error(bad), false).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx {
             started: Instant::now(),
             outcome: Outcome::Local,
             registry: String::new(),
             route: "invalid",
             repo: None,
+        };
+        let sent = self.answer(&mut session, &mut ctx).await;
+        log(&session, sent.as_ref().err().map(|e| &**e), &ctx);
+        // An error after the header is out: the client must see a cut transfer, not a
+        // complete one, so the connection is dropped rather than reused.
+        sent.ok()?;
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(_) => None,
         }
     }
+}
 
-    async fn upstream_peer(&self, _: &mut Session, _: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        Error::e_explain(InternalError, "wharf answers every request itself")
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.started = Instant::now();
+impl Front {
+    /// Route one request, have the mirror answer it, and send the answer.
+    async fn answer(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header();
         let head = req.method == Method::HEAD;
         let accept = Accept::parse(
@@ -103,62 +147,42 @@ impl ProxyHttp for Front {
             Err(e) => Reply::error(e),
         };
         ctx.outcome = reply.outcome;
-        send(session, reply, head).await?;
-        Ok(true)
+        send(session, reply, head).await
     }
+}
 
-    /// Errors reach here only after the response has started (a fill failed mid-body, or the
-    /// client went away): nothing more may be written, and the connection must be closed so the
-    /// client sees a cut transfer rather than a complete one.
-    async fn fail_to_proxy(&self, _: &mut Session, _: &Error, _: &mut RequestCtx) -> FailToProxy {
-        FailToProxy {
-            error_code: 0,
-            can_reuse_downstream: false,
-        }
+/// One access-log line and the request metrics.
+fn log(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
+    let req = session.req_header();
+    let status = session.response_written().map(|h| h.status);
+    let ms = ctx.started.elapsed().as_secs_f64() * 1e3;
+    let outcome = ctx.outcome.as_str();
+    let bytes = session.body_bytes_sent();
+    METRICS
+        .requests
+        .with_label_values(&[ctx.route, status.as_ref().map_or("0", |s| s.as_str())])
+        .inc();
+    METRICS.outcomes.with_label_values(&[outcome]).inc();
+    if let Some(repo) = &ctx.repo {
+        ACTIVITY.used(repo, bytes as u64);
     }
-
-    /// A cut transfer is logged once, by the access log below.
-    fn suppress_error_log(&self, _: &Session, _: &RequestCtx, _: &Error) -> bool {
-        true
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let req = session.req_header();
-        let status = session
-            .response_written()
-            .map(|h| h.status.as_u16())
-            .unwrap_or(0);
-        let ms = ctx.started.elapsed().as_secs_f64() * 1e3;
-        let outcome = ctx.outcome.as_str();
-        METRICS
-            .requests
-            .with_label_values(&[ctx.route, &status.to_string()])
-            .inc();
-        METRICS.outcomes.with_label_values(&[outcome]).inc();
-        if let Some(repo) = &ctx.repo {
-            ACTIVITY.used(repo, session.body_bytes_sent() as u64);
-        }
-        METRICS
-            .bytes_served
-            .with_label_values(&[outcome])
-            .inc_by(session.body_bytes_sent() as u64);
-        let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let (method, bytes, ms) = (
-            req.method.as_str(),
-            session.body_bytes_sent(),
-            (ms * 10.0).round() / 10.0,
-        );
-        let registry = ctx.registry.as_str();
-        match e {
-            None => tracing::info!(
-                target: "wharf::access",
-                method, path, status, bytes, outcome, ms, registry
-            ),
-            Some(e) => tracing::warn!(
-                target: "wharf::access",
-                method, path, status, bytes, outcome, ms, registry, cut = %e
-            ),
-        }
+    METRICS
+        .bytes_served
+        .with_label_values(&[outcome])
+        .inc_by(bytes as u64);
+    let status = status.map_or(0, |s| s.as_u16());
+    let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let (method, ms) = (req.method.as_str(), (ms * 10.0).round() / 10.0);
+    let registry = ctx.registry.as_str();
+    match e {
+        None => tracing::info!(
+            target: "wharf::access",
+            method, path, status, bytes, outcome, ms, registry
+        ),
+        Some(e) => tracing::warn!(
+            target: "wharf::access",
+            method, path, status, bytes, outcome, ms, registry, cut = %e
+        ),
     }
 }
 
@@ -186,7 +210,7 @@ impl Drop for Transfer {
 }
 
 /// Write a reply. An `Err` after the header is out means the transfer must be cut.
-async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
+async fn send(session: &mut ServerSession, reply: Reply, head: bool) -> Result<()> {
     // Header names go out in lower case (as HTTP/2 sends them): keeping each name's case costs
     // a second header map per reply, and HTTP/1.1 names are case-insensitive.
     let mut h = ResponseHeader::build_no_case(reply.status, Some(reply.headers.len() + 1))?;
@@ -202,14 +226,14 @@ async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
         }
         b => b,
     };
+    session.write_response_header(Box::new(h)).await?;
     if let Body::Empty = body {
-        return session.write_response_header(Box::new(h), true).await;
+        return session.write_response_body(Bytes::new(), true).await;
     }
-    session.write_response_header(Box::new(h), false).await?;
     let transfer = Transfer::start();
     match body {
         Body::Empty => unreachable!("handled above"),
-        Body::Bytes(b) => session.write_response_body(Some(b), true).await,
+        Body::Bytes(b) => session.write_response_body(b, true).await,
         Body::File { file, offset, len } => {
             let end = offset + len;
             let mut pos = offset;
@@ -219,14 +243,14 @@ async fn send(session: &mut Session, reply: Reply, head: bool) -> Result<()> {
                     .await
                     .map_err(|e| Error::explain(InternalError, e.message))?;
                 pos += n as u64;
-                session.write_response_body(Some(chunk), pos == end).await?;
+                session.write_response_body(chunk, pos == end).await?;
             }
             Ok(())
         }
         Body::Fill(mut reader) => loop {
             match reader.next_chunk(transfer.chunk()).await {
-                Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
-                Ok(None) => return session.write_response_body(None, true).await,
+                Ok(Some(chunk)) => session.write_response_body(chunk, false).await?,
+                Ok(None) => return session.write_response_body(Bytes::new(), true).await,
                 Err(e) => return Error::e_explain(InternalError, e.message),
             }
         },
@@ -273,8 +297,8 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::proxy::http_proxy_service(
-        &server.configuration,
+    let mut service = pingora::services::listening::Service::new(
+        "wharf".into(),
         Front {
             mirror: mirror.clone(),
         },
