@@ -7,7 +7,7 @@
 # speed of light for serving files over HTTP here). Then:
 #   1 warm 256 MiB blob, 1 stream and 4 streams: wharf / nginx throughput
 #   2 warm small objects (manifest by digest, 1 KiB blob), 64 connections (wrk):
-#     wharf / nginx req/s, and wharf's p50 / p99
+#     wharf / nginx req/s, and p50 / p99 of both (best of three 3 s runs each, taken in turn)
 #   3 cold 256 MiB blob: wharf / straight from the upstream (throughput)
 #   4 cold pull of an 8-layer, 128 MiB image with skopeo: distribution's proxy time / wharf's
 #   5 50 concurrent cold GETs of one 64 MiB blob: upstream fetches (wharf and distribution), and
@@ -121,7 +121,7 @@ streams4() { # URL SIZE -> bytes/s over 4 parallel streams, best of 3
 }
 wrk_run() { # URL -> "req/s p50_ms p99_ms"
   ok200 "$1"
-  wrk -t2 -c64 -d5s --latency "$1" | awk '
+  wrk -t2 -c64 -d3s --latency "$1" | awk '
     /Requests\/sec/ {r=$2}
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     $1=="50%" {p50=ms($2)} $1=="99%" {p99=ms($2)}
@@ -150,9 +150,23 @@ log "2: small objects, 64 connections"
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/manifests/$SMALL_M"
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"; sleep 0.5
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"
+best_wrk() { # NAME URL: the best of the runs so far for NAME (req/s, and that run's p50, p99)
+  local r p50 p99
+  read -r r p50 p99 < <(wrk_run "$2")
+  if awk -v a="$r" -v b="${BEST[$1]:-0}" 'BEGIN{exit !(a>b)}'; then
+    BEST[$1]=$r; BEST_LAT[$1]="$p50 $p99"
+  fi
+}
+declare -A BEST BEST_LAT
 for what in manifests/$SMALL_M blobs/$SMALL; do
-  read -r wr wp50 wp99 < <(wrk_run "http://$WHARF/v2/bench/small/$what")
-  read -r nr np50 np99 < <(wrk_run "http://$NGINX/v2/bench/small/$what")
+  # three rounds, wharf and nginx in turn, best of each: the host's noise hits both alike
+  BEST=(); BEST_LAT=()
+  for _ in 1 2 3; do
+    best_wrk wharf "http://$WHARF/v2/bench/small/$what"
+    best_wrk nginx "http://$NGINX/v2/bench/small/$what"
+  done
+  wr=${BEST[wharf]} nr=${BEST[nginx]}
+  read -r wp50 wp99 <<<"${BEST_LAT[wharf]}"; read -r np50 np99 <<<"${BEST_LAT[nginx]}"
   label=${what%%/*}; label=${label/manifests/manifest by digest}; label=${label/blobs/1 KiB blob}
   row "2 warm $label, 64 conns, req/s (wharf | nginx)" "$(printf '%.0f' "$wr")" "$(printf '%.0f' "$nr")" "$(ratio "$wr" "$nr")" "target >= 1.0"
   row "2 warm $label, p50 | p99 ms (wharf)" "$wp50" "$wp99" "" "target p99 <= 2 ms"

@@ -15,7 +15,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use async_trait::async_trait;
-use http::{header, Method, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -209,15 +209,23 @@ impl Drop for Transfer {
     }
 }
 
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
 /// Write a reply. An `Err` after the header is out means the transfer must be cut.
 async fn send(session: &mut ServerSession, reply: Reply, head: bool) -> Result<()> {
-    // Header names go out in lower case (as HTTP/2 sends them): keeping each name's case costs
-    // a second header map per reply, and HTTP/1.1 names are case-insensitive.
-    let mut h = ResponseHeader::build_no_case(reply.status, Some(reply.headers.len() + 1))?;
-    h.insert_header("docker-distribution-api-version", "registry/2.0")?;
+    // The header map is filled as `http` types and handed to Pingora whole: its own insert
+    // re-parses every name and keeps a second map of their spelling. Names go out as HTTP/2
+    // sends them (lower case, bar those Pingora knows); HTTP/1.1 names are case-insensitive.
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = reply.status;
+    parts.headers.reserve(reply.headers.len() + 1);
+    parts
+        .headers
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     for (k, v) in reply.headers {
-        h.insert_header(k, v)?;
+        parts.headers.insert(k, v);
     }
+    let h = ResponseHeader::from(parts);
     let body = match reply.body {
         Body::File { len: 0, .. } => Body::Empty,
         b if head => {
