@@ -101,11 +101,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // glibc gives every thread that allocates its own arena; with a blocking pool reading
-    // chunks on many threads that grows the heap for nothing. Two arenas serve two cores.
-    // SAFETY: mallopt only sets an allocator parameter; called before any thread exists.
+    // glibc's allocator, set for streaming:
+    // - it gives every thread that allocates its own arena; with a blocking pool reading chunks
+    //   on many threads that grows the heap for nothing. Two arenas serve two cores.
+    // - it maps blocks above a threshold (128 KiB at first) on their own and hands free memory
+    //   at the top of a heap back to the kernel once twice that is free: a cold fill's network
+    //   buffers (~400 KiB each, many in flight) then fault fresh zeroed pages in over and over
+    //   (33k page faults per 256 MiB). With blocks up to 1 MiB from the heap and 8 MiB kept
+    //   free before trimming: 2-5k faults, 20 % less CPU per cold fill, idle RSS 10 MiB not 6.
+    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
     let cli = Cli::parse();
     match run(cli) {
