@@ -8,7 +8,7 @@
 #   1 warm 256 MiB blob, 1 stream and 4 streams: wharf / nginx throughput
 #   2 warm small objects (manifest by digest, 1 KiB blob), 64 connections (wrk):
 #     wharf / nginx req/s, and p50 / p99 of both (best of three 3 s runs each, taken in turn)
-#   3 cold 256 MiB blob: wharf / straight from the upstream (throughput)
+#   3 cold 256 MiB blob: wharf / straight from the upstream (throughput, best of three each)
 #   4 cold pull of an 8-layer, 128 MiB image with skopeo: distribution's proxy time / wharf's
 #   5 50 concurrent cold GETs of one 64 MiB blob: upstream fetches (wharf and distribution), and
 #     wharf's total time / one cold GET's time
@@ -176,8 +176,11 @@ done
 # ---------------------------------------------------------------- 3: cold 256 MiB
 log "3: cold 256 MiB blob"
 direct=$(best_of_3 "http://$UP/v2/bench/big/blobs/$BIG")
-fresh_wharf
-cold=$(speed "http://$WHARF/v2/bench/big/blobs/$BIG")
+cold=0
+for _ in 1 2 3; do # best of three, each from an empty cache
+  fresh_wharf
+  s=$(speed "http://$WHARF/v2/bench/big/blobs/$BIG"); cold=$(awk -v a="$cold" -v s="$s" 'BEGIN{print (s>a)?s:a}')
+done
 row "3 cold 256 MiB blob (wharf | upstream direct)" "$(mb "$cold")" "$(mb "$direct")" "$(ratio "$cold" "$direct")" "target >= 0.9"
 
 # ---------------------------------------------------------------- 4: cold multi-layer pull
