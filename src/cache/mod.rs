@@ -14,4 +14,4 @@ pub use flight::Flights;
 pub use memory::MemoryTier;
 pub use quota::DiskQuota;
 pub use store::{BlobStore, Kind};
-pub use tags::{TagEntry, TagIndex};
+pub use tags::{TagEntry, TagIndex, TagRecord};

@@ -22,8 +22,8 @@ use crate::registry::{Digest, RepoName, Tag};
 /// What a tag resolved to for one `Accept` set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagEntry {
-    /// `sha256:<hex>`
-    pub digest: String,
+    /// Stored as `sha256:<hex>`.
+    pub digest: Digest,
     pub media_type: String,
     /// Unix seconds of the last time the upstream confirmed this mapping.
     pub checked: u64,
@@ -32,14 +32,10 @@ pub struct TagEntry {
 impl TagEntry {
     pub fn new(digest: &Digest, media_type: &str) -> Self {
         TagEntry {
-            digest: digest.to_string(),
+            digest: *digest,
             media_type: media_type.to_owned(),
             checked: now_secs(),
         }
-    }
-
-    pub fn digest(&self) -> Option<Digest> {
-        Digest::parse(&self.digest).ok()
     }
 
     /// Whether the upstream confirmed this mapping less than `ttl` ago.
@@ -226,8 +222,8 @@ mod tests {
         }
         let idx = TagIndex::open(dir.path()).unwrap();
         let r = idx.get("docker.io", &repo, &tag).unwrap();
-        assert_eq!(r.by_accept["*/*"].digest(), Some(d1));
-        assert_eq!(r.by_accept["x/m"].digest(), Some(d2));
+        assert_eq!(r.by_accept["*/*"].digest, d1);
+        assert_eq!(r.by_accept["x/m"].digest, d2);
         assert!(r.by_accept["x/m"].is_fresh(Duration::from_secs(60)));
         assert!(!r.by_accept["x/m"].is_fresh(Duration::ZERO));
         assert!(idx.get("ghcr.io", &repo, &tag).is_none());

@@ -50,7 +50,7 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
             let Some(e) = preferred(&record.by_accept) else {
                 continue;
             };
-            let Some(d) = e.digest() else { continue };
+            let d = e.digest;
             let Ok((t, bytes)) = manifest(&d) else {
                 continue;
             };
@@ -73,7 +73,7 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
                 Reference::Tag(t) => mirror
                     .tags
                     .get(&image.registry, &image.name, t)
-                    .and_then(|r| preferred(&r.by_accept).and_then(|e| e.digest()))
+                    .and_then(|r| preferred(&r.by_accept).map(|e| e.digest))
                     .ok_or_else(|| format!("{image} is not cached: run wharf warm first"))?,
             };
             let (t, bytes) = manifest(&d)?;

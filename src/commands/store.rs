@@ -43,7 +43,7 @@ pub fn ls(mirror: &Mirror) -> Vec<Listed> {
     for (registry, repo, tag, record) in mirror.tags.all() {
         let mut listed: Vec<Digest> = Vec::new();
         for entry in record.by_accept.values() {
-            let Some(top) = entry.digest() else { continue };
+            let top = entry.digest;
             if listed.contains(&top) {
                 continue; // the same digest under another Accept set
             }
@@ -73,7 +73,7 @@ pub fn ls(mirror: &Mirror) -> Vec<Listed> {
             }
             out.push(Listed {
                 image: format!("{registry}/{repo}:{tag}"),
-                digest: entry.digest.clone(),
+                digest: entry.digest.to_string(),
                 media_type: entry.media_type.clone(),
                 size,
                 last_use,

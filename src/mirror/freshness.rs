@@ -28,13 +28,16 @@ impl Freshness {
         repo: &str,
         tag: &str,
     ) -> Duration {
-        let subject = format!("{registry}/{repo}:{tag}");
-        self.rules
-            .iter()
-            .find(|r| glob(&r.pattern, &subject))
-            .map(|r| r.ttl)
-            .or(upstream_ttl)
-            .unwrap_or(self.default)
+        let by_rule = if self.rules.is_empty() {
+            None // every cached tag pull asks: spare it the string
+        } else {
+            let subject = format!("{registry}/{repo}:{tag}");
+            self.rules
+                .iter()
+                .find(|r| glob(&r.pattern, &subject))
+                .map(|r| r.ttl)
+        };
+        by_rule.or(upstream_ttl).unwrap_or(self.default)
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
     cache_header, digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply,
 };
 use crate::cache::quota::TOUCH_AFTER;
-use crate::cache::{Kind, MemoryTier, TagEntry};
+use crate::cache::{Kind, MemoryTier, TagEntry, TagRecord};
 use crate::metrics::METRICS;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
@@ -64,6 +64,21 @@ pub(super) fn manifest_reply(m: Manifest, outcome: Outcome) -> Reply {
         body: Body::Bytes(m.bytes),
         outcome,
     }
+}
+
+/// The newest mapping of a tag that `ok` accepts, with its `Accept` key.
+fn newest(record: &TagRecord, ok: impl Fn(&str, &TagEntry) -> bool) -> Option<(String, TagEntry)> {
+    record
+        .by_accept
+        .iter()
+        .filter(|(k, e)| ok(k, e))
+        .max_by_key(|(_, e)| e.checked)
+        .map(|(k, e)| (k.clone(), e.clone()))
+}
+
+/// The newest mapping of a tag that may answer a client accepting `accept`.
+fn reusable(record: &TagRecord, accept: &Accept) -> Option<(String, TagEntry)> {
+    newest(record, |k, e| accept.can_reuse(k, &e.media_type))
 }
 
 /// Longest wait for an upstream to confirm a tag wharf could serve stale.
@@ -181,6 +196,27 @@ impl Mirror {
         Ok(Some((m, Outcome::HitDisk)))
     }
 
+    /// The manifest a tag names, if a fresh mapping that answers this client and the manifest
+    /// are both in memory: the hot path of pulls by tag (every pull starts with one, kubelets
+    /// ask again at each pod start). Everything else is [`Mirror::manifest_by_tag`]'s.
+    pub(super) fn memory_tag(
+        &self,
+        up: &Upstream,
+        name: &RepoName,
+        tag: &Tag,
+        accept: &Accept,
+    ) -> Option<Manifest> {
+        let record = self.tags.get_cached(&up.registry, name, tag)?;
+        let (_, entry) = reusable(&record, accept)?;
+        let ttl = self
+            .freshness
+            .tag_ttl(&up.registry, up.tag_ttl, name.as_str(), tag.as_str());
+        if !entry.is_fresh(ttl) {
+            return None;
+        }
+        self.memory_manifest(&entry.digest)
+    }
+
     /// A manifest by tag. A mapping that answers this client ([`Accept::can_reuse`]) is served
     /// while fresh, revalidated with a HEAD after its TTL, and served stale if the upstream
     /// cannot be asked; otherwise the tag is fetched. With the upstream unavailable (or wharf
@@ -203,19 +239,11 @@ impl Mirror {
             }
         }
         .unwrap_or_default();
-        let newest = |ok: &dyn Fn(&str, &TagEntry) -> bool| {
-            record
-                .by_accept
-                .iter()
-                .filter(|(k, e)| ok(k, e) && e.digest().is_some())
-                .max_by_key(|(_, e)| e.checked)
-                .map(|(k, e)| (k.clone(), e.clone()))
-        };
-        let reusable = newest(&|k, e| accept.can_reuse(k, &e.media_type));
+        let reusable = reusable(&record, accept);
         // what may stand in when the upstream cannot be asked: best the exact answer
         let fallback = reusable
             .clone()
-            .or_else(|| newest(&|_, e| accept.accepts(&e.media_type)));
+            .or_else(|| newest(&record, |_, e| accept.accepts(&e.media_type)));
 
         if up.offline {
             let found = match &fallback {
@@ -242,7 +270,7 @@ impl Mirror {
                 let e = RegistryError::bad_gateway("the upstream failed moments ago");
                 return self.stale(name, tag, fallback.as_ref(), e).await;
             } else {
-                let digest = entry.digest().expect("filtered on a valid digest");
+                let digest = entry.digest;
                 match self.revalidate(up, name, tag, accept, &digest).await {
                     Ok(true) => {
                         let fresh = TagEntry::new(&digest, &entry.media_type);
@@ -301,10 +329,7 @@ impl Mirror {
         &self,
         entry: &TagEntry,
     ) -> Result<Option<(Manifest, Outcome)>, RegistryError> {
-        match entry.digest() {
-            Some(d) => self.local_manifest(&d).await,
-            None => Ok(None),
-        }
+        self.local_manifest(&entry.digest).await
     }
 
     /// The upstream could not be asked: serve the last known mapping, however old, or fail

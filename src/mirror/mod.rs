@@ -311,24 +311,34 @@ impl Mirror {
         accept: &Accept,
         range: Option<&str>,
     ) -> Reply {
-        match self.memory_hit(&route, range) {
+        match self.memory_hit(up, &route, accept, range) {
             Some(reply) => reply,
             None => Box::pin(self.answer(up, route, head, accept, range)).await,
         }
     }
 
-    /// The reply for an object held in the memory tier, if the route names one by digest.
-    fn memory_hit(&self, route: &Route, range: Option<&str>) -> Option<Reply> {
-        match route {
-            Route::Blob { digest, .. } => self.memory_blob(digest, range),
+    /// The reply for an object held in the memory tier: a blob or manifest by digest, or a
+    /// manifest by a tag whose mapping is fresh.
+    fn memory_hit(
+        &self,
+        up: &Upstream,
+        route: &Route,
+        accept: &Accept,
+        range: Option<&str>,
+    ) -> Option<Reply> {
+        let manifest = match route {
+            Route::Blob { digest, .. } => return self.memory_blob(digest, range),
             Route::Manifest {
                 reference: Reference::Digest(digest),
                 ..
-            } => self
-                .memory_manifest(digest)
-                .map(|m| manifests::manifest_reply(m, Outcome::HitMemory)),
+            } => self.memory_manifest(digest),
+            Route::Manifest {
+                name,
+                reference: Reference::Tag(tag),
+            } => self.memory_tag(up, &upstream_name(up, name.clone()), tag, accept),
             _ => None,
-        }
+        };
+        manifest.map(|m| manifests::manifest_reply(m, Outcome::HitMemory))
     }
 
     async fn answer(
