@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -57,11 +57,10 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-type Key = (String, String, String);
-
 pub struct TagIndex {
     root: PathBuf,
-    memory: RwLock<HashMap<Key, TagRecord>>,
+    /// Records by `registry/repo:tag` (a registry has no `/`, a tag no `:`), shared with readers.
+    memory: RwLock<HashMap<String, Arc<TagRecord>>>,
     /// Serializes read-modify-write of tag files.
     writing: Mutex<()>,
 }
@@ -76,12 +75,13 @@ impl TagIndex {
         })
     }
 
-    fn key(registry: &str, repo: &RepoName, tag: &Tag) -> Key {
-        (
-            registry.to_owned(),
-            repo.as_str().to_owned(),
-            tag.as_str().to_owned(),
-        )
+    fn key(registry: &str, repo: &RepoName, tag: &Tag) -> String {
+        let (repo, tag) = (repo.as_str(), tag.as_str());
+        let mut key = String::with_capacity(registry.len() + repo.len() + tag.len() + 2);
+        for part in [registry, "/", repo, ":", tag] {
+            key.push_str(part);
+        }
+        key
     }
 
     fn dir(&self, registry: &str, repo: &RepoName) -> PathBuf {
@@ -90,18 +90,18 @@ impl TagIndex {
     }
 
     /// The record for a tag if it is in memory. Never blocks.
-    pub fn get_cached(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<TagRecord> {
+    pub fn get_cached(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<Arc<TagRecord>> {
         let key = Self::key(registry, repo, tag);
         self.memory.read().expect("tag map").get(&key).cloned()
     }
 
     /// The record for a tag, from memory or disk. Blocking on a memory miss (one small read).
-    pub fn get(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<TagRecord> {
+    pub fn get(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<Arc<TagRecord>> {
         if let Some(r) = self.get_cached(registry, repo, tag) {
             return Some(r);
         }
         let bytes = fs::read(self.dir(registry, repo).join(tag.as_str())).ok()?;
-        let record: TagRecord = serde_json::from_slice(&bytes).ok()?;
+        let record: Arc<TagRecord> = Arc::new(serde_json::from_slice(&bytes).ok()?);
         self.memory
             .write()
             .expect("tag map")
@@ -119,7 +119,10 @@ impl TagIndex {
         entry: TagEntry,
     ) -> io::Result<()> {
         let _writing = self.writing.lock().expect("tag writer");
-        let mut record = self.get(registry, repo, tag).unwrap_or_default();
+        let mut record = self
+            .get(registry, repo, tag)
+            .map(|r| TagRecord::clone(&r))
+            .unwrap_or_default();
         record.by_accept.insert(accept_key.to_owned(), entry);
         let dir = self.dir(registry, repo);
         fs::create_dir_all(&dir)?;
@@ -135,12 +138,12 @@ impl TagIndex {
         self.memory
             .write()
             .expect("tag map")
-            .insert(Self::key(registry, repo, tag), record);
+            .insert(Self::key(registry, repo, tag), Arc::new(record));
         Ok(())
     }
 
     /// Every tag recorded, as (registry, repository, tag, record), sorted. Blocking.
-    pub fn all(&self) -> Vec<(String, RepoName, Tag, TagRecord)> {
+    pub fn all(&self) -> Vec<(String, RepoName, Tag, Arc<TagRecord>)> {
         /// Repository names under `dir`: every directory path that holds a `_tags` directory.
         fn walk(dir: &Path, repo: &str, out: &mut Vec<String>) {
             for entry in fs::read_dir(dir).into_iter().flatten().flatten() {

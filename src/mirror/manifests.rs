@@ -48,7 +48,7 @@ impl Manifest {
 /// The reply carrying a manifest.
 pub(super) fn manifest_reply(m: Manifest, outcome: Outcome) -> Reply {
     let mut headers = Vec::with_capacity(6);
-    headers.push((header::CONTENT_TYPE, text_value(m.media_type.to_string())));
+    headers.push((header::CONTENT_TYPE, text_value(&*m.media_type)));
     headers.push((header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len())));
     headers.extend(digest_headers(&m.digest));
     headers.push(cache_header(outcome));
@@ -67,17 +67,17 @@ pub(super) fn manifest_reply(m: Manifest, outcome: Outcome) -> Reply {
 }
 
 /// The newest mapping of a tag that `ok` accepts, with its `Accept` key.
-fn newest(record: &TagRecord, ok: impl Fn(&str, &TagEntry) -> bool) -> Option<(String, TagEntry)> {
+fn newest(record: &TagRecord, ok: impl Fn(&str, &TagEntry) -> bool) -> Option<(&str, &TagEntry)> {
     record
         .by_accept
         .iter()
         .filter(|(k, e)| ok(k, e))
         .max_by_key(|(_, e)| e.checked)
-        .map(|(k, e)| (k.clone(), e.clone()))
+        .map(|(k, e)| (k.as_str(), e))
 }
 
 /// The newest mapping of a tag that may answer a client accepting `accept`.
-fn reusable(record: &TagRecord, accept: &Accept) -> Option<(String, TagEntry)> {
+fn reusable<'r>(record: &'r TagRecord, accept: &Accept) -> Option<(&'r str, &'r TagEntry)> {
     newest(record, |k, e| accept.can_reuse(k, &e.media_type))
 }
 
@@ -242,12 +242,12 @@ impl Mirror {
         let reusable = reusable(&record, accept);
         // what may stand in when the upstream cannot be asked: best the exact answer
         let fallback = reusable
-            .clone()
-            .or_else(|| newest(&record, |_, e| accept.accepts(&e.media_type)));
+            .or_else(|| newest(&record, |_, e| accept.accepts(&e.media_type)))
+            .map(|(_, e)| e);
 
         if up.offline {
-            let found = match &fallback {
-                Some((_, e)) => self.tagged_local(e).await?,
+            let found = match fallback {
+                Some(e) => self.tagged_local(e).await?,
                 None => None,
             };
             return found.ok_or_else(|| {
@@ -261,14 +261,14 @@ impl Mirror {
         let ttl = self
             .freshness
             .tag_ttl(&up.registry, up.tag_ttl, name.as_str(), tag.as_str());
-        if let Some((key, entry)) = &reusable {
+        if let Some((key, entry)) = reusable {
             if entry.is_fresh(ttl) {
                 if let Some(found) = self.tagged_local(entry).await? {
                     return Ok(found);
                 }
             } else if up.recently_failed() {
                 let e = RegistryError::bad_gateway("the upstream failed moments ago");
-                return self.stale(name, tag, fallback.as_ref(), e).await;
+                return self.stale(name, tag, fallback, e).await;
             } else {
                 let digest = entry.digest;
                 match self.revalidate(up, name, tag, accept, &digest).await {
@@ -281,7 +281,7 @@ impl Mirror {
                     }
                     Ok(false) => {}
                     Err(e) if is_unavailable(&e) => {
-                        return self.stale(name, tag, fallback.as_ref(), e).await;
+                        return self.stale(name, tag, fallback, e).await;
                     }
                     Err(e) => return Err(self.tag_missing(up, name, tag, e)),
                 }
@@ -318,7 +318,7 @@ impl Mirror {
             })
             .await;
         match fetched {
-            Err(e) if is_unavailable(&e) => self.stale(name, tag, fallback.as_ref(), e).await,
+            Err(e) if is_unavailable(&e) => self.stale(name, tag, fallback, e).await,
             Err(e) => Err(self.tag_missing(up, name, tag, e)),
             ok => ok,
         }
@@ -338,10 +338,10 @@ impl Mirror {
         &self,
         name: &RepoName,
         tag: &Tag,
-        known: Option<&(String, TagEntry)>,
+        known: Option<&TagEntry>,
         error: RegistryError,
     ) -> Result<(Manifest, Outcome), RegistryError> {
-        let Some((_, entry)) = known else {
+        let Some(entry) = known else {
             return Err(error);
         };
         match self.tagged_local(entry).await? {

@@ -66,16 +66,20 @@ pub type Headers = Vec<(header::HeaderName, HeaderValue)>;
 
 /// A header value from text an upstream wrote (a media type, a link, a retry delay): a value
 /// a header cannot carry is sent empty.
-fn text_value(s: String) -> HeaderValue {
+fn text_value<T>(s: T) -> HeaderValue
+where
+    HeaderValue: TryFrom<T>,
+{
     HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// `Docker-Content-Digest` and `ETag` for an object.
+/// `Docker-Content-Digest` and `ETag` (the same text, quoted) for an object.
 fn digest_headers(digest: &Digest) -> [(header::HeaderName, HeaderValue); 2] {
-    [
-        (DOCKER_CONTENT_DIGEST, digest.header_value()),
-        (header::ETAG, digest.etag()),
-    ]
+    let value = digest.header_value();
+    let mut etag = [b'"'; 73];
+    etag[1..72].copy_from_slice(value.as_bytes());
+    let etag = HeaderValue::from_bytes(&etag).expect("a quoted digest is a header value");
+    [(DOCKER_CONTENT_DIGEST, value), (header::ETAG, etag)]
 }
 
 const DOCKER_CONTENT_DIGEST: header::HeaderName =

@@ -143,14 +143,6 @@ impl Digest {
         http::HeaderValue::from_bytes(&v).expect("ASCII")
     }
 
-    /// `"sha256:<hex>"`, the entity tag of the object with this digest.
-    pub fn etag(&self) -> http::HeaderValue {
-        let mut v = [b'"'; 73];
-        v[1..8].copy_from_slice(b"sha256:");
-        v[8..72].copy_from_slice(self.hex_digits().as_bytes());
-        http::HeaderValue::from_bytes(&v).expect("ASCII")
-    }
-
     /// The 64 hex digits, in a stack buffer: replies hex-encode a digest or two each.
     fn hex_digits(&self) -> HexDigits {
         let mut out = [0u8; 64];
@@ -352,7 +344,6 @@ mod tests {
         );
         let d = Digest::of(b"x");
         assert_eq!(d.header_value().to_str().unwrap(), d.to_string());
-        assert_eq!(d.etag().to_str().unwrap(), format!("\"{d}\""));
     }
 
     #[test]
