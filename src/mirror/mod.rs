@@ -305,8 +305,8 @@ impl Mirror {
     /// Answer one pull request for upstream `up`. Never fails: errors become OCI error replies.
     ///
     /// Objects in the memory tier are the hot path of a warm mirror: they are answered right
-    /// away. Everything else goes through [`Mirror::answer`], whose future (every wait of the
-    /// whole pull path, ~11 KB) is allocated only then.
+    /// away. Everything else is one boxed future (every wait of the whole pull path, ~11 KB),
+    /// allocated only then.
     pub async fn handle(
         self: &Arc<Self>,
         up: &Arc<Upstream>,
@@ -315,10 +315,39 @@ impl Mirror {
         accept: &Accept,
         range: Option<&str>,
     ) -> Reply {
-        match self.memory_hit(up, &route, accept, range) {
-            Some(reply) => reply,
-            None => Box::pin(self.answer(up, route, head, accept, range)).await,
+        if let Some(reply) = self.memory_hit(up, &route, accept, range) {
+            return reply;
         }
+        Box::pin(async move {
+            let result = match route {
+                Route::Base => Ok(Reply::json(
+                    StatusCode::OK,
+                    Bytes::from_static(b"{}"),
+                    Outcome::Local,
+                )),
+                Route::Manifest { name, reference } => {
+                    self.manifest(up, &upstream_name(up, name), &reference, accept)
+                        .await
+                }
+                Route::Blob { name, digest } => {
+                    self.blob(up, &upstream_name(up, name), digest, head, range)
+                        .await
+                }
+                Route::TagsList { name, query } => {
+                    self.tags_list(up, &upstream_name(up, name), &query).await
+                }
+                Route::Referrers {
+                    name,
+                    digest,
+                    artifact_type,
+                } => {
+                    self.referrers(up, &upstream_name(up, name), &digest, artifact_type)
+                        .await
+                }
+            };
+            result.unwrap_or_else(Reply::error)
+        })
+        .await
     }
 
     /// The reply for an object held in the memory tier: a blob or manifest by digest, or a
@@ -343,43 +372,6 @@ impl Mirror {
             _ => None,
         };
         manifest.map(|m| manifests::manifest_reply(m, Outcome::HitMemory))
-    }
-
-    async fn answer(
-        self: &Arc<Self>,
-        up: &Arc<Upstream>,
-        route: Route,
-        head: bool,
-        accept: &Accept,
-        range: Option<&str>,
-    ) -> Reply {
-        let result = match route {
-            Route::Base => Ok(Reply::json(
-                StatusCode::OK,
-                Bytes::from_static(b"{}"),
-                Outcome::Local,
-            )),
-            Route::Manifest { name, reference } => {
-                self.manifest(up, &upstream_name(up, name), &reference, accept)
-                    .await
-            }
-            Route::Blob { name, digest } => {
-                self.blob(up, &upstream_name(up, name), digest, head, range)
-                    .await
-            }
-            Route::TagsList { name, query } => {
-                self.tags_list(up, &upstream_name(up, name), &query).await
-            }
-            Route::Referrers {
-                name,
-                digest,
-                artifact_type,
-            } => {
-                self.referrers(up, &upstream_name(up, name), &digest, artifact_type)
-                    .await
-            }
-        };
-        result.unwrap_or_else(Reply::error)
     }
 
     // ---------------------------------------------------------------- tag lists
