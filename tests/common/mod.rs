@@ -53,46 +53,69 @@ impl Wharf {
         data: PathBuf,
         env: &[(&str, &str)],
     ) -> Wharf {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let admin = format!("127.0.0.1:{}", free_port());
         let conf = data.with_extension("toml");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(&conf, extra_config).unwrap();
         let log = data.with_extension("log");
+        // A port found free can be taken by another test's connection before wharf binds it:
+        // then wharf exits at once saying so, and it is started again on other ports.
+        for _ in 0..3 {
+            let mut w = Self::spawn(upstream, &conf, &data, &log, env);
+            if w.wait_ready().await {
+                return w;
+            }
+            if !w.log().contains("cannot listen") {
+                panic!("wharf did not start; log:\n{}", w.log());
+            }
+        }
+        panic!("wharf found no free port in three tries");
+    }
+
+    fn spawn(
+        upstream: &str,
+        conf: &PathBuf,
+        data: &PathBuf,
+        log: &PathBuf,
+        env: &[(&str, &str)],
+    ) -> Wharf {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
             .args(["serve", "--listen", &addr, "--admin", &admin])
             .args(["--upstream", upstream, "--config"])
-            .arg(&conf)
+            .arg(conf)
             .arg("--data")
-            .arg(&data)
+            .arg(data)
             .env("WHARF_LOG", "info,pingora=warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .expect("run wharf");
-        let w = Wharf {
+        Wharf {
             addr,
             admin,
-            data,
+            data: data.clone(),
             child,
             _dir: None,
-            log,
-        };
-        w.wait_ready().await;
-        w
+            log: log.clone(),
+        }
     }
 
-    async fn wait_ready(&self) {
+    /// Whether wharf answers within 20 s; false as soon as it has exited.
+    async fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         let c = client();
         while Instant::now() < deadline {
             if c.get(self.url("/v2/")).send().await.is_ok() {
-                return;
+                return true;
+            }
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("wharf did not start; log:\n{}", self.log());
+        false
     }
 
     pub fn url(&self, path: &str) -> String {
