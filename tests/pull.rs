@@ -515,13 +515,23 @@ async fn writes_and_bad_input_are_refused_with_oci_errors() {
     }
     for (path, code) in [
         ("/v2/Upper/manifests/latest", "NAME_INVALID"),
-        ("/v2/a/manifests/-tag", "TAG_INVALID"),
         ("/v2/a/blobs/sha256:1234", "DIGEST_INVALID"),
         ("/v2/a/manifests/sha256:zz", "DIGEST_INVALID"),
     ] {
         let r = c.get(w.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 400, "{path}");
         assert_eq!(error_code(r).await, code, "{path}");
+    }
+    // a reference that is neither a tag nor a digest names no manifest (conformance: 404)
+    for path in [
+        "/v2/a/manifests/-tag",
+        "/v2/a/manifests/.INVALID_MANIFEST_NAME",
+    ] {
+        let r = c.get(w.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN", "{path}");
+        let r = c.head(w.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "HEAD {path}");
     }
     // not even HTTP
     let mut s = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
@@ -576,6 +586,32 @@ async fn tag_ttl_then_head_revalidation_then_new_digest() {
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(get().await, v2.digest);
     assert_eq!(hub.counters().manifest_gets, 2);
+}
+
+#[tokio::test]
+async fn accept_star_alone_asks_the_upstream_for_every_manifest_type() {
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/curl", "1", 20, &[10]);
+    let w = Wharf::start(&hub.url(), "").await;
+    let r = client()
+        .get(w.url("/v2/library/curl/manifests/1"))
+        .header("Accept", "*/*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), img.digest);
+    let sent = hub.counters().manifest_accepts;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    for t in [
+        DOCKER_MANIFEST,
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+    ] {
+        assert!(sent[0].contains(t), "{t} missing from {sent:?}");
+    }
+    assert!(!sent[0].contains("*/*"), "{sent:?}");
 }
 
 #[tokio::test]

@@ -79,13 +79,16 @@ impl Accept {
         self.0.is_empty() || self.0.iter().any(|t| t == "*/*" || t == media_type)
     }
 
-    /// What to send upstream: the client's list, or every manifest type when it sent none.
+    /// What to send upstream: the client's list, or every manifest type when it named none.
     pub fn for_upstream(&self) -> String {
         self.upstream_types().join(", ")
     }
 
+    /// A client that names no type (no Accept, or `*/*` alone: curl's default) takes any
+    /// manifest, so the upstream is offered every type wharf serves. Passed on as is, `*/*`
+    /// makes distribution answer a re-signed schema1 manifest for a schema2 tag.
     fn upstream_types(&self) -> Vec<&str> {
-        if self.0.is_empty() {
+        if self.0.iter().all(|t| t == "*/*") {
             ALL_MANIFESTS.to_vec()
         } else {
             self.0.iter().map(String::as_str).collect()
@@ -150,6 +153,14 @@ mod tests {
         assert!(Accept::parse(["*/*"]).accepts(OCI_MANIFEST));
         assert!(Accept::default().accepts(OCI_MANIFEST));
         assert!(Accept::default().for_upstream().contains(DOCKER_MANIFEST));
+        // curl's `*/*` alone is every manifest type, and the same tag mapping as no Accept
+        assert_eq!(
+            Accept::parse(["*/*"]).for_upstream(),
+            ALL_MANIFESTS.join(", ")
+        );
+        assert_eq!(Accept::parse(["*/*"]).key(), Accept::default().key());
+        let containerd = Accept::parse([OCI_INDEX, "*/*"]);
+        assert_eq!(containerd.for_upstream(), format!("{OCI_INDEX}, */*"));
         // the same set in another order is the same key
         assert_eq!(
             Accept::parse([DOCKER_MANIFEST, OCI_INDEX]).key(),

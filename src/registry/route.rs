@@ -56,7 +56,7 @@ impl Route {
         match kind {
             "manifests" => Ok(Route::Manifest {
                 name: RepoName::parse(name)?,
-                reference: Reference::parse(last)?,
+                reference: manifest_reference(last)?,
             }),
             "blobs" => Ok(Route::Blob {
                 name: RepoName::parse(name)?,
@@ -94,6 +94,19 @@ impl Route {
             Route::Referrers { .. } => "referrers",
         }
     }
+}
+
+/// A manifest reference: a digest (malformed: 400 `DIGEST_INVALID`) or a tag. Anything else
+/// names no manifest there can be, which the distribution spec's conformance tests expect to
+/// be a 404 `MANIFEST_UNKNOWN`, as for a tag that does not exist.
+fn manifest_reference(s: &str) -> Result<Reference, RegistryError> {
+    Reference::parse(s).map_err(|e| match e.code {
+        ErrorCode::TagInvalid => RegistryError::not_found(
+            ErrorCode::ManifestUnknown,
+            format!("no manifest {s:?}: it is neither a tag nor a digest"),
+        ),
+        _ => e,
+    })
 }
 
 /// Only pulls are served: GET and HEAD.
@@ -191,7 +204,16 @@ mod tests {
     fn bad_input() {
         let code = |p: &str| get(p).unwrap_err().code;
         assert_eq!(code("/v2/UPPER/manifests/x"), ErrorCode::NameInvalid);
-        assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::TagInvalid);
+        // not a tag: no such manifest (404), as the conformance tests expect
+        let e = get("/v2/a/manifests/.INVALID_MANIFEST_NAME").unwrap_err();
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (404, ErrorCode::ManifestUnknown)
+        );
+        assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::ManifestUnknown);
+        // a malformed digest stays a bad request
+        let e = get("/v2/a/manifests/sha256:abc").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, ErrorCode::DigestInvalid));
         assert_eq!(code("/v2/a/blobs/sha256:xyz"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/latest"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/../etc/manifests/x"), ErrorCode::NameInvalid);

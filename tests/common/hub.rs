@@ -52,6 +52,8 @@ pub struct Counters {
     pub cdn_auth_rejected: usize,
     pub manifest_gets: usize,
     pub manifest_heads: usize,
+    /// The Accept header of every manifest request, joined with ", ".
+    pub manifest_accepts: Vec<String>,
     pub blob_heads: usize,
     pub tokens_issued: usize,
     pub referrers_gets: usize,
@@ -561,6 +563,7 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
             });
             {
                 let mut c = st.counters.lock().unwrap();
+                c.manifest_accepts.push(accept.join(", "));
                 if method == Method::HEAD {
                     c.manifest_heads += 1;
                 } else {
