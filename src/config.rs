@@ -44,6 +44,22 @@ pub struct Config {
     pub memory_object_max: u64,
     #[serde(default)]
     pub threads: usize,
+    /// Largest blob wharf fetches; longer bodies are abandoned, nothing stored.
+    #[serde(default = "default_max_blob_size")]
+    pub max_blob_size: u64,
+    /// Free space the data directory keeps: fills that would eat into it are refused (507),
+    /// and /readyz fails below it.
+    #[serde(default = "default_min_free_space")]
+    pub min_free_space: u64,
+    /// Blob downloads in flight at most; past it a cold miss gets a 503 with Retry-After.
+    #[serde(default = "default_max_fills")]
+    pub max_fills: usize,
+    /// Downloads no client waits for any more, at most (beyond: given up).
+    #[serde(default = "default_max_orphan_fills")]
+    pub max_orphan_fills: usize,
+    /// Threads for the disk work of fills (writes, hashing, fsync), apart from hits'.
+    #[serde(default = "default_fill_threads")]
+    pub fill_threads: usize,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
 }
@@ -89,6 +105,8 @@ pub struct UpstreamConfig {
     #[serde(default, with = "humantime_serde")]
     pub read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     pub tag_ttl: Option<Duration>,
 }
 
@@ -107,8 +125,24 @@ fn default_memory_bytes() -> u64 {
 fn default_memory_object_max() -> u64 {
     1 << 20
 }
+fn default_max_blob_size() -> u64 {
+    32 << 30
+}
+fn default_min_free_space() -> u64 {
+    256 << 20
+}
+fn default_max_fills() -> usize {
+    256
+}
+fn default_max_orphan_fills() -> usize {
+    32
+}
+fn default_fill_threads() -> usize {
+    4
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Overrides from the command line.
 #[derive(Clone, Debug, Default)]
@@ -232,6 +266,7 @@ fn settings(host: &str, u: &UpstreamConfig) -> Result<UpstreamSettings, String> 
         ca_file: u.ca_file.clone(),
         connect_timeout: u.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
         read_timeout: u.read_timeout.unwrap_or(READ_TIMEOUT),
+        request_timeout: u.request_timeout.unwrap_or(REQUEST_TIMEOUT),
         tag_ttl: u.tag_ttl,
         offline: false,
     })

@@ -27,6 +27,12 @@ pub struct Metrics {
     /// The last `ratelimit-remaining` an upstream announced (Docker Hub's pull allowance).
     pub ratelimit_remaining: IntGaugeVec,
     pub fills_in_flight: IntGauge,
+    /// Fills no client waits for any more.
+    pub orphan_fills: IntGauge,
+    /// Cold misses refused because `max_fills` were running.
+    pub fills_refused: IntCounter,
+    /// Orphan fills given up (too many of them, or stalled).
+    pub fills_abandoned: IntCounter,
     /// Content an upstream sent that did not match its digest (never cached).
     pub verification_failures: IntCounter,
 }
@@ -192,6 +198,23 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            orphan_fills: {
+                let g = IntGauge::new(
+                    "wharf_orphan_fills",
+                    "Blob downloads in progress that no client waits for",
+                )
+                .expect("metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            fills_refused: counter(
+                "wharf_fills_refused_total",
+                "Cold misses answered 503 because max_fills downloads were running",
+            ),
+            fills_abandoned: counter(
+                "wharf_fills_abandoned_total",
+                "Downloads no client waited for, given up (too many, or stalled)",
+            ),
             verification_failures: counter(
                 "wharf_verification_failures_total",
                 "Upstream content that did not match its digest (never cached)",

@@ -5,21 +5,63 @@
 //! own [`FillReader`]. The last byte is held back until the digest is verified, so a corrupt or
 //! truncated download can only ever reach a client as a cut connection, never as a clean
 //! response with wrong bytes. The fill belongs to no client: it finishes and is committed even
-//! if every reader leaves.
+//! if every reader leaves — but such orphans are bounded apart, and given up when they stall.
+//!
+//! Fills are bounded too: past `max_fills` a new one is refused at once rather than queued, so
+//! a flood of cold misses costs wharf nothing but the refusals. A fill's disk work (temp file,
+//! writes, hashing, fsync) runs on [`FillIo`]'s threads, never on the ones that serve hits.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::store::{read_at, BlobStore, Kind};
+use crate::metrics::METRICS;
 use crate::registry::{Digest, RegistryError};
+
+/// Threads apart from those serving hits, for the disk work of fills: a slow disk or a storm
+/// of fills makes fills wait for each other, never a hit. Each job is one batch of chunks (or
+/// one fsync), so a handful of threads keeps up with any network.
+pub struct FillIo {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FillIo {
+    pub fn new(threads: usize) -> io::Result<FillIo> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(threads.max(1))
+            .thread_name("wharf-fill-io")
+            .build()?;
+        Ok(FillIo {
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Run `work` on a fill thread and wait for it without holding any other thread.
+    pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let rt = self.runtime.as_ref().expect("runtime lives until drop");
+        match rt.spawn_blocking(work).await {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+impl Drop for FillIo {
+    fn drop(&mut self) {
+        // may be dropped inside another runtime, where a blocking shutdown would panic
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 /// Where a fill is.
 #[derive(Clone, Debug)]
@@ -37,22 +79,51 @@ pub enum Phase {
 #[derive(Clone, Debug)]
 pub struct FillState {
     pub phase: Phase,
-    /// Length the upstream announced, if it did.
+    /// Length the upstream announced (or the manifest's descriptor gave), if known.
     pub total: Option<u64>,
     pub written: u64,
     /// Whether the verified file made it into the store (`None` until decided).
     pub stored: Option<bool>,
 }
 
+/// Who still wants a fill: at none it is an orphan.
+#[derive(Default)]
+struct Interest {
+    readers: usize,
+    orphaned: bool,
+    done: bool,
+}
+
 /// One blob being fetched into the cache.
 pub struct Fill {
     pub digest: Digest,
-    file: Arc<File>,
-    tmp: PathBuf,
+    /// The temp file and its path, created by the fill once it starts.
+    file: OnceLock<(Arc<File>, PathBuf)>,
     state: watch::Sender<FillState>,
+    interest: Mutex<Interest>,
+    limits: Arc<Limits>,
+    /// Wakes the fill's driver when it must give up (too many orphans).
+    abandon: Notify,
 }
 
 impl Fill {
+    fn new(digest: Digest, limits: Arc<Limits>) -> Fill {
+        let (state, _) = watch::channel(FillState {
+            phase: Phase::Connecting,
+            total: None,
+            written: 0,
+            stored: None,
+        });
+        Fill {
+            digest,
+            file: OnceLock::new(),
+            state,
+            interest: Mutex::default(),
+            limits,
+            abandon: Notify::new(),
+        }
+    }
+
     /// Wait for the upstream's answer: the announced length, or why there will be no body.
     pub async fn ready(&self) -> Result<Option<u64>, RegistryError> {
         let mut rx = self.state.subscribe();
@@ -66,10 +137,177 @@ impl Fill {
         }
     }
 
+    /// A reader of this fill, counted as interest in it.
+    pub fn reader(self: &Arc<Self>) -> FillReader {
+        {
+            let mut i = self.interest.lock().expect("fill interest");
+            i.readers += 1;
+            if i.orphaned {
+                i.orphaned = false;
+                self.limits.orphans_now(-1);
+            }
+        }
+        FillReader {
+            fill: self.clone(),
+            state: self.state.subscribe(),
+            pos: 0,
+        }
+    }
+
+    /// A reader left; the last one to leave makes the fill an orphan, which is given up at
+    /// once if there are too many of them already.
+    fn release(&self) {
+        let mut i = self.interest.lock().expect("fill interest");
+        i.readers -= 1;
+        if i.readers > 0 || i.done {
+            return;
+        }
+        i.orphaned = true;
+        if self.limits.orphans_now(1) > self.limits.max_orphans {
+            tracing::warn!(
+                "giving up the fill of {}: no client waits for it, and {} other fills are in the same case (max_orphan_fills)",
+                self.digest,
+                self.limits.max_orphans
+            );
+            self.abandon.notify_one();
+        }
+    }
+
+    /// Whether every reader has left.
+    pub fn is_orphaned(&self) -> bool {
+        self.interest.lock().expect("fill interest").orphaned
+    }
+
+    /// Resolves when the fill must be given up.
+    pub async fn abandoned(&self) {
+        self.abandon.notified().await
+    }
+
+    /// Bytes still to come, if the length is known: what the disk must still take.
+    fn outstanding(&self) -> u64 {
+        let s = self.state.borrow();
+        match s.phase {
+            Phase::Connecting | Phase::Streaming => {
+                s.total.map_or(0, |t| t.saturating_sub(s.written))
+            }
+            _ => 0,
+        }
+    }
+
+    /// Create the temp file the fill writes into. Blocking.
+    pub fn create_file(&self, store: &BlobStore) -> io::Result<()> {
+        let (file, tmp) = store.temp_file(&self.digest)?;
+        let _ = self.file.set((Arc::new(file), tmp));
+        Ok(())
+    }
+
+    /// The file the fill writes into (stays readable after it is committed or removed).
+    fn file(&self) -> Arc<File> {
+        self.file
+            .get()
+            .expect("a fill streams after its file exists")
+            .0
+            .clone()
+    }
+
+    /// The upstream answered: the body follows, `total` bytes long if known.
+    pub fn start(&self, total: Option<u64>) {
+        self.state.send_modify(|s| {
+            s.total = total;
+            s.phase = Phase::Streaming;
+        });
+    }
+
+    /// Write one batch of chunks at `offset`, hashing them into `hasher`. Blocking: runs on
+    /// [`FillIo`]. Returns the hasher and the offset after the batch.
+    pub fn write(
+        &self,
+        mut hasher: Sha256,
+        offset: u64,
+        chunks: &[Bytes],
+    ) -> (Sha256, io::Result<u64>) {
+        let file = self.file();
+        let mut at = offset;
+        for c in chunks {
+            if let Err(e) = file.write_all_at(c, at) {
+                return (hasher, Err(e));
+            }
+            hasher.update(c);
+            at += c.len() as u64;
+        }
+        (hasher, Ok(at))
+    }
+
+    /// `written` bytes are in the file: readers may read them (but the last).
+    pub fn progress(&self, written: u64) {
+        self.state.send_modify(|s| s.written = written);
+    }
+
+    /// The digest matched: readers may finish.
+    pub fn verified(&self) {
+        self.end();
+        self.state.send_modify(|s| s.phase = Phase::Verified);
+    }
+
+    /// Move the verified temp file into the store. Blocking.
+    pub fn commit(&self, store: &BlobStore) -> io::Result<()> {
+        let (file, tmp) = self.file.get().expect("a verified fill has its file");
+        let result = store.commit(tmp, file, Kind::Blob, &self.digest);
+        if result.is_err() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        self.state.send_modify(|s| s.stored = Some(result.is_ok()));
+        result
+    }
+
+    /// Give up: readers are told why and the temp file is removed. Blocking (one unlink).
+    pub fn fail(&self, error: RegistryError) {
+        self.end();
+        self.state.send_modify(|s| s.phase = Phase::Failed(error));
+        if let Some((_, tmp)) = self.file.get() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+
+    /// The fill is over: it no longer counts as an orphan.
+    fn end(&self) {
+        let mut i = self.interest.lock().expect("fill interest");
+        i.done = true;
+        if i.orphaned {
+            i.orphaned = false;
+            self.limits.orphans_now(-1);
+        }
+    }
+}
+
+fn abandoned() -> RegistryError {
+    RegistryError::internal("the fill for this blob stopped unexpectedly")
+}
+
+/// A client's view of a fill: the bytes written so far, never the last one before verification.
+/// While it lives, the fill has someone waiting for it.
+pub struct FillReader {
+    fill: Arc<Fill>,
+    state: watch::Receiver<FillState>,
+    pos: u64,
+}
+
+impl Drop for FillReader {
+    fn drop(&mut self) {
+        self.fill.release();
+    }
+}
+
+impl FillReader {
+    /// Wait for the upstream's answer: the length, if known, or why there will be no body.
+    pub async fn ready(&self) -> Result<Option<u64>, RegistryError> {
+        self.fill.ready().await
+    }
+
     /// Wait for the whole blob to be written and verified; returns its length.
-    pub async fn finished(&self) -> Result<u64, RegistryError> {
-        let mut rx = self.state.subscribe();
-        let s = rx
+    pub async fn finished(&mut self) -> Result<u64, RegistryError> {
+        let s = self
+            .state
             .wait_for(|s| matches!(s.phase, Phase::Verified | Phase::Failed(_)))
             .await
             .map_err(|_| abandoned())?;
@@ -79,60 +317,11 @@ impl Fill {
         }
     }
 
-    /// The file the fill writes into (stays readable after it is committed or removed).
-    pub fn file(&self) -> Arc<File> {
-        self.file.clone()
-    }
-
-    pub fn reader(&self) -> FillReader {
-        FillReader {
-            file: self.file.clone(),
-            state: self.state.subscribe(),
-            pos: 0,
-        }
-    }
-
-    /// The upstream answered: the body follows, `total` bytes long if announced.
-    pub fn start(&self, total: Option<u64>) {
-        self.state.send_modify(|s| {
-            s.total = total;
-            s.phase = Phase::Streaming;
-        });
-    }
-
-    /// Write chunks from `chunks` into the temp file, hashing them and publishing progress.
-    /// Runs on a blocking thread until the sender closes; returns the digest and length seen.
-    pub fn write_chunks(&self, mut chunks: mpsc::Receiver<Bytes>) -> io::Result<(Digest, u64)> {
-        let mut hasher = Sha256::new();
-        let mut offset = 0u64;
-        while let Some(chunk) = chunks.blocking_recv() {
-            self.file.write_all_at(&chunk, offset)?;
-            hasher.update(&chunk);
-            offset += chunk.len() as u64;
-            self.state.send_modify(|s| s.written = offset);
-        }
-        Ok((Digest::from_bytes(hasher.finalize().into()), offset))
-    }
-
-    /// The digest matched: readers may finish.
-    pub fn verified(&self) {
-        self.state.send_modify(|s| s.phase = Phase::Verified);
-    }
-
-    /// Move the verified temp file into the store. Blocking.
-    pub fn commit(&self, store: &BlobStore) -> io::Result<()> {
-        let result = store.commit(&self.tmp, &self.file, Kind::Blob, &self.digest);
-        if result.is_err() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-        self.state.send_modify(|s| s.stored = Some(result.is_ok()));
-        result
-    }
-
     /// Wait until the blob is in the store; returns its length.
-    pub async fn stored(&self) -> Result<u64, RegistryError> {
-        let mut rx = self.state.subscribe();
-        let s = rx
+    pub async fn stored(&mut self) -> Result<u64, RegistryError> {
+        let digest = self.fill.digest;
+        let s = self
+            .state
             .wait_for(|s| s.stored.is_some() || matches!(s.phase, Phase::Failed(_)))
             .await
             .map_err(|_| abandoned())?;
@@ -140,31 +329,16 @@ impl Fill {
             (Phase::Failed(e), _) => Err(e.clone()),
             (_, Some(true)) => Ok(s.written),
             _ => Err(RegistryError::internal(format!(
-                "blob {} was verified but could not be stored",
-                self.digest
+                "blob {digest} was verified but could not be stored"
             ))),
         }
     }
 
-    /// Give up: readers are told why and the temp file is removed. Blocking (one unlink).
-    pub fn fail(&self, error: RegistryError) {
-        self.state.send_modify(|s| s.phase = Phase::Failed(error));
-        let _ = std::fs::remove_file(&self.tmp);
+    /// The file the fill writes into; complete once [`FillReader::finished`] returned.
+    pub fn file(&self) -> Arc<File> {
+        self.fill.file()
     }
-}
 
-fn abandoned() -> RegistryError {
-    RegistryError::internal("the fill for this blob stopped unexpectedly")
-}
-
-/// A client's view of a fill: the bytes written so far, never the last one before verification.
-pub struct FillReader {
-    file: Arc<File>,
-    state: watch::Receiver<FillState>,
-    pos: u64,
-}
-
-impl FillReader {
     /// The next chunk of at most `max` bytes, `None` at the verified end, or the error that must
     /// cut the client off.
     pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, RegistryError> {
@@ -180,7 +354,7 @@ impl FillReader {
             };
             if self.pos < readable {
                 let len = (readable - self.pos).min(max as u64) as usize;
-                let chunk = read_at(self.file.clone(), self.pos, len).await?;
+                let chunk = read_at(self.fill.file(), self.pos, len).await?;
                 self.pos += len as u64;
                 return Ok(Some(chunk));
             }
@@ -197,44 +371,75 @@ pub enum Joined {
     /// Already in the store: no fill needed.
     Stored,
     /// Another request's fill is running: read along.
-    Existing(Arc<Fill>),
+    Existing(FillReader),
     /// This request started the fill; the caller must drive it.
-    New(Arc<Fill>),
+    New(Arc<Fill>, FillReader),
+}
+
+/// What bounds the fills.
+pub struct Limits {
+    /// Fills in flight at most.
+    pub max_fills: usize,
+    /// Fills in flight that no client waits for, at most.
+    pub max_orphans: usize,
+    orphans: std::sync::atomic::AtomicIsize,
+}
+
+impl Limits {
+    pub fn new(max_fills: usize, max_orphans: usize) -> Limits {
+        Limits {
+            max_fills,
+            max_orphans,
+            orphans: Default::default(),
+        }
+    }
+
+    /// Add `delta` to the orphans; returns how many there are now.
+    fn orphans_now(&self, delta: isize) -> usize {
+        use std::sync::atomic::Ordering;
+        let now = self.orphans.fetch_add(delta, Ordering::Relaxed) + delta;
+        METRICS.orphan_fills.set(now as i64);
+        now.max(0) as usize
+    }
 }
 
 /// The fills in flight, by digest.
-#[derive(Default)]
 pub struct Fills {
     map: Mutex<HashMap<Digest, Arc<Fill>>>,
+    limits: Arc<Limits>,
 }
 
+/// `max_fills` are running: a new one must wait for the client's retry.
+#[derive(Debug)]
+pub struct Busy(pub usize);
+
 impl Fills {
-    /// Join the running fill for `digest`, or start one (creating its temp file) unless the
-    /// store has the blob by now. The store is checked under the lock, so a fill that commits
+    pub fn new(limits: Limits) -> Fills {
+        Fills {
+            map: Mutex::default(),
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// Join the running fill for `digest`, or start one unless the store has the blob by now
+    /// or `max_fills` are running. The store is checked under the lock, so a fill that commits
     /// between a caller's own check and this call is not started twice.
-    pub fn join_or_start(&self, store: &BlobStore, digest: &Digest) -> io::Result<Joined> {
+    pub fn join_or_start(&self, store: &BlobStore, digest: &Digest) -> Result<Joined, Busy> {
         let mut map = self.map.lock().expect("fill map");
         if let Some(f) = map.get(digest) {
-            return Ok(Joined::Existing(f.clone()));
+            return Ok(Joined::Existing(f.reader()));
         }
         if store.contains(Kind::Blob, digest) {
             return Ok(Joined::Stored);
         }
-        let (file, tmp) = store.temp_file(digest)?;
-        let (state, _) = watch::channel(FillState {
-            phase: Phase::Connecting,
-            total: None,
-            written: 0,
-            stored: None,
-        });
-        let fill = Arc::new(Fill {
-            digest: *digest,
-            file: Arc::new(file),
-            tmp,
-            state,
-        });
+        if map.len() >= self.limits.max_fills {
+            METRICS.fills_refused.inc();
+            return Err(Busy(self.limits.max_fills));
+        }
+        let fill = Arc::new(Fill::new(*digest, self.limits.clone()));
         map.insert(*digest, fill.clone());
-        Ok(Joined::New(fill))
+        let reader = fill.reader();
+        Ok(Joined::New(fill, reader))
     }
 
     /// The running fill for `digest`, if any.
@@ -245,6 +450,45 @@ impl Fills {
     /// Forget a fill once it is committed (or failed), so later requests go to the store.
     pub fn remove(&self, digest: &Digest) {
         self.map.lock().expect("fill map").remove(digest);
+    }
+
+    /// Bytes the fills in flight have announced and not yet written: disk space they will
+    /// take.
+    pub fn outstanding(&self) -> u64 {
+        let map = self.map.lock().expect("fill map");
+        map.values().map(|f| f.outstanding()).sum()
+    }
+
+    /// Write what `chunks` delivers into `fill`'s temp file on `io`, hashing it, publishing
+    /// progress as it goes; several chunks that wait together are written as one job. Holds
+    /// no thread while it waits for the network. Returns the digest and length seen.
+    pub async fn write_body(
+        io: &FillIo,
+        fill: &Arc<Fill>,
+        mut chunks: mpsc::Receiver<Bytes>,
+    ) -> io::Result<(Digest, u64)> {
+        const BATCH: usize = 1 << 20;
+        let mut hasher = Sha256::new();
+        let mut offset = 0u64;
+        while let Some(first) = chunks.recv().await {
+            let mut size = first.len();
+            let mut batch = vec![first];
+            while size < BATCH {
+                match chunks.try_recv() {
+                    Ok(c) => {
+                        size += c.len();
+                        batch.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let f = fill.clone();
+            let (h, written) = io.run(move || f.write(hasher, offset, &batch)).await;
+            hasher = h;
+            offset = written?;
+            fill.progress(offset);
+        }
+        Ok((Digest::from_bytes(hasher.finalize().into()), offset))
     }
 }
 
@@ -260,25 +504,29 @@ mod tests {
         Ok(out)
     }
 
+    fn fills() -> Fills {
+        Fills::new(Limits::new(2, 1))
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn readers_get_every_byte_only_after_verification() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
+        let io = FillIo::new(1).unwrap();
         let body = b"hello, wharf".to_vec();
         let digest = Digest::of(&body);
-        let Joined::New(fill) = Fills::default().join_or_start(&store, &digest).unwrap() else {
+        let Ok(Joined::New(fill, first)) = fills().join_or_start(&store, &digest) else {
             panic!("expected a new fill")
         };
-        let reader = tokio::spawn(drain(fill.reader()));
+        fill.create_file(&store).unwrap();
+        let reader = tokio::spawn(drain(first));
         fill.start(Some(body.len() as u64));
         let (tx, rx) = mpsc::channel(4);
-        let f = fill.clone();
-        let writer = tokio::task::spawn_blocking(move || f.write_chunks(rx));
         for part in body.chunks(5) {
             tx.send(Bytes::copy_from_slice(part)).await.unwrap();
         }
         drop(tx);
-        let (got, len) = writer.await.unwrap().unwrap();
+        let (got, len) = Fills::write_body(&io, &fill, rx).await.unwrap();
         assert_eq!((got, len), (digest, body.len() as u64));
         // everything but the last byte may be out; the reader cannot finish yet
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -294,15 +542,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let digest = Digest::of(b"x");
-        let fills = Fills::default();
-        let Joined::New(fill) = fills.join_or_start(&store, &digest).unwrap() else {
+        let fills = fills();
+        let Ok(Joined::New(fill, first)) = fills.join_or_start(&store, &digest) else {
             panic!()
         };
+        fill.create_file(&store).unwrap();
         assert!(matches!(
-            fills.join_or_start(&store, &digest).unwrap(),
-            Joined::Existing(_)
+            fills.join_or_start(&store, &digest),
+            Ok(Joined::Existing(_))
         ));
-        let reader = tokio::spawn(drain(fill.reader()));
+        let reader = tokio::spawn(drain(first));
         fill.start(Some(10));
         fill.fail(RegistryError::bad_gateway("digest mismatch"));
         assert!(reader.await.unwrap().is_err());
@@ -311,5 +560,44 @@ mod tests {
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn fills_are_bounded_and_orphans_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let fills = fills(); // 2 fills, 1 orphan
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        let Ok(Joined::New(fa, ra)) = fills.join_or_start(&store, &a) else {
+            panic!()
+        };
+        let Ok(Joined::New(fb, rb)) = fills.join_or_start(&store, &b) else {
+            panic!()
+        };
+        assert!(matches!(fills.join_or_start(&store, &c), Err(Busy(2))));
+        // joining a running fill is no new fill
+        let Ok(Joined::Existing(ra2)) = fills.join_or_start(&store, &a) else {
+            panic!()
+        };
+        drop(ra);
+        assert!(!fa.is_orphaned(), "one reader is left");
+        drop(ra2);
+        assert!(fa.is_orphaned());
+        // the first orphan is kept; the second is one too many and is told to give up
+        drop(rb);
+        assert!(fb.is_orphaned());
+        let told = fb.abandon.notified();
+        futures_util::pin_mut!(told);
+        assert!(futures_util::FutureExt::now_or_never(&mut told).is_some());
+        // a client coming back adopts the orphan
+        let Ok(Joined::Existing(_again)) = fills.join_or_start(&store, &a) else {
+            panic!()
+        };
+        assert!(!fa.is_orphaned());
+        fills.remove(&a);
+        assert!(matches!(
+            fills.join_or_start(&store, &c),
+            Ok(Joined::New(..))
+        ));
     }
 }

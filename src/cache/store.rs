@@ -116,6 +116,11 @@ impl BlobStore {
         Ok(out)
     }
 
+    /// Bytes an unprivileged writer may still put in the data directory. Blocking.
+    pub fn free_space(&self) -> io::Result<u64> {
+        free_space(&self.root)
+    }
+
     pub fn contains(&self, kind: Kind, digest: &Digest) -> bool {
         self.path(kind, digest).exists()
     }
@@ -155,6 +160,21 @@ impl BlobStore {
         }
         result
     }
+}
+
+/// Bytes an unprivileged writer may still put on the filesystem holding `path`. Blocking.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid C string and `st` points at memory for one statvfs, which the call
+    // fills when it returns 0.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Read exactly `len` bytes of `file` at `offset`.

@@ -84,6 +84,8 @@ impl HttpServerApp for Front {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
+        // Requests a client sends before its previous answer arrived are answered in turn.
+        session.set_pipelining_enabled(true);
         let mut ctx = RequestCtx {
             started: Instant::now(),
             outcome: Outcome::Local,
@@ -139,9 +141,16 @@ impl Front {
                     };
                     format!("{}/{n}", up.registry)
                 });
-                self.mirror
-                    .handle(&up, route, head, &accept, range.as_deref())
-                    .await
+                let handling = self
+                    .mirror
+                    .handle(&up, route, head, &accept, range.as_deref());
+                tokio::select! {
+                    biased;
+                    reply = handling => reply,
+                    _ = client_gone(session) => {
+                        return Error::e_explain(ConnectionClosed, "the client left before the answer");
+                    }
+                }
             }
             Err(e) => Reply::error(e),
         };
@@ -210,11 +219,41 @@ impl Drop for Transfer {
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
 
+/// Resolves when the client closes its connection while it waits for an answer (pipelined
+/// requests that arrive meanwhile are kept for later). A request that carries a body is not
+/// watched: its body would be taken for the client's next request.
+async fn client_gone(session: &mut ServerSession) {
+    let req = session.req_header();
+    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        return std::future::pending().await;
+    }
+    // only ever resolves with an error: the connection closed or broke
+    let _ = session.read_body_or_idle(true).await;
+}
+
 /// Write a reply. An `Err` after the header is out means the transfer must be cut.
 async fn send(session: &mut ServerSession, reply: Reply, head: bool) -> Result<()> {
     // The header map is filled as `http` types and handed to Pingora whole: its own insert
     // re-parses every name and keeps a second map of their spelling. Names go out as HTTP/2
     // sends them (lower case, bar those Pingora knows); HTTP/1.1 names are case-insensitive.
+    let mut reply = reply;
+    if let Body::Fill(reader) = &mut reply.body {
+        if !head
+            && !reply
+                .headers
+                .iter()
+                .any(|(k, _)| k == header::CONTENT_LENGTH)
+        {
+            if let Err(e) = frame_unknown_length(session, &mut reply.headers, reader).await {
+                reply = Reply::error(e);
+            }
+        }
+    }
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = reply.status;
     parts.headers.reserve(reply.headers.len() + 1);
@@ -255,13 +294,47 @@ async fn send(session: &mut ServerSession, reply: Reply, head: bool) -> Result<(
             Ok(())
         }
         Body::Fill(mut reader) => loop {
-            match reader.next_chunk(transfer.chunk()).await {
+            // A fill can take its time between two chunks: a client that left meanwhile is
+            // noticed here, so that the fill knows nobody waits for it any more.
+            let next = tokio::select! {
+                biased;
+                next = reader.next_chunk(transfer.chunk()) => next,
+                _ = client_gone(session) => {
+                    return Error::e_explain(ConnectionClosed, "the client left during the transfer");
+                }
+            };
+            match next {
                 Ok(Some(chunk)) => session.write_response_body(chunk, false).await?,
                 Ok(None) => return session.write_response_body(Bytes::new(), true).await,
                 Err(e) => return Error::e_explain(InternalError, e.message),
             }
         },
     }
+}
+
+/// A blob whose length nobody announced must still go out so that a cut cannot pass for its
+/// end: HTTP/1.1 gets chunks, whose terminator is sent only after the digest matched; HTTP/1.0
+/// knows no chunks and gets the whole verified blob with its length. (Pingora would otherwise
+/// frame the body by the connection's close, which a cut looks exactly like.) HTTP/2 frames
+/// every body itself, and a cut stream is reset.
+async fn frame_unknown_length(
+    session: &ServerSession,
+    headers: &mut crate::mirror::Headers,
+    reader: &mut crate::cache::FillReader,
+) -> std::result::Result<(), RegistryError> {
+    if session.is_http2() {
+        return Ok(());
+    }
+    if session.req_header().version >= http::Version::HTTP_11 {
+        headers.push((
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        ));
+        return Ok(());
+    }
+    let len = reader.finished().await?;
+    headers.push((header::CONTENT_LENGTH, HeaderValue::from(len)));
+    Ok(())
 }
 
 /// Build the mirror from `config` and serve until a signal stops the process.

@@ -12,9 +12,10 @@ use http::{header, HeaderValue, Method, StatusCode};
 use tokio::sync::mpsc;
 
 use super::{cache_header, digest_headers, Body, Headers, Mirror, Outcome, Reply};
+use crate::cache::fill::Busy;
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::store::read_at;
-use crate::cache::{Fill, Joined, Kind};
+use crate::cache::{Fill, FillReader, Fills, Joined, Kind};
 use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
@@ -35,29 +36,29 @@ impl Mirror {
         if head || up.offline {
             return self.blob_head_upstream(up, name, &digest).await;
         }
-        let joined = self
-            .fills
-            .join_or_start(&self.store, &digest)
-            .map_err(|e| RegistryError::internal(format!("cannot start a cache file: {e}")))?;
-        let (fill, outcome) = match joined {
-            Joined::Stored => {
+        let (mut reader, outcome) = match self.join_fill(up, name, &digest)? {
+            Some(joined) => joined,
+            None => {
                 return self
                     .local_blob(&digest, head, range)
                     .await?
                     .ok_or_else(|| RegistryError::internal("blob vanished from the cache"))
             }
-            Joined::Existing(f) => (f, Outcome::Coalesced),
-            Joined::New(f) => {
-                self.spawn_fill(up.clone(), name.clone(), f.clone());
-                (f, Outcome::Miss)
-            }
         };
         if let Some(range) = range {
             // Ranges are served from complete, verified content only.
-            let len = fill.finished().await?;
-            return Ok(file_reply(&digest, fill.file(), len, Some(range), outcome));
+            let len = reader.finished().await?;
+            return Ok(file_reply(
+                &digest,
+                reader.file(),
+                len,
+                Some(range),
+                outcome,
+            ));
         }
-        let total = fill.ready().await?;
+        // No length means the upstream sent none and no manifest told it: the front end
+        // frames such a body so that a cut cannot pass for its end.
+        let total = reader.ready().await?;
         let mut headers = blob_headers(&digest);
         if let Some(t) = total {
             headers.push((header::CONTENT_LENGTH, HeaderValue::from(t)));
@@ -66,8 +67,48 @@ impl Mirror {
         Ok(Reply {
             status: StatusCode::OK,
             headers,
-            body: Body::Fill(fill.reader()),
+            body: Body::Fill(reader),
             outcome,
+        })
+    }
+
+    /// Read along the fill for `digest`, starting it if none runs: `None` if the blob is in
+    /// the store by now. Past `max_fills` a new fill is refused with a 503 to retry.
+    fn join_fill(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<(FillReader, Outcome)>, RegistryError> {
+        let joined = self
+            .fills
+            .join_or_start(&self.store, digest)
+            .map_err(|Busy(n)| {
+                let mut e = RegistryError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    format!("wharf is fetching {n} blobs already (max_fills); try again shortly"),
+                );
+                e.retry_after = Some(BUSY_RETRY_AFTER.into());
+                e
+            })?;
+        Ok(match joined {
+            Joined::Stored => None,
+            Joined::Existing(r) => Some((r, Outcome::Coalesced)),
+            Joined::New(fill, r) if up.offline => {
+                let e = RegistryError::not_found(
+                    ErrorCode::BlobUnknown,
+                    format!("{name}@{digest} is not cached, and wharf is offline"),
+                );
+                fill.fail(e.clone());
+                self.fills.remove(digest);
+                drop(r);
+                return Err(e);
+            }
+            Joined::New(fill, r) => {
+                self.spawn_fill(up.clone(), name.clone(), fill);
+                Some((r, Outcome::Miss))
+            }
         })
     }
 
@@ -79,33 +120,18 @@ impl Mirror {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<(u64, Outcome), RegistryError> {
-        let joined = self
-            .fills
-            .join_or_start(&self.store, digest)
-            .map_err(|e| RegistryError::internal(format!("cannot start a cache file: {e}")))?;
-        let (fill, outcome) = match joined {
-            Joined::Stored => {
-                let size = std::fs::metadata(self.store.path(Kind::Blob, digest))
+        match self.join_fill(up, name, digest)? {
+            Some((mut reader, outcome)) => Ok((reader.stored().await?, outcome)),
+            None => {
+                let (store, d) = (self.store.clone(), *digest);
+                let size = self
+                    .blocking(move |_| std::fs::metadata(store.path(Kind::Blob, &d)))
+                    .await
                     .map(|m| m.len())
                     .unwrap_or(0);
-                return Ok((size, Outcome::HitDisk));
+                Ok((size, Outcome::HitDisk))
             }
-            Joined::Existing(f) => (f, Outcome::Coalesced),
-            Joined::New(f) if up.offline => {
-                let e = RegistryError::not_found(
-                    ErrorCode::BlobUnknown,
-                    format!("{name}@{digest} is not cached, and wharf is offline"),
-                );
-                f.fail(e.clone());
-                self.fills.remove(digest);
-                return Err(e);
-            }
-            Joined::New(f) => {
-                self.spawn_fill(up.clone(), name.clone(), f.clone());
-                (f, Outcome::Miss)
-            }
-        };
-        Ok((fill.stored().await?, outcome))
+        }
     }
 
     /// The reply for a blob held in the memory tier.
@@ -192,7 +218,7 @@ impl Mirror {
             if let Err(e) = result {
                 tracing::warn!("fill of {name}@{digest} failed: {e}");
                 let f = fill.clone();
-                me.blocking(move |_| f.fail(e)).await;
+                me.fill_io.run(move || f.fail(e)).await;
             }
             me.fills.remove(&digest);
             METRICS.fills_in_flight.dec();
@@ -206,6 +232,11 @@ impl Mirror {
         fill: &Arc<Fill>,
     ) -> Result<(), RegistryError> {
         let digest = fill.digest;
+        // What a manifest said of this blob's size, when a pull came through one.
+        let described = self.sizes.get(&digest);
+        if let Some(n) = described {
+            self.room_for(&digest, Some(n)).await?;
+        }
         let resp = up
             .send(
                 Method::GET,
@@ -215,43 +246,91 @@ impl Mirror {
                 ErrorCode::BlobUnknown,
             )
             .await?;
-        let total = resp.content_length();
-        fill.start(total);
-        // Network reads here, disk writes and hashing on a blocking thread: the two overlap,
-        // and the bounded channel keeps the memory a fill holds to a few chunks.
-        let (tx, rx) = mpsc::channel::<Bytes>(16);
-        let writer = {
-            let f = fill.clone();
-            tokio::task::spawn_blocking(move || f.write_chunks(rx))
-        };
-        let mut body = resp.bytes_stream();
-        let mut broke = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(b) => {
-                    if tx.send(b).await.is_err() {
-                        break; // the writer failed; its error says why
-                    }
-                }
-                Err(e) => {
-                    broke = Some(transport_error(&e));
-                    break;
-                }
+        let declared = resp.content_length();
+        if let (Some(d), Some(n)) = (declared, described) {
+            if d != n {
+                return Err(RegistryError::bad_gateway(format!(
+                    "upstream announces {d} bytes for blob {digest}, but its manifest says {n}"
+                )));
             }
         }
-        drop(tx);
-        let (got, len) = writer
-            .await
-            .map_err(|e| RegistryError::internal(format!("cache writer failed: {e}")))?
-            .map_err(|e| {
-                RegistryError::internal(format!("cannot write blob {digest} to the cache: {e}"))
-            })?;
-        if let Some(e) = broke {
-            return Err(RegistryError::bad_gateway(format!(
-                "upstream broke off blob {digest} after {len} bytes: {}",
-                e.message
-            )));
+        let total = declared.or(described);
+        if described.is_none() {
+            self.room_for(&digest, total).await?;
         }
+        let (f, store) = (fill.clone(), self.store.clone());
+        self.fill_io
+            .run(move || f.create_file(&store))
+            .await
+            .map_err(|e| RegistryError::internal(format!("cannot start a cache file: {e}")))?;
+        fill.start(total);
+        let limit = total.unwrap_or(self.limits.max_blob_size);
+
+        // The network is read here, the disk written on FillIo: the two overlap, and the
+        // bounded channel keeps what a fill holds in memory to a few chunks.
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        // (moves `tx` in: the writer sees the end when this is over)
+        let read = async move {
+            let mut body = resp.bytes_stream();
+            let mut received = 0u64;
+            // An orphan must keep moving: one that brings less than STALL_BYTES per
+            // read_timeout is given up, as is one too many (Fill::release).
+            let mut watch = tokio::time::interval(up.read_timeout());
+            watch.reset();
+            let mut at_last_look = 0u64;
+            loop {
+                let chunk = tokio::select! {
+                    c = body.next() => c,
+                    _ = fill.abandoned() => {
+                        METRICS.fills_abandoned.inc();
+                        return Err(RegistryError::bad_gateway(format!(
+                            "gave up blob {digest}: no client waits for it, and too many fills are in that case"
+                        )));
+                    }
+                    _ = watch.tick() => {
+                        if fill.is_orphaned() && received - at_last_look < STALL_BYTES {
+                            METRICS.fills_abandoned.inc();
+                            return Err(RegistryError::gateway_timeout(format!(
+                                "gave up blob {digest}: no client waits for it, and the upstream sent {} bytes in {:?}",
+                                received - at_last_look, up.read_timeout()
+                            )));
+                        }
+                        at_last_look = received;
+                        continue;
+                    }
+                };
+                match chunk {
+                    None => return Ok(received),
+                    Some(Err(e)) => {
+                        return Err(RegistryError::bad_gateway(format!(
+                            "upstream broke off blob {digest} after {received} bytes: {}",
+                            transport_error(&e).message
+                        )))
+                    }
+                    Some(Ok(b)) => {
+                        received += b.len() as u64;
+                        if received > limit {
+                            return Err(RegistryError::bad_gateway(match total {
+                                Some(t) => format!(
+                                    "upstream sent more than the {t} bytes of blob {digest}"
+                                ),
+                                None => format!(
+                                    "upstream sent more than {limit} bytes for blob {digest} (max_blob_size); not cached"
+                                ),
+                            }));
+                        }
+                        if tx.send(b).await.is_err() {
+                            return Ok(received); // the writer failed; its error says why
+                        }
+                    }
+                }
+            }
+        };
+        let (read, written) = tokio::join!(read, Fills::write_body(&self.fill_io, fill, rx));
+        let (got, len) = written.map_err(|e| {
+            RegistryError::internal(format!("cannot write blob {digest} to the cache: {e}"))
+        })?;
+        read?;
         if let Some(t) = total.filter(|&t| t != len) {
             return Err(RegistryError::bad_gateway(format!(
                 "upstream sent {len} of {t} bytes of blob {digest}"
@@ -265,14 +344,54 @@ impl Mirror {
             )));
         }
         fill.verified();
-        let f = fill.clone();
-        match self.blocking(move |me| f.commit(&me.store)).await {
+        let (f, store) = (fill.clone(), self.store.clone());
+        match self.fill_io.run(move || f.commit(&store)).await {
             Ok(()) => self.quota.added(Kind::Blob, digest, len),
             Err(e) => tracing::error!("cannot commit blob {digest} to the cache: {e}"),
         }
         Ok(())
     }
+
+    /// Whether a blob of `size` bytes (if known) may be fetched: not over `max_blob_size`, and
+    /// room for it on disk beside what the fills in flight will still write, keeping
+    /// `min_free_space` free. Refused before any header goes out to the client.
+    async fn room_for(&self, digest: &Digest, size: Option<u64>) -> Result<(), RegistryError> {
+        let max = self.limits.max_blob_size;
+        if let Some(n) = size.filter(|&n| n > max) {
+            return Err(RegistryError::bad_gateway(format!(
+                "blob {digest} is {n} bytes, more than max_blob_size ({max}); not fetched"
+            )));
+        }
+        let store = self.store.clone();
+        let free = match self.fill_io.run(move || store.free_space()).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot tell the free space of the data directory: {e}");
+                return Ok(());
+            }
+        };
+        let need = size.unwrap_or(0) + self.fills.outstanding() + self.limits.min_free_space;
+        if free < need {
+            return Err(RegistryError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::Unavailable,
+                format!(
+                    "no room for blob {digest}{}: {free} bytes free on the data directory, {} promised to fills in flight, min_free_space {}",
+                    size.map(|n| format!(" ({n} bytes)")).unwrap_or_default(),
+                    self.fills.outstanding(),
+                    self.limits.min_free_space
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// How long a client refused for `max_fills` is told to wait.
+const BUSY_RETRY_AFTER: &str = "5";
+
+/// What an orphan fill must bring per read timeout not to count as stalled.
+const STALL_BYTES: u64 = 64 << 10;
 
 fn blob_headers(digest: &Digest) -> Headers {
     let mut headers = Vec::with_capacity(7);

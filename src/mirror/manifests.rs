@@ -14,9 +14,10 @@ use super::{
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::{Kind, MemoryTier, TagEntry, TagRecord};
 use crate::metrics::METRICS;
+use crate::registry::image;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
-use crate::upstream::{header_str, read_limited, Upstream};
+use crate::upstream::{header_str, Upstream};
 
 /// A manifest with what a client needs to know about it.
 #[derive(Clone, Debug)]
@@ -193,6 +194,7 @@ impl Mirror {
         self.quota.touched(Kind::Manifest, digest);
         let m = Manifest::from_bytes(*digest, bytes, None);
         m.remember(&self.memory);
+        self.learn_sizes(&m);
         Ok(Some((m, Outcome::HitDisk)))
     }
 
@@ -433,17 +435,18 @@ impl Mirror {
         expected: Option<Digest>,
     ) -> ManifestResult {
         let resp = up
-            .send(
+            .fetch(
                 Method::GET,
                 name,
                 &format!("manifests/{reference}"),
                 Some(&accept.for_upstream()),
                 ErrorCode::ManifestUnknown,
+                media::MAX_MANIFEST_BYTES,
             )
             .await?;
-        let announced = header_str(&resp, "docker-content-digest").map(str::to_owned);
-        let content_type = header_str(&resp, header::CONTENT_TYPE).map(str::to_owned);
-        let bytes = read_limited(resp, media::MAX_MANIFEST_BYTES).await?;
+        let announced = resp.header("docker-content-digest");
+        let content_type = resp.header(header::CONTENT_TYPE);
+        let bytes = resp.body.clone();
         let digest = Digest::of(&bytes);
         METRICS.bytes_fetched.inc_by(bytes.len() as u64);
         let mismatch = |claimed: &str| {
@@ -457,12 +460,12 @@ impl Mirror {
                 return Err(mismatch(&want.to_string()));
             }
         }
-        if let Some(a) = announced.as_deref().filter(|a| a.starts_with("sha256:")) {
+        if let Some(a) = announced.filter(|a| a.starts_with("sha256:")) {
             if a != digest.to_string() {
                 return Err(mismatch(a));
             }
         }
-        let m = Manifest::from_bytes(digest, bytes, content_type.as_deref());
+        let m = Manifest::from_bytes(digest, bytes, content_type);
         let (d, b) = (m.digest, m.bytes.clone());
         let stored = self
             .blocking(move |me| me.store.write(Kind::Manifest, &d, &b))
@@ -474,6 +477,25 @@ impl Mirror {
             Err(e) => tracing::error!("cannot store manifest {}: {e}", m.digest),
         }
         m.remember(&self.memory);
+        self.learn_sizes(&m);
         Ok(m)
+    }
+
+    /// Remember the sizes an image manifest gives its config and layers: a fill of one of them
+    /// then knows its length before the upstream says it (or when it never does).
+    fn learn_sizes(&self, m: &Manifest) {
+        if media::is_index(&m.media_type) {
+            return;
+        }
+        let Ok(refs) = image::refs(&m.media_type, &m.bytes) else {
+            return;
+        };
+        let empty = Digest::of(b"");
+        for (d, size) in refs.blobs {
+            // schema1 descriptors have no size (read as 0); only the empty blob is that small
+            if size > 0 || d == empty {
+                self.sizes.insert(d, size);
+            }
+        }
     }
 }

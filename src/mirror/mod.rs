@@ -21,11 +21,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
+use crate::cache::fill::{FillIo, Limits as FillLimits};
 use crate::cache::{BlobStore, DiskQuota, FillReader, Fills, Flights, MemoryTier, TagIndex};
 use crate::config::{Config, DEFAULT_REGISTRY};
 use crate::registry::media::Accept;
 use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Route};
-use crate::upstream::{header_str, read_limited, Upstream};
+use crate::upstream::Upstream;
 
 pub use freshness::Freshness;
 pub use manifests::Manifest;
@@ -146,6 +147,11 @@ pub struct Mirror {
     pub memory: MemoryTier,
     pub tags: TagIndex,
     pub fills: Fills,
+    /// Where fills do their disk work, apart from the threads that serve hits.
+    fill_io: FillIo,
+    /// Blob sizes as the manifests that named them say: the length a fill must have.
+    sizes: moka::sync::Cache<Digest, u64>,
+    limits: BlobLimits,
     manifest_fetches: Flights<String, manifests::ManifestResult>,
     /// Upstreams by the registry host they stand for.
     upstreams: HashMap<String, Arc<Upstream>>,
@@ -153,6 +159,28 @@ pub struct Mirror {
     /// Tags an upstream said it does not have, for `freshness.negative`.
     missing_tags: moka::sync::Cache<(String, String, String), ()>,
     referrers: moka::sync::Cache<referrers::ReferrersKey, referrers::Referrers>,
+}
+
+/// What bounds a blob download.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobLimits {
+    pub max_blob_size: u64,
+    pub min_free_space: u64,
+    pub max_fills: usize,
+    pub max_orphan_fills: usize,
+    pub fill_threads: usize,
+}
+
+impl BlobLimits {
+    pub fn from_config(c: &Config) -> BlobLimits {
+        BlobLimits {
+            max_blob_size: c.max_blob_size,
+            min_free_space: c.min_free_space,
+            max_fills: c.max_fills,
+            max_orphan_fills: c.max_orphan_fills,
+            fill_threads: c.fill_threads,
+        }
+    }
 }
 
 /// Bytes per chunk when streaming to clients: large chunks mean fewer trips through the event
@@ -184,17 +212,23 @@ impl Mirror {
         tags: TagIndex,
         upstreams: Vec<Upstream>,
         freshness: Freshness,
-    ) -> Mirror {
+        limits: BlobLimits,
+    ) -> Result<Mirror, String> {
         let missing_tags = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(freshness.negative.max(Duration::from_millis(1)))
             .build();
-        Mirror {
+        let fill_io = FillIo::new(limits.fill_threads)
+            .map_err(|e| format!("cannot start the fill threads: {e}"))?;
+        Ok(Mirror {
             store,
             quota,
             memory,
             tags,
-            fills: Fills::default(),
+            fills: Fills::new(FillLimits::new(limits.max_fills, limits.max_orphan_fills)),
+            fill_io,
+            sizes: moka::sync::Cache::new(200_000),
+            limits,
             manifest_fetches: Flights::default(),
             upstreams: upstreams
                 .into_iter()
@@ -203,7 +237,7 @@ impl Mirror {
             freshness,
             missing_tags,
             referrers: referrers::cache(),
-        }
+        })
     }
 
     /// Open the data directory and build the upstream clients `config` describes.
@@ -229,9 +263,15 @@ impl Mirror {
         );
         let store = Arc::new(store);
         let quota = DiskQuota::new(store.clone(), config.max_size);
-        Ok(Mirror::new(
-            store, quota, memory, tags, upstreams, freshness,
-        ))
+        Mirror::new(
+            store,
+            quota,
+            memory,
+            tags,
+            upstreams,
+            freshness,
+            BlobLimits::from_config(config),
+        )
     }
 
     /// Run blocking filesystem work on the blocking pool, off the runtime's threads (which may
@@ -389,7 +429,14 @@ impl Mirror {
             format!("tags/list?{query}")
         };
         let resp = match up
-            .send(Method::GET, name, &rest, None, ErrorCode::NameUnknown)
+            .fetch(
+                Method::GET,
+                name,
+                &rest,
+                None,
+                ErrorCode::NameUnknown,
+                16 << 20,
+            )
             .await
         {
             Ok(r) => r,
@@ -403,8 +450,8 @@ impl Mirror {
             }
             Err(e) => return Err(e),
         };
-        let link = header_str(&resp, header::LINK).map(str::to_owned);
-        let body = read_limited(resp, 16 << 20).await?;
+        let link = resp.header(header::LINK).map(str::to_owned);
+        let body = resp.body;
         let mut reply = Reply::json(StatusCode::OK, body, Outcome::Upstream);
         if let Some(l) = link {
             reply.headers.push((header::LINK, text_value(l)));

@@ -12,7 +12,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
 use crate::registry::media::{self, OCI_INDEX};
 use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
-use crate::upstream::{header_str, read_limited, Upstream};
+use crate::upstream::Upstream;
 
 /// Registry, repository, subject digest, artifactType.
 pub(super) type ReferrersKey = (String, String, Digest, Option<String>);
@@ -67,16 +67,17 @@ impl Mirror {
         }
         let fetched = async {
             let resp = up
-                .send(
+                .fetch(
                     Method::GET,
                     name,
                     &rest,
                     Some(OCI_INDEX),
                     ErrorCode::ManifestUnknown,
+                    media::MAX_MANIFEST_BYTES,
                 )
                 .await?;
-            let filtered = header_str(&resp, "oci-filters-applied").is_some();
-            let body = read_limited(resp, media::MAX_MANIFEST_BYTES).await?;
+            let filtered = resp.header("oci-filters-applied").is_some();
+            let body = resp.body;
             Ok::<_, RegistryError>(Referrers {
                 body,
                 filtered,

@@ -86,6 +86,8 @@ pub struct Auth {
     state: Mutex<AuthState>,
     /// Serializes token requests so that concurrent misses of one scope fetch one token.
     fetching: tokio::sync::Mutex<()>,
+    /// Longest a token request may take (it is made holding `fetching`).
+    deadline: Duration,
 }
 
 #[derive(Default)]
@@ -95,12 +97,13 @@ struct AuthState {
 }
 
 impl Auth {
-    pub fn new(registry: &str, credentials: Option<CredentialSource>) -> Self {
+    pub fn new(registry: &str, credentials: Option<CredentialSource>, deadline: Duration) -> Self {
         Auth {
             registry: registry.to_owned(),
             credentials,
             state: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
+            deadline,
         }
     }
 
@@ -142,9 +145,16 @@ impl Auth {
                 if let Some(t) = self.cached_token(scope) {
                     return Ok(Some(format!("Bearer {t}")));
                 }
-                let (token, lifetime) = self
-                    .fetch_token(http, &realm, service.as_deref(), scope)
-                    .await?;
+                let fetch = self.fetch_token(http, &realm, service.as_deref(), scope);
+                let (token, lifetime) =
+                    tokio::time::timeout(self.deadline, fetch)
+                        .await
+                        .map_err(|_| {
+                            RegistryError::gateway_timeout(format!(
+                                "the token service at {realm} did not answer within {:?}",
+                                self.deadline
+                            ))
+                        })??;
                 let mut st = self.state.lock().expect("auth state");
                 let now = Instant::now();
                 st.tokens.retain(|_, (_, until)| *until > now);

@@ -34,6 +34,9 @@ pub struct UpstreamSettings {
     pub connect_timeout: Duration,
     /// Longest wait for response headers and between two reads of a body.
     pub read_timeout: Duration,
+    /// Longest a whole request may take, retries and token included, but for a blob's body
+    /// (which streams for as long as it takes): a trickle must not hold clients forever.
+    pub request_timeout: Duration,
     /// This upstream's tag TTL, if it differs from the global one.
     pub tag_ttl: Option<Duration>,
     /// Never contact it: answer from the cache only.
@@ -50,6 +53,20 @@ pub struct Upstream {
     http: reqwest::Client,
     auth: Auth,
     read_timeout: Duration,
+    request_timeout: Duration,
+}
+
+/// A small answer read whole: a manifest, a tag list, a referrers index.
+pub struct Small {
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Small {
+    /// A header as text, if present and printable.
+    pub fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 impl Upstream {
@@ -77,8 +94,9 @@ impl Upstream {
             last_failure: std::sync::Mutex::new(None),
             base,
             http,
-            auth: Auth::new(&registry, s.credentials),
+            auth: Auth::new(&registry, s.credentials, s.request_timeout),
             read_timeout: s.read_timeout,
+            request_timeout: s.request_timeout,
         })
     }
 
@@ -88,8 +106,65 @@ impl Upstream {
     ///
     /// A refused connection or a 5xx is tried again, up to three times after growing pauses
     /// (0.1, 0.2, 0.4 s): upstreams and CDNs fail transiently. Timeouts are not retried (a hung
-    /// upstream must still be answered promptly), nor 429 or other client errors.
+    /// upstream must still be answered promptly), nor 429 or other client errors. All of it,
+    /// the token included, must be over within the upstream's `request_timeout`.
     pub async fn send(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        rest: &str,
+        accept: Option<&str>,
+        not_found: ErrorCode,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let what = format!("{method} {repo}/{rest}");
+        self.within_deadline(
+            &what,
+            self.send_retrying(method, repo, rest, accept, not_found),
+        )
+        .await
+    }
+
+    /// [`Upstream::send`], and read the body whole (at most `max` bytes), all within the
+    /// upstream's `request_timeout`.
+    pub async fn fetch(
+        &self,
+        method: Method,
+        repo: &RepoName,
+        rest: &str,
+        accept: Option<&str>,
+        not_found: ErrorCode,
+        max: usize,
+    ) -> Result<Small, RegistryError> {
+        let what = format!("{method} {repo}/{rest}");
+        self.within_deadline(&what, async {
+            let resp = self
+                .send_retrying(method, repo, rest, accept, not_found)
+                .await?;
+            let headers = resp.headers().clone();
+            let body = read_limited(resp, max).await?;
+            Ok(Small { headers, body })
+        })
+        .await
+    }
+
+    async fn within_deadline<T>(
+        &self,
+        what: &str,
+        work: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        match tokio::time::timeout(self.request_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.note_failure();
+                Err(RegistryError::gateway_timeout(format!(
+                    "upstream {} did not finish {what} within {:?} (request_timeout)",
+                    self.registry, self.request_timeout
+                )))
+            }
+        }
+    }
+
+    async fn send_retrying(
         &self,
         method: Method,
         repo: &RepoName,
@@ -125,6 +200,11 @@ impl Upstream {
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Longest wait for an answer, or between two reads of a body.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
     }
 
     /// Record that the upstream failed a request made outside `send` (a caller's deadline).

@@ -4,6 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod hub;
+pub mod liar;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
