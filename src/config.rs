@@ -44,6 +44,17 @@ pub struct Config {
     pub memory_object_max: u64,
     #[serde(default)]
     pub threads: usize,
+    /// Client connections at most (0: as many as the open-file limit allows).
+    #[serde(default)]
+    pub max_connections: usize,
+    /// How long a kept-alive connection may wait for its next request (and a client may
+    /// leave an answer unread).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a new connection may take to send its first request's headers, and any
+    /// request its headers once begun.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
     /// Largest blob wharf fetches; longer bodies are abandoned, nothing stored.
     #[serde(default = "default_max_blob_size")]
     pub max_blob_size: u64,
@@ -124,6 +135,12 @@ fn default_memory_bytes() -> u64 {
 }
 fn default_memory_object_max() -> u64 {
     1 << 20
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(15)
 }
 fn default_max_blob_size() -> u64 {
     32 << 30

@@ -27,6 +27,12 @@ pub struct Metrics {
     /// The last `ratelimit-remaining` an upstream announced (Docker Hub's pull allowance).
     pub ratelimit_remaining: IntGaugeVec,
     pub fills_in_flight: IntGauge,
+    /// Client connections open.
+    pub connections: IntGauge,
+    /// Connections turned away because max_connections were busy.
+    pub connections_refused: IntCounter,
+    /// Idle connections closed to make room for new ones.
+    pub connections_evicted: IntCounter,
     /// Fills no client waits for any more.
     pub orphan_fills: IntGauge,
     /// Cold misses refused because `max_fills` were running.
@@ -198,6 +204,20 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            connections: {
+                let g = IntGauge::new("wharf_connections", "Client connections open")
+                    .expect("metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            connections_refused: counter(
+                "wharf_connections_refused_total",
+                "Connections turned away (503) because max_connections were all busy",
+            ),
+            connections_evicted: counter(
+                "wharf_connections_evicted_total",
+                "Idle connections closed to make room for new ones at max_connections",
+            ),
             orphan_fills: {
                 let g = IntGauge::new(
                     "wharf_orphan_fills",

@@ -84,13 +84,16 @@ async fn hits_are_served_at_once_behind_six_hundred_slow_fills() {
         w.metric("wharf_fills_in_flight").await == 600.0
     })
     .await;
+    // (a debug build on two shared cores: the bounds are loose, a hang is not)
+    let mut took = Vec::new();
     for _ in 0..5 {
-        let took = timed_hit(&w, &path, &cached).await;
-        assert!(
-            took < Duration::from_secs(2),
-            "a hit took {took:?} behind 600 slow fills"
-        );
+        took.push(timed_hit(&w, &path, &cached).await);
     }
+    took.sort();
+    assert!(
+        took[2] < Duration::from_millis(500) && took[4] < Duration::from_secs(5),
+        "hits behind 600 slow fills took {took:?}"
+    );
     // every client leaves: 600 orphans that bring nothing are given up after the read timeout
     drop(slow);
     eventually(30, "the stalled orphans are given up", || async {

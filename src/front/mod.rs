@@ -7,6 +7,9 @@
 //! [`Mirror`], and written back here — with one access-log line per request.
 
 pub mod admin;
+pub mod connections;
+
+use connections::Connections;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,11 +17,13 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 
@@ -33,6 +38,8 @@ use crate::registry::{ErrorCode, RegistryError, Route};
 /// The registry API service.
 pub struct Front {
     mirror: Arc<Mirror>,
+    connections: Arc<Connections>,
+    timeouts: Timeouts,
 }
 
 /// Per-request state, for the access log.
@@ -47,45 +54,149 @@ struct RequestCtx {
     repo: Option<String>,
 }
 
-/// Pingora hands each HTTP/1.1 request on a connection here. wharf is no proxy in Pingora's
-/// sense (it answers everything itself), so it sits on Pingora's HTTP server directly rather
-/// than on its proxy layer, whose per-request machinery (filters, modules, peer selection)
-/// cost more than the whole answer to a cached manifest.
+/// Pingora hands each accepted connection here; wharf runs the connection itself: wharf is no
+/// proxy in Pingora's sense (it answers everything itself), so it sits below Pingora's proxy
+/// layer, whose per-request machinery cost more than the whole answer to a cached manifest,
+/// and below its HTTP app loop, which gives an idle keep-alive connection no end, a client
+/// trickling its headers a minute per byte, and no bound on connections. Here a connection is
+/// admitted against [`Connections`], waits at most `idle_timeout` for each request to begin
+/// (`header_timeout` for the first) and `header_timeout` for the headers once begun, and
+/// requests pipelined behind each other are answered in turn.
 #[async_trait]
-impl HttpServerApp for Front {
-    async fn process_new_http(
+impl ServerApp for Front {
+    async fn process_new(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        stream: Stream,
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let mut stopping = shutdown.clone();
-        let read = tokio::select! {
-            biased;
-            read = session.read_request() => read,
-            // an idle keep-alive connection goes away when the server stops
-            _ = stopping.wait_for(|stop| *stop) => return None,
+    ) -> Option<Stream> {
+        let Some(conn) = self.connections.open() else {
+            refuse(stream).await;
+            return None;
         };
-        match read {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                if e.etype == InvalidHTTPHeader {
-                    let bad = RegistryError::new(
-                        StatusCode::BAD_REQUEST,
-                        ErrorCode::Unsupported,
-                        "malformed HTTP request",
-                    );
-                    let _ = send(&mut session, Reply::error(bad), false).await;
+        let mut stream = stream;
+        let mut pipelined: Option<BytesMut> = None;
+        let mut first = true;
+        loop {
+            let mut session = {
+                let waiting = conn.waiting();
+                let mut stopping = shutdown.clone();
+                if pipelined.is_none() {
+                    // no request has begun yet: wait for its first byte
+                    let idle = if first {
+                        self.timeouts.header
+                    } else {
+                        self.timeouts.idle
+                    };
+                    let mut byte = [0u8; 1];
+                    tokio::select! {
+                        biased;
+                        _ = stopping.wait_for(|stop| *stop) => return None,
+                        _ = waiting.closed() => return None,
+                        peeked = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => {
+                            if !matches!(peeked, Ok(Ok(true))) {
+                                return None;
+                            }
+                        }
+                    }
                 }
-                session.shutdown().await;
-                return None;
-            }
+                let mut session = ServerSession::new_http1(stream);
+                session.set_pipelining_enabled(true);
+                if let Some(p) = pipelined.take() {
+                    session.set_pipelined_prefix(p);
+                }
+                let read = tokio::select! {
+                    biased;
+                    _ = stopping.wait_for(|stop| *stop) => return None,
+                    _ = waiting.closed() => return None,
+                    read = tokio::time::timeout(self.timeouts.header, session.read_request()) => read,
+                };
+                match read {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => return None,
+                    Ok(Err(e)) => {
+                        if e.etype == InvalidHTTPHeader {
+                            let bad = RegistryError::new(
+                                StatusCode::BAD_REQUEST,
+                                ErrorCode::Unsupported,
+                                "malformed HTTP request",
+                            );
+                            let _ = send(&mut session, Reply::error(bad), false).await;
+                        }
+                        session.shutdown().await;
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::debug!(
+                            "closing a connection whose headers took over {:?}",
+                            self.timeouts.header
+                        );
+                        return None;
+                    }
+                }
+                session
+            };
+            first = false;
+            self.request(&mut session, shutdown).await?;
+            let (s, rest) = session.finish().await.ok()??.into_parts();
+            stream = s;
+            pipelined = rest;
         }
+    }
+}
+
+/// Turn away a connection over the bound with a 503 it may retry, once its request is in (an
+/// answer before the request confuses clients). At most [`REFUSING`] are turned away at once,
+/// each for a second at most; beyond that a connection is simply closed.
+async fn refuse(stream: Stream) {
+    static NOW: AtomicUsize = AtomicUsize::new(0);
+    if NOW.fetch_add(1, Ordering::Relaxed) >= REFUSING {
+        NOW.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let answer = async {
+        let mut session = ServerSession::new_http1(stream);
+        if !matches!(session.read_request().await, Ok(true)) {
+            return;
+        }
+        session.set_keepalive(None);
+        let mut busy = RegistryError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "wharf is serving max_connections clients; try again shortly",
+        );
+        busy.retry_after = Some("1".into());
+        let head = session.req_header().method == Method::HEAD;
+        let _ = send(&mut session, Reply::error(busy), head).await;
+        session.shutdown().await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), answer).await;
+    NOW.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Connections turned away with an answer at the same time, at most.
+const REFUSING: usize = 64;
+
+/// How long a connection may keep wharf waiting.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// For the next request to begin on a kept-alive connection; also the longest a client
+    /// may leave the answer unread.
+    pub idle: std::time::Duration,
+    /// For the first request to begin on a new connection, and for a request's headers.
+    pub header: std::time::Duration,
+}
+
+impl Front {
+    /// Answer one request that was read; `None` if the connection cannot carry another.
+    async fn request(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> Option<()> {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
-        // Requests a client sends before its previous answer arrived are answered in turn.
-        session.set_pipelining_enabled(true);
+        if has_body(session) {
+            // wharf reads no request bodies: rather than drain one, close after answering
+            session.set_keepalive(None);
+        }
+        session.set_write_timeout(Some(self.timeouts.idle));
         let mut ctx = RequestCtx {
             started: Instant::now(),
             outcome: Outcome::Local,
@@ -93,20 +204,13 @@ impl HttpServerApp for Front {
             route: "invalid",
             repo: None,
         };
-        let sent = self.answer(&mut session, &mut ctx).await;
-        log(&session, sent.as_ref().err().map(|e| &**e), &ctx);
+        let sent = self.answer(session, &mut ctx).await;
+        log(session, sent.as_ref().err().map(|e| &**e), &ctx);
         // An error after the header is out: the client must see a cut transfer, not a
         // complete one, so the connection is dropped rather than reused.
-        sent.ok()?;
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
-            Err(_) => None,
-        }
+        sent.ok()
     }
-}
 
-impl Front {
     /// Route one request, have the mirror answer it, and send the answer.
     async fn answer(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header();
@@ -223,17 +327,21 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 /// requests that arrive meanwhile are kept for later). A request that carries a body is not
 /// watched: its body would be taken for the client's next request.
 async fn client_gone(session: &mut ServerSession) {
-    let req = session.req_header();
-    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
+    if has_body(session) {
         return std::future::pending().await;
     }
     // only ever resolves with an error: the connection closed or broke
     let _ = session.read_body_or_idle(true).await;
+}
+
+/// Whether the request announces a body.
+fn has_body(session: &ServerSession) -> bool {
+    let req = session.req_header();
+    req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Write a reply. An `Err` after the header is out means the transfer must be cut.
@@ -339,6 +447,13 @@ async fn frame_unknown_length(
 
 /// Build the mirror from `config` and serve until a signal stops the process.
 pub fn serve(config: &Config) -> std::result::Result<(), String> {
+    let open_files = connections::raise_open_files();
+    let (max_connections, max_fills) =
+        connections::budget(open_files, config.max_connections, config.max_fills);
+    let config = &Config {
+        max_fills,
+        ..config.clone()
+    };
     let data = config.data_dir();
     let mirror = Arc::new(Mirror::open(config)?);
     let registries = mirror.registries();
@@ -381,6 +496,11 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         "wharf".into(),
         Front {
             mirror: mirror.clone(),
+            connections: Connections::new(max_connections),
+            timeouts: Timeouts {
+                idle: config.idle_timeout,
+                header: config.header_timeout,
+            },
         },
     );
     service.add_tcp(&config.listen);

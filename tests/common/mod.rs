@@ -48,11 +48,35 @@ impl Wharf {
         Self::launch(upstream, extra_config, data, &[]).await
     }
 
+    /// Start wharf with its open-file limit set to `soft` (and `hard`).
+    pub async fn start_with_files(
+        upstream: &str,
+        extra_config: &str,
+        soft: u64,
+        hard: u64,
+    ) -> Wharf {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut w = Self::launch_with(upstream, extra_config, data, &[], Some((soft, hard))).await;
+        w._dir = Some(dir);
+        w
+    }
+
     async fn launch(
         upstream: &str,
         extra_config: &str,
         data: PathBuf,
         env: &[(&str, &str)],
+    ) -> Wharf {
+        Self::launch_with(upstream, extra_config, data, env, None).await
+    }
+
+    async fn launch_with(
+        upstream: &str,
+        extra_config: &str,
+        data: PathBuf,
+        env: &[(&str, &str)],
+        files: Option<(u64, u64)>,
     ) -> Wharf {
         let conf = data.with_extension("toml");
         std::fs::create_dir_all(&data).unwrap();
@@ -61,7 +85,7 @@ impl Wharf {
         // A port found free can be taken by another test's connection before wharf binds it:
         // then wharf exits at once saying so, and it is started again on other ports.
         for _ in 0..3 {
-            let mut w = Self::spawn(upstream, &conf, &data, &log, env);
+            let mut w = Self::spawn(upstream, &conf, &data, &log, env, files);
             if w.wait_ready().await {
                 return w;
             }
@@ -78,10 +102,28 @@ impl Wharf {
         data: &PathBuf,
         log: &PathBuf,
         env: &[(&str, &str)],
+        files: Option<(u64, u64)>,
     ) -> Wharf {
         let addr = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_wharf"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wharf"));
+        if let Some((soft, hard)) = files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["serve", "--listen", &addr, "--admin", &admin])
             .args(["--upstream", upstream, "--config"])
             .arg(conf)
