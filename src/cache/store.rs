@@ -38,28 +38,68 @@ pub struct Stored {
     pub modified: std::time::SystemTime,
 }
 
+/// Where the temp files of an earlier run wait for removal: `<root>/tmp.old-<random>`.
+const LEFTOVERS: &str = "tmp.old-";
+
 /// A content-addressed directory: `<root>/{blobs,manifests}/sha256/<hex>` plus `<root>/tmp/`.
 pub struct BlobStore {
     root: PathBuf,
 }
 
 impl BlobStore {
-    /// Open (creating if needed) the store at `root`, removing temp files an earlier run left.
+    /// Open (creating if needed) the store at `root`. What an earlier run left in `tmp/` is
+    /// the server's to clear ([`BlobStore::sweep_leftovers`]): a command run beside a server
+    /// must not remove the files of its fills in flight.
     pub fn open(root: &Path) -> io::Result<Self> {
         for kind in [Kind::Manifest, Kind::Blob] {
             fs::create_dir_all(root.join(kind.dir()).join("sha256"))?;
         }
-        let tmp = root.join("tmp");
-        fs::create_dir_all(&tmp)?;
-        for entry in fs::read_dir(&tmp)? {
-            let entry = entry?;
-            if let Err(e) = fs::remove_file(entry.path()) {
-                tracing::warn!("cannot remove leftover {}: {e}", entry.path().display());
-            }
-        }
+        fs::create_dir_all(root.join("tmp"))?;
         Ok(BlobStore {
             root: root.to_owned(),
         })
+    }
+
+    /// Set aside the temp files an earlier run left (one rename, so that serving starts at
+    /// once) and remove them on a thread of their own. For the server, at start.
+    pub fn sweep_leftovers(&self) -> io::Result<()> {
+        let tmp = self.root.join("tmp");
+        if fs::read_dir(&tmp)?.next().is_some() {
+            let aside = self
+                .root
+                .join(format!("{LEFTOVERS}{:016x}", rand::random::<u64>()));
+            fs::rename(&tmp, &aside)?;
+            fs::create_dir_all(&tmp)?;
+        }
+        let root = self.root.clone();
+        std::thread::Builder::new()
+            .name("wharf-sweep".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let (mut files, mut bytes) = (0u64, 0u64);
+                for entry in fs::read_dir(&root).into_iter().flatten().flatten() {
+                    if !entry.file_name().to_string_lossy().starts_with(LEFTOVERS) {
+                        continue;
+                    }
+                    for f in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                        let size = f.metadata().map_or(0, |m| m.len());
+                        if fs::remove_file(f.path()).is_ok() {
+                            files += 1;
+                            bytes += size;
+                        }
+                    }
+                    if let Err(e) = fs::remove_dir_all(entry.path()) {
+                        tracing::warn!("cannot remove {}: {e}", entry.path().display());
+                    }
+                }
+                if files > 0 {
+                    tracing::info!(
+                        "removed {files} temp files ({bytes} bytes) an earlier run left, in {:?}",
+                        started.elapsed()
+                    );
+                }
+            })?;
+        Ok(())
     }
 
     pub fn path(&self, kind: Kind, digest: &Digest) -> PathBuf {
@@ -231,7 +271,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_then_open_and_tmp_is_cleaned() {
+    fn write_then_open_and_leftovers_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let d = Digest::of(b"hello");
@@ -248,8 +288,27 @@ mod tests {
         assert!(!store.contains(Kind::Manifest, &d));
         let (_f, tmp) = store.temp_file(&d).unwrap();
         assert!(tmp.exists());
-        BlobStore::open(dir.path()).unwrap();
-        assert!(!tmp.exists(), "leftover temp files are removed at startup");
+        let again = BlobStore::open(dir.path()).unwrap();
+        assert!(
+            tmp.exists(),
+            "opening the store (as commands do) leaves temp files alone"
+        );
+        again.sweep_leftovers().unwrap();
+        assert!(
+            !tmp.exists(),
+            "the server sets leftover temp files aside at once"
+        );
+        for _ in 0..100 {
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            if !names.iter().any(|n| n.starts_with(LEFTOVERS)) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(store.contains(Kind::Blob, &d));
     }
 

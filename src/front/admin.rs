@@ -1,7 +1,7 @@
 //! The admin listener, apart from the registry port: Prometheus `/metrics`, `/healthz` (the
-//! process answers), `/readyz` (it can serve: the data directory is writable), and at `/` a
-//! status page for people: hit ratio over the last hour, bytes saved, the store against its
-//! quota, the busiest repositories, fills in flight.
+//! process answers), `/readyz` (it can fill: the data directory takes writes and has room),
+//! and at `/` a status page for people: hit ratio over the last hour, bytes saved, the store
+//! against its quota, the busiest repositories, fills in flight.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -12,6 +12,7 @@ use http::{header, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::cache::store::free_space;
 use crate::commands::human_bytes;
 use crate::metrics::{Sample, ACTIVITY, METRICS};
 use crate::mirror::Mirror;
@@ -40,7 +41,7 @@ impl ServeHttp for Admin {
                 METRICS.render(),
             ),
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
-            "/readyz" => match self.writable().await {
+            "/readyz" => match self.ready().await {
                 Ok(()) => text(StatusCode::OK, "text/plain", "ready\n".into()),
                 Err(e) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -63,14 +64,24 @@ impl ServeHttp for Admin {
 }
 
 impl Admin {
-    async fn writable(&self) -> Result<(), String> {
-        let probe = self
-            .tmp_dir
-            .join(format!(".ready-{:016x}", rand::random::<u64>()));
+    /// Ready means a fill could be written now: the data directory takes a write, and it has
+    /// more than `min_free_space` free (below it, fills of a known length are refused).
+    async fn ready(&self) -> Result<(), String> {
+        let tmp = self.tmp_dir.clone();
+        let min = self.mirror.min_free_space();
         tokio::task::spawn_blocking(move || {
-            std::fs::write(&probe, b"")
+            let free = free_space(&tmp)
+                .map_err(|e| format!("cannot tell the free space of {}: {e}", tmp.display()))?;
+            if free < min {
+                return Err(format!(
+                    "{} has {free} bytes free, less than min_free_space ({min})",
+                    tmp.display()
+                ));
+            }
+            let probe = tmp.join(format!(".ready-{:016x}", rand::random::<u64>()));
+            std::fs::write(&probe, b"ready")
                 .and_then(|_| std::fs::remove_file(&probe))
-                .map_err(|e| format!("cannot write in {}: {e}", probe.display()))
+                .map_err(|e| format!("cannot write in {}: {e}", tmp.display()))
         })
         .await
         .map_err(|e| e.to_string())?

@@ -456,6 +456,10 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     };
     let data = config.data_dir();
     let mirror = Arc::new(Mirror::open(config)?);
+    mirror
+        .store
+        .sweep_leftovers()
+        .map_err(|e| format!("cannot set aside the temp files in {}: {e}", data.display()))?;
     let registries = mirror.registries();
     {
         // index the store in the background: hits need no index, eviction waits for it

@@ -287,6 +287,11 @@ impl Mirror {
         }
     }
 
+    /// Free space the data directory keeps (fills that would take it are refused).
+    pub fn min_free_space(&self) -> u64 {
+        self.limits.min_free_space
+    }
+
     /// The registries mirrored, sorted.
     pub fn registries(&self) -> Vec<String> {
         let mut r: Vec<String> = self.upstreams.keys().cloned().collect();
