@@ -55,6 +55,8 @@ pub struct LiarState {
     pub trickle_manifests: Mutex<Option<Duration>>,
     /// Demand a Bearer token; `Some(d)` trickles the token response one byte per `d`.
     pub tokens: Mutex<Option<Option<Duration>>>,
+    /// Every blob GET picks a lie at random (half of them the truth) instead of its own.
+    pub chaos: std::sync::atomic::AtomicBool,
     /// Connections open right now.
     pub open: AtomicUsize,
     /// Requests by kind: "blob", "blob-head", "manifest", "token", "other".
@@ -169,6 +171,21 @@ impl Liar {
 
     pub fn open_connections(&self) -> usize {
         self.state.open.load(Ordering::SeqCst)
+    }
+}
+
+/// A lie picked at random, the truth half of the time.
+fn random_lie() -> Lie {
+    match rand::random::<u32>() % 16 {
+        0 => Lie::ChunkedHalf,
+        1 => Lie::CloseDelimitedHalf,
+        2 => Lie::Longer(1000),
+        3 => Lie::Chunked,
+        4 => Lie::CloseDelimited,
+        5 => Lie::Trickle(Duration::from_millis(5)),
+        6 => Lie::Claims(1 << 40),
+        7 => Lie::Silent,
+        _ => Lie::Honest,
     }
 }
 
@@ -307,6 +324,11 @@ async fn answer(
             let known = st.blobs.lock().unwrap().get(reference).cloned();
             let lie = st.lies.lock().unwrap().get(reference).cloned();
             let unknown = st.unknown_blobs.lock().unwrap().clone();
+            let lie = if st.chaos.load(Ordering::Relaxed) {
+                Some(random_lie())
+            } else {
+                lie
+            };
             let (data, lie) = match (known, lie) {
                 (Some(d), Some(l)) => (d, l),
                 (Some(d), None) => (d, Lie::Honest),

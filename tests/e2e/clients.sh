@@ -13,8 +13,9 @@
 #   round 5  air gap: a cache warmed and exported (`wharf warm`, `wharf export`) while the
 #            upstreams were up is imported into an empty data dir and served --offline:
 #            dockerd and containerd pull and run from it.
-# Also, while the upstreams are up: a second wharf on a 1.5 MiB tmpfs runs out of disk in a
-# fill; the client gets an error, nothing partial is stored, cached content is still served.
+# Also, while the upstreams are up: a second wharf on a 1.5 MiB tmpfs runs out of disk: a
+# blob that cannot fit is refused (507) before any byte, nothing partial is stored, cached
+# content is still served, and /readyz says why it fails, full or remounted read-only.
 #
 # Needs root and the packages tests/install-deps.sh installs. Everything it starts runs under
 # a temp dir and is stopped on exit. Docker Hub's hostnames are pinned to a dead loopback
@@ -258,24 +259,44 @@ check "wharf warm filled a fresh data dir" "${WHARF[@]}" warm --config "$W/wharf
   busybox multi:1 registry.test/library/busybox:only-here
 check "wharf export wrote the cache as an OCI layout tar" "${WHARF[@]}" export --config "$W/wharf.toml" --data "$W/warmed" --out "$W/cache.tar"
 
-# ---------------------------------------------------------------- full disk during a fill
+# ---------------------------------------------------------------- full disk, read-only disk
 ROUND=full-disk
 mkdir -p "$W/small"
 mount -t tmpfs -o size=1536k tmpfs "$W/small"
-SMALL=127.0.0.1:15003
-start wharf-small env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen "$SMALL" --data "$W/small/data" --config "$W/wharf.toml"
+SMALL=127.0.0.1:15003 SMALL_ADMIN=127.0.0.1:15004
+{ echo "min_free_space = 0"; cat "$W/wharf.toml"; } >"$W/wharf-small.toml"
+start wharf-small env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen "$SMALL" --admin "$SMALL_ADMIN" --data "$W/small/data" --config "$W/wharf-small.toml"
 wait_for wharf-small curl -sf "http://$SMALL/v2/"
 copy() { rm -rf "$W/sk-$2"; skopeo copy --quiet --src-tls-verify=false "docker://$SMALL/$1" "oci:$W/sk-$2:x" >/dev/null 2>&1; }
 check "a small image fits and is served" copy library/layers:1 small
+check "readyz: ready" curl -sf "http://$SMALL_ADMIN/readyz"
 fill_up() { head -c 700k /dev/urandom >"$W/small/filler"; } # leave less room than busybox's layer
 fill_up
 copy_fails() { ! copy "$@"; }
-check "a fill that runs out of disk fails the pull" copy_fails library/busybox:latest big
+check "a pull that cannot fit fails" copy_fails library/busybox:latest big
 BB_LAYER=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["layers"][0]["digest"][7:])' "$W/bb.json")
+# the manifest said how big the layer is: refused before any header, with the reason
+no_room() {
+  local code; code=$(curl -s -o "$W/no-room.json" -w '%{http_code}' "http://$SMALL/v2/library/busybox/blobs/sha256:$BB_LAYER")
+  [[ $code == 507 ]] && grep -q '"code":"UNAVAILABLE"' "$W/no-room.json" && grep -q 'no room' "$W/no-room.json"
+}
+check "a blob that cannot fit gets 507 before any byte" no_room
 check "nothing partial was stored" test ! -e "$W/small/data/blobs/sha256/$BB_LAYER"
 check "no temp file was left" test -z "$(ls -A "$W/small/data/tmp")"
 check "cached content is still served" copy library/layers:1 small-again
 check "wharf is still up" curl -sfo /dev/null "http://$SMALL/v2/"
+head -c 2M /dev/zero >"$W/small/filler2" 2>/dev/null || true # now completely full
+not_ready() { # REASON: /readyz answers 503 saying REASON
+  local code; code=$(curl -s -o "$W/readyz.txt" -w '%{http_code}' "http://$SMALL_ADMIN/readyz")
+  [[ $code == 503 ]] && grep -qi "$1" "$W/readyz.txt"
+}
+check "readyz fails on a full disk, saying why" not_ready "no space left"
+rm -f "$W/small/filler2"
+check "readyz: ready again" curl -sf "http://$SMALL_ADMIN/readyz"
+mount -o remount,ro "$W/small"
+check "readyz fails on a read-only disk, saying why" not_ready "read-only"
+check "cached content is served from a read-only disk" copy library/layers:1 small-ro
+mount -o remount,rw "$W/small"
 stop wharf-small
 umount -l "$W/small"
 
