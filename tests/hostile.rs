@@ -50,6 +50,37 @@ async fn a_body_cut_short_without_a_length_is_never_a_complete_response() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_followed_to_its_lie_and_a_redirect_loop_ends_at_once() {
+    let liar = Liar::start().await;
+    let w = Wharf::start(&liar.url(), "").await;
+    let data = pseudo_random(110, 1 << 20);
+    let d = liar.add_blob(data.clone(), Lie::Redirect(Box::new(Lie::ChunkedHalf)));
+    let url = w.url(&format!("/v2/lies/moved/blobs/{d}"));
+    let (status, body) = get(&url).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.is_none(),
+        "half a body behind a redirect is still a cut"
+    );
+    liar.set_lie(&d, Lie::Redirect(Box::new(Lie::Honest)));
+    let (_, body) = get(&url).await;
+    assert_eq!(body.as_deref(), Some(&data[..]));
+    assert!(liar.requests("cdn") >= 2);
+
+    let d = liar.add_blob(pseudo_random(111, 1000), Lie::RedirectLoop);
+    let started = Instant::now();
+    let r = client()
+        .get(w.url(&format!("/v2/lies/loop/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(r).await, "UNAVAILABLE");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    eventually(10, "no temp files left", || async { tmp_files(&w) == 0 }).await;
+}
+
+#[tokio::test]
 async fn bodies_without_a_length_are_sent_chunked_or_whole_and_cached() {
     let liar = Liar::start().await;
     let w = Wharf::start(&liar.url(), "").await;

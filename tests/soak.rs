@@ -1,8 +1,9 @@
 //! A soak: 120 clients for `SOAK_SECS` (default 60) against one wharf mirroring two upstreams
 //! that fail on purpose — a Hub-like one (tokens, CDN redirects) whose faults switch every
-//! second (corrupt and truncated blobs, 500s, 503s, slow bodies), and a liar that answers each
-//! blob GET with a random lie half of the time — over a mix of cold and warm blobs, ranges,
-//! HEADs and manifests by tag and digest, while new images keep appearing upstream.
+//! second (corrupt and truncated blobs, 500s, 503s, slow bodies), and a liar that answers most
+//! blob GETs with a random lie (cut, trickled, too long, silent, redirected) — over a mix of
+//! cold and warm blobs, ranges, HEADs and manifests by tag and digest, while new images keep
+//! appearing upstream.
 //!
 //! Every body is checked against its digest. Errors are expected (the upstreams fail); what
 //! must never happen is wrong bytes in a complete response, or a request that hangs.
@@ -216,6 +217,14 @@ async fn soak() {
         t.wrong.is_empty(),
         "wrong bytes delivered as complete responses"
     );
+    if let Some(digest) = t.hangs.first().and_then(|h| h.split("blobs/").nth(1)) {
+        let digest = digest.split(':').take(2).collect::<Vec<_>>().join(":");
+        for l in w.log().lines().filter(|l| l.contains(&digest)).take(20) {
+            eprintln!("soak: wharf: {l}");
+        }
+        let lies = liar.state.requests.lock().unwrap().clone();
+        eprintln!("soak: liar requests {lies:?}");
+    }
     assert!(t.hangs.is_empty(), "requests hung");
     assert!(
         requests >= CLIENTS * 10,

@@ -41,6 +41,10 @@ pub enum Lie {
     Trickle(Duration),
     /// Accepts the request and never answers.
     Silent,
+    /// A 307 to its own `/cdn/` path, which answers with the lie inside (as Hub's CDN would).
+    Redirect(Box<Lie>),
+    /// A 307 to itself, again and again.
+    RedirectLoop,
 }
 
 #[derive(Default)]
@@ -55,7 +59,7 @@ pub struct LiarState {
     pub trickle_manifests: Mutex<Option<Duration>>,
     /// Demand a Bearer token; `Some(d)` trickles the token response one byte per `d`.
     pub tokens: Mutex<Option<Option<Duration>>>,
-    /// Every blob GET picks a lie at random (half of them the truth) instead of its own.
+    /// Every blob GET picks a lie at random instead of its own.
     pub chaos: std::sync::atomic::AtomicBool,
     /// Connections open right now.
     pub open: AtomicUsize,
@@ -174,7 +178,7 @@ impl Liar {
     }
 }
 
-/// A lie picked at random, the truth half of the time.
+/// A lie picked at random, the truth (directly or behind a redirect) a third of the time.
 fn random_lie() -> Lie {
     match rand::random::<u32>() % 16 {
         0 => Lie::ChunkedHalf,
@@ -185,6 +189,8 @@ fn random_lie() -> Lie {
         5 => Lie::Trickle(Duration::from_millis(5)),
         6 => Lie::Claims(1 << 40),
         7 => Lie::Silent,
+        8 => Lie::Redirect(Box::new(Lie::ChunkedHalf)),
+        9 => Lie::RedirectLoop,
         _ => Lie::Honest,
     }
 }
@@ -262,6 +268,27 @@ async fn answer(
                 Ok(true)
             }
         };
+    }
+    if let Some(rest) = path.strip_prefix("/cdn/") {
+        count(st, "cdn");
+        let (digest, lie) = rest.split_once('/').unwrap_or((rest, ""));
+        if lie == "loop" {
+            let h = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{me}/cdn/{digest}/loop\r\nContent-Length: 0\r\n\r\n");
+            sock.write_all(h.as_bytes()).await?;
+            return Ok(true);
+        }
+        let data = st
+            .blobs
+            .lock()
+            .unwrap()
+            .get(digest)
+            .cloned()
+            .unwrap_or_default();
+        let inner = match st.lies.lock().unwrap().get(digest) {
+            Some(Lie::Redirect(inner)) => (**inner).clone(),
+            _ => Lie::Honest,
+        };
+        return blob(sock, &data, inner).await;
     }
     let needs_token = st.tokens.lock().unwrap().is_some();
     if needs_token && !authorized && path != "/v2/" {
@@ -349,7 +376,19 @@ async fn answer(
                 sock.write_all(h.as_bytes()).await?;
                 return Ok(true);
             }
-            blob(sock, &data, lie).await
+            match lie {
+                Lie::Redirect(_) | Lie::RedirectLoop => {
+                    let tail = if lie == Lie::RedirectLoop {
+                        "/loop"
+                    } else {
+                        ""
+                    };
+                    let h = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{me}/cdn/{reference}{tail}\r\nContent-Length: 0\r\n\r\n");
+                    sock.write_all(h.as_bytes()).await?;
+                    Ok(true)
+                }
+                lie => blob(sock, &data, lie).await,
+            }
         }
         _ => {
             count(st, "other");
@@ -462,5 +501,6 @@ async fn blob(sock: &mut TcpStream, data: &Bytes, lie: Lie) -> std::io::Result<b
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(false)
         }
+        Lie::Redirect(_) | Lie::RedirectLoop => unreachable!("answered by the caller"),
     }
 }
