@@ -47,12 +47,11 @@ pub struct Config {
     /// Client connections at most (0: as many as the open-file limit allows).
     #[serde(default)]
     pub max_connections: usize,
-    /// How long a kept-alive connection may wait for its next request (and a client may
-    /// leave an answer unread).
+    /// How long a kept-alive connection may take to send its next request (and a client to
+    /// take one chunk of a blob).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// How long a new connection may take to send its first request's headers, and any
-    /// request its headers once begun.
+    /// How long a new connection may take to send its first request, headers and all.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
     /// Largest blob wharf fetches; longer bodies are abandoned, nothing stored.

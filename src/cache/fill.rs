@@ -218,26 +218,6 @@ impl Fill {
         });
     }
 
-    /// Write one batch of chunks at `offset`, hashing them into `hasher`. Blocking: runs on
-    /// [`FillIo`]. Returns the hasher and the offset after the batch.
-    pub fn write(
-        &self,
-        mut hasher: Sha256,
-        offset: u64,
-        chunks: &[Bytes],
-    ) -> (Sha256, io::Result<u64>) {
-        let file = self.file();
-        let mut at = offset;
-        for c in chunks {
-            if let Err(e) = file.write_all_at(c, at) {
-                return (hasher, Err(e));
-            }
-            hasher.update(c);
-            at += c.len() as u64;
-        }
-        (hasher, Ok(at))
-    }
-
     /// `written` bytes are in the file: readers may read them (but the last).
     pub fn progress(&self, written: u64) {
         self.state.send_modify(|s| s.written = written);
@@ -460,35 +440,68 @@ impl Fills {
     }
 
     /// Write what `chunks` delivers into `fill`'s temp file on `io`, hashing it, publishing
-    /// progress as it goes; several chunks that wait together are written as one job. Holds
-    /// no thread while it waits for the network. Returns the digest and length seen.
+    /// progress as it goes. Holds no thread while it waits for the network: a job on `io`
+    /// starts when a chunk arrives and writes on while more are waiting (up to [`JOB_BYTES`],
+    /// so that fills share the threads). Returns the digest and length seen.
     pub async fn write_body(
         io: &FillIo,
         fill: &Arc<Fill>,
-        mut chunks: mpsc::Receiver<Bytes>,
+        chunks: mpsc::Receiver<Bytes>,
     ) -> io::Result<(Digest, u64)> {
-        const BATCH: usize = 1 << 20;
-        let mut hasher = Sha256::new();
-        let mut offset = 0u64;
-        while let Some(first) = chunks.recv().await {
-            let mut size = first.len();
-            let mut batch = vec![first];
-            while size < BATCH {
-                match chunks.try_recv() {
-                    Ok(c) => {
-                        size += c.len();
-                        batch.push(c);
-                    }
-                    Err(_) => break,
-                }
-            }
+        let mut w = Writer {
+            hasher: Sha256::new(),
+            offset: 0,
+            chunks,
+        };
+        while let Some(first) = w.chunks.recv().await {
             let f = fill.clone();
-            let (h, written) = io.run(move || f.write(hasher, offset, &batch)).await;
-            hasher = h;
-            offset = written?;
-            fill.progress(offset);
+            let (back, closed) = io
+                .run(move || {
+                    let closed = f.write_while_ready(&mut w, first);
+                    (w, closed)
+                })
+                .await;
+            w = back;
+            if closed? {
+                break;
+            }
         }
-        Ok((Digest::from_bytes(hasher.finalize().into()), offset))
+        Ok((Digest::from_bytes(w.hasher.finalize().into()), w.offset))
+    }
+}
+
+/// Bytes one job writes at most before it lets other fills have the thread.
+const JOB_BYTES: usize = 8 << 20;
+
+/// A fill's body on its way to disk: the hash so far, where the next byte goes, what comes.
+struct Writer {
+    hasher: Sha256,
+    offset: u64,
+    chunks: mpsc::Receiver<Bytes>,
+}
+
+impl Fill {
+    /// Write `first` and whatever else has arrived meanwhile; `Ok(true)` when the body is
+    /// over. Blocking: runs on [`FillIo`].
+    fn write_while_ready(&self, w: &mut Writer, first: Bytes) -> io::Result<bool> {
+        let file = self.file();
+        let mut chunk = first;
+        let mut in_job = 0;
+        loop {
+            file.write_all_at(&chunk, w.offset)?;
+            w.hasher.update(&chunk);
+            w.offset += chunk.len() as u64;
+            in_job += chunk.len();
+            self.progress(w.offset);
+            if in_job >= JOB_BYTES {
+                return Ok(false);
+            }
+            chunk = match w.chunks.try_recv() {
+                Ok(c) => c,
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(false),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(true),
+            };
+        }
     }
 }
 

@@ -1,10 +1,12 @@
 //! The front end: a Pingora HTTP service that answers every request itself.
 //!
-//! Pingora gives wharf its listeners, HTTP/1.1 parsing, keep-alive and graceful shutdown.
-//! Pingora's proxy layer is not used: a registry mirror must follow redirects, do the token
-//! dance and outlive its clients' connections (see `upstream` and `cache::fill`), so there is
-//! nothing for it to proxy. Each request is parsed into a [`Route`], answered by the
-//! [`Mirror`], and written back here — with one access-log line per request.
+//! Pingora gives wharf its listeners, HTTP/1.1 parsing and graceful shutdown; wharf runs each
+//! connection itself (bounds and deadlines in [`connections`]). Pingora's proxy layer is not
+//! used: a registry mirror must follow redirects, do the token dance and outlive its clients'
+//! connections (see `upstream` and `cache::fill`), so there is nothing for it to proxy. Each
+//! request is parsed into a [`Route`], answered by the [`Mirror`], and written back here,
+//! framed so that a cut transfer can never pass for a complete one — with one access-log line
+//! per request.
 
 pub mod admin;
 pub mod connections;
@@ -16,8 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
@@ -59,9 +60,9 @@ struct RequestCtx {
 /// layer, whose per-request machinery cost more than the whole answer to a cached manifest,
 /// and below its HTTP app loop, which gives an idle keep-alive connection no end, a client
 /// trickling its headers a minute per byte, and no bound on connections. Here a connection is
-/// admitted against [`Connections`], waits at most `idle_timeout` for each request to begin
-/// (`header_timeout` for the first) and `header_timeout` for the headers once begun, and
-/// requests pipelined behind each other are answered in turn.
+/// admitted against [`Connections`], must send its first request within `header_timeout` and
+/// each later one within `idle_timeout`, and requests pipelined behind each other are answered
+/// in turn.
 #[async_trait]
 impl ServerApp for Front {
     async fn process_new(
@@ -75,71 +76,54 @@ impl ServerApp for Front {
         };
         let mut stream = stream;
         let mut pipelined: Option<BytesMut> = None;
-        let mut first = true;
+        let mut stopping = shutdown.clone();
+        // A new connection has header_timeout to send its first request; a kept-alive one
+        // idle_timeout for the next, headers included. (One deadline per request, and no peek
+        // for its first byte: both cost a tenth of a cached manifest's answer.)
+        let mut deadline = self.timeouts.header;
         loop {
-            let mut session = {
+            let mut session = ServerSession::new_http1(stream);
+            session.set_read_timeout(None); // the deadline bounds the whole read
+            session.set_pipelining_enabled(true);
+            if let Some(p) = pipelined.take() {
+                session.set_pipelined_prefix(p);
+            }
+            let read = {
                 let waiting = conn.waiting();
-                let mut stopping = shutdown.clone();
-                if pipelined.is_none() {
-                    // no request has begun yet: wait for its first byte
-                    let idle = if first {
-                        self.timeouts.header
-                    } else {
-                        self.timeouts.idle
-                    };
-                    let mut byte = [0u8; 1];
-                    tokio::select! {
-                        biased;
-                        _ = stopping.wait_for(|stop| *stop) => return None,
-                        _ = waiting.closed() => return None,
-                        peeked = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => {
-                            if !matches!(peeked, Ok(Ok(true))) {
-                                return None;
-                            }
-                        }
-                    }
-                }
-                let mut session = ServerSession::new_http1(stream);
-                session.set_pipelining_enabled(true);
-                if let Some(p) = pipelined.take() {
-                    session.set_pipelined_prefix(p);
-                }
-                let read = tokio::select! {
+                tokio::select! {
                     biased;
-                    _ = stopping.wait_for(|stop| *stop) => return None,
+                    read = tokio::time::timeout(deadline, session.read_request()) => read,
                     _ = waiting.closed() => return None,
-                    read = tokio::time::timeout(self.timeouts.header, session.read_request()) => read,
-                };
-                match read {
-                    Ok(Ok(true)) => {}
-                    Ok(Ok(false)) => return None,
-                    Ok(Err(e)) => {
-                        if e.etype == InvalidHTTPHeader {
-                            let bad = RegistryError::new(
-                                StatusCode::BAD_REQUEST,
-                                ErrorCode::Unsupported,
-                                "malformed HTTP request",
-                            );
-                            let _ = send(&mut session, Reply::error(bad), false).await;
-                        }
-                        session.shutdown().await;
-                        return None;
-                    }
-                    Err(_) => {
-                        tracing::debug!(
-                            "closing a connection whose headers took over {:?}",
-                            self.timeouts.header
-                        );
-                        return None;
-                    }
+                    _ = stopping.wait_for(|stop| *stop) => return None,
                 }
-                session
             };
-            first = false;
+            match read {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return None,
+                Ok(Err(e)) => {
+                    if e.etype == InvalidHTTPHeader {
+                        let bad = RegistryError::new(
+                            StatusCode::BAD_REQUEST,
+                            ErrorCode::Unsupported,
+                            "malformed HTTP request",
+                        );
+                        let _ = send(&mut session, Reply::error(bad), false, None).await;
+                    }
+                    session.shutdown().await;
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        "closing a connection that sent no request within {deadline:?}"
+                    );
+                    return None;
+                }
+            }
             self.request(&mut session, shutdown).await?;
             let (s, rest) = session.finish().await.ok()??.into_parts();
             stream = s;
             pipelined = rest;
+            deadline = self.timeouts.idle;
         }
     }
 }
@@ -166,7 +150,7 @@ async fn refuse(stream: Stream) {
         );
         busy.retry_after = Some("1".into());
         let head = session.req_header().method == Method::HEAD;
-        let _ = send(&mut session, Reply::error(busy), head).await;
+        let _ = send(&mut session, Reply::error(busy), head, None).await;
         session.shutdown().await;
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), answer).await;
@@ -179,10 +163,10 @@ const REFUSING: usize = 64;
 /// How long a connection may keep wharf waiting.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
-    /// For the next request to begin on a kept-alive connection; also the longest a client
-    /// may leave the answer unread.
+    /// For the next request on a kept-alive connection; also the longest a client may leave
+    /// a chunk of a blob untaken.
     pub idle: std::time::Duration,
-    /// For the first request to begin on a new connection, and for a request's headers.
+    /// For the first request on a new connection.
     pub header: std::time::Duration,
 }
 
@@ -196,7 +180,6 @@ impl Front {
             // wharf reads no request bodies: rather than drain one, close after answering
             session.set_keepalive(None);
         }
-        session.set_write_timeout(Some(self.timeouts.idle));
         let mut ctx = RequestCtx {
             started: Instant::now(),
             outcome: Outcome::Local,
@@ -259,7 +242,7 @@ impl Front {
             Err(e) => Reply::error(e),
         };
         ctx.outcome = reply.outcome;
-        send(session, reply, head).await
+        send(session, reply, head, Some(self.timeouts.idle)).await
     }
 }
 
@@ -344,11 +327,15 @@ fn has_body(session: &ServerSession) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Write a reply. An `Err` after the header is out means the transfer must be cut.
-async fn send(session: &mut ServerSession, reply: Reply, head: bool) -> Result<()> {
-    // The header map is filled as `http` types and handed to Pingora whole: its own insert
-    // re-parses every name and keeps a second map of their spelling. Names go out as HTTP/2
-    // sends them (lower case, bar those Pingora knows); HTTP/1.1 names are case-insensitive.
+/// Write a reply. An `Err` after the header is out means the transfer must be cut. A body
+/// streamed from a file or a fill is cut too if one chunk waits `stall` for the client to take
+/// it (a small one fits the socket's buffer and needs no such watch).
+async fn send(
+    session: &mut ServerSession,
+    reply: Reply,
+    head: bool,
+    stall: Option<std::time::Duration>,
+) -> Result<()> {
     let mut reply = reply;
     if let Body::Fill(reader) = &mut reply.body {
         if !head
@@ -362,6 +349,9 @@ async fn send(session: &mut ServerSession, reply: Reply, head: bool) -> Result<(
             }
         }
     }
+    // The header map is filled as `http` types and handed to Pingora whole: its own insert
+    // re-parses every name and keeps a second map of their spelling. Names go out as HTTP/2
+    // sends them (lower case, bar those Pingora knows); HTTP/1.1 names are case-insensitive.
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = reply.status;
     parts.headers.reserve(reply.headers.len() + 1);
@@ -385,6 +375,9 @@ async fn send(session: &mut ServerSession, reply: Reply, head: bool) -> Result<(
         return session.write_response_body(Bytes::new(), true).await;
     }
     let transfer = Transfer::start();
+    if matches!(body, Body::File { .. } | Body::Fill(_)) {
+        session.set_write_timeout(stall);
+    }
     match body {
         Body::Empty => unreachable!("handled above"),
         Body::Bytes(b) => session.write_response_body(b, true).await,

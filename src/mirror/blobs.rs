@@ -268,7 +268,7 @@ impl Mirror {
 
         // The network is read here, the disk written on FillIo: the two overlap, and the
         // bounded channel keeps what a fill holds in memory to a few chunks.
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
         // (moves `tx` in: the writer sees the end when this is over)
         let read = async move {
             let mut body = resp.bytes_stream();
@@ -278,10 +278,13 @@ impl Mirror {
             let mut watch = tokio::time::interval(up.read_timeout());
             watch.reset();
             let mut at_last_look = 0u64;
+            let abandoned = fill.abandoned();
+            tokio::pin!(abandoned);
             loop {
                 let chunk = tokio::select! {
+                    biased;
                     c = body.next() => c,
-                    _ = fill.abandoned() => {
+                    _ = &mut abandoned => {
                         METRICS.fills_abandoned.inc();
                         return Err(RegistryError::bad_gateway(format!(
                             "gave up blob {digest}: no client waits for it, and too many fills are in that case"
