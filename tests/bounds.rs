@@ -11,20 +11,6 @@ use common::{client, eventually, header, Wharf};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// Raise this process's open-file limit to its hard limit: the tests hold many sockets.
-fn more_files() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit calls on a valid struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-}
-
 /// A client that asks for `path` and then reads nothing: it waits as long as it is kept.
 async fn waiting_client(addr: &str, path: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -50,7 +36,7 @@ async fn timed_hit(w: &Wharf, path: &str, want: &[u8]) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hits_are_served_at_once_behind_six_hundred_slow_fills() {
-    more_files();
+    common::more_files();
     let liar = Liar::start().await;
     // every blob it does not know trickles one byte a second, forever
     *liar.state.unknown_blobs.lock().unwrap() = Some(Lie::Trickle(Duration::from_secs(1)));

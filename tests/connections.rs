@@ -12,20 +12,6 @@ use common::{client, eventually, header, FakeHub, Wharf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Raise this process's open-file limit to its hard limit: the tests hold many sockets.
-fn more_files() {
-    let mut l = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain rlimit calls on a valid struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-}
-
 /// Split HTTP/1.1 responses with Content-Length bodies: (status, body) each.
 fn responses(mut raw: &[u8]) -> Vec<(u16, Vec<u8>)> {
     let mut out = Vec::new();
@@ -174,7 +160,7 @@ async fn idle_silent_and_slowloris_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eleven_hundred_idle_sockets_against_a_limit_of_1024_lock_nobody_out() {
-    more_files();
+    common::more_files();
     let hub = FakeHub::start().await;
     let img = hub.add_image("library/crowd", "1", 31, &[3 << 20]);
     let w = Wharf::start_with_files(&hub.url(), "", 1024, 1024).await;

@@ -154,12 +154,7 @@ async fn the_manifest_descriptor_gives_the_length_and_bounds_the_body() {
     let w = Wharf::start(&liar.url(), "").await;
     let layers = [pseudo_random(400, 1 << 20), pseudo_random(401, 1 << 20)];
     let (_, digests) = liar.add_image("lies/described", "1", &layers, Lie::Chunked);
-    let r = client()
-        .get(w.url("/v2/lies/described/manifests/1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(get(&w.url("/v2/lies/described/manifests/1")).await.0, 200);
     // the upstream sends no length, but the manifest said how long the layer is
     let r = client()
         .get(w.url(&format!("/v2/lies/described/blobs/{}", digests[0])))
@@ -186,12 +181,10 @@ async fn the_manifest_descriptor_gives_the_length_and_bounds_the_body() {
         std::slice::from_ref(&layer),
         Lie::Claims(2000),
     );
-    let r = client()
-        .get(w.url("/v2/lies/contradicted/manifests/1"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get(&w.url("/v2/lies/contradicted/manifests/1")).await.0,
+        200
+    );
     let r = client()
         .get(w.url(&format!("/v2/lies/contradicted/blobs/{}", d[0])))
         .send()

@@ -373,15 +373,14 @@ impl Mirror {
                 return Ok(());
             }
         };
-        let need = size.unwrap_or(0) + self.fills.outstanding() + self.limits.min_free_space;
-        if free < need {
+        let promised = self.fills.outstanding();
+        if free < size.unwrap_or(0) + promised + self.limits.min_free_space {
             return Err(RegistryError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 ErrorCode::Unavailable,
                 format!(
-                    "no room for blob {digest}{}: {free} bytes free on the data directory, {} promised to fills in flight, min_free_space {}",
+                    "no room for blob {digest}{}: {free} bytes free on the data directory, {promised} promised to fills in flight, min_free_space {}",
                     size.map(|n| format!(" ({n} bytes)")).unwrap_or_default(),
-                    self.fills.outstanding(),
                     self.limits.min_free_space
                 ),
             ));

@@ -206,6 +206,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Raise this process's open-file limit to its hard limit: the tests hold many sockets.
+pub fn more_files() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain rlimit calls on a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
 /// An HTTP client for tests: plain HTTP on loopback, no redirects, a timeout so a hang fails.
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
