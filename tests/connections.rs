@@ -195,6 +195,44 @@ async fn eleven_hundred_idle_sockets_against_a_limit_of_1024_lock_nobody_out() {
 }
 
 #[tokio::test]
+async fn clients_that_never_read_do_not_keep_their_connections() {
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/pin", "1", 32, &[8_000_000]);
+    let w = Wharf::start(
+        &hub.url(),
+        "memory_object_max = 16777216\nmax_connections = 2\nidle_timeout = \"1s\"\n",
+    )
+    .await;
+    let (blob, bytes) = &img.blobs[1];
+    let path = format!("/v2/library/pin/blobs/{blob}");
+    // twice: the second read puts it in the memory tier (a reply from memory is one write)
+    for _ in 0..2 {
+        let r = client().get(w.url(&path)).send().await.unwrap();
+        assert_eq!(&r.bytes().await.unwrap(), bytes);
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let mut s = sock.connect(w.addr.parse().unwrap()).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: w\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // they take nothing: after idle_timeout they are cut, and others get in again
+    eventually(10, "a new client is served", || async {
+        client()
+            .get(w.url("/v2/"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(w.log().contains("took nothing"), "{}", w.log());
+}
+
+#[tokio::test]
 async fn with_every_connection_busy_a_new_one_is_refused_at_once() {
     let liar = Liar::start().await;
     *liar.state.unknown_blobs.lock().unwrap() = Some(Lie::Trickle(Duration::from_secs(1)));

@@ -50,6 +50,57 @@ async fn a_body_cut_short_without_a_length_is_never_a_complete_response() {
 }
 
 #[tokio::test]
+async fn an_empty_body_is_refused_for_any_blob_but_the_empty_one() {
+    let liar = Liar::start().await;
+    let w = Wharf::start(&liar.url(), "").await;
+    // with nothing to hold back, an empty body would be a complete (wrong) answer at once
+    let d = liar.add_blob(pseudo_random(120, 1000), Lie::Claims(0));
+    let r = client()
+        .get(w.url(&format!("/v2/lies/empty/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(error_code(r).await, "UNAVAILABLE");
+    // the empty blob is empty
+    let e = liar.add_blob(Bytes::new(), Lie::Honest);
+    let r = client()
+        .get(w.url(&format!("/v2/lies/empty/blobs/{e}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), "0");
+    assert!(r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_manifest_elsewhere_that_lies_about_a_layer_size_harms_only_its_own_repository() {
+    use common::hub::DOCKER_MANIFEST;
+    let hub = common::FakeHub::start().await;
+    let good = hub.add_image("library/good", "1", 121, &[50_000]);
+    let ((config, cbytes), (layer, lbytes)) = (&good.blobs[0], &good.blobs[1]);
+    let evil = Bytes::from(format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{config}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":10,"digest":"{layer}"}}]}}"#,
+        cbytes.len()
+    ));
+    hub.add_manifest("evil/x", Some("1"), DOCKER_MANIFEST, evil);
+    let w = Wharf::start(&hub.url(), "").await;
+    assert_eq!(get(&w.url("/v2/evil/x/manifests/1")).await.0, 200);
+    assert_eq!(get(&w.url("/v2/library/good/manifests/1")).await.0, 200);
+    // evil's manifest gave the layer 10 bytes: a fill for evil/x is refused...
+    let r = client()
+        .get(w.url(&format!("/v2/evil/x/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    // ...and the honest repository gets its layer
+    let (status, body) = get(&w.url(&format!("/v2/library/good/blobs/{layer}"))).await;
+    assert_eq!((status, body.as_deref()), (200, Some(&lbytes[..])));
+}
+
+#[tokio::test]
 async fn a_redirect_is_followed_to_its_lie_and_a_redirect_loop_ends_at_once() {
     let liar = Liar::start().await;
     let w = Wharf::start(&liar.url(), "").await;
@@ -135,16 +186,20 @@ async fn an_endless_body_is_abandoned_at_the_size_limit_and_nothing_is_kept() {
         liar.open_connections() == 0
     })
     .await;
-    // a length over the limit is refused before anything is sent or written
+    // a length over the limit is refused before anything is sent or written: by this mirror's
+    // rule, so a 403 no client retries
     let d = liar.add_blob(pseudo_random(301, 10), Lie::Claims(1 << 40));
     let r = client()
         .get(w.url(&format!("/v2/lies/huge/blobs/{d}")))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 502);
+    assert_eq!(r.status(), 403);
     let body = r.text().await.unwrap();
-    assert!(body.contains("max_blob_size"), "{body}");
+    assert!(
+        body.contains("DENIED") && body.contains("max_blob_size"),
+        "{body}"
+    );
     assert_eq!(tmp_files(&w), 0);
 }
 

@@ -178,9 +178,15 @@ impl Fill {
         self.interest.lock().expect("fill interest").orphaned
     }
 
-    /// Resolves when the fill must be given up.
+    /// Resolves when the fill must be given up: it was told to, and no client has come back
+    /// for it since.
     pub async fn abandoned(&self) {
-        self.abandon.notified().await
+        loop {
+            self.abandon.notified().await;
+            if self.is_orphaned() {
+                return;
+            }
+        }
     }
 
     /// Bytes still to come, if the length is known: what the disk must still take.
@@ -432,11 +438,29 @@ impl Fills {
         self.map.lock().expect("fill map").remove(digest);
     }
 
-    /// Bytes the fills in flight have announced and not yet written: disk space they will
-    /// take.
-    pub fn outstanding(&self) -> u64 {
+    /// Promise `fill` room for `size` bytes (if known) on a disk with `free` bytes, keeping
+    /// `keep` free beside what the other fills in flight will still write. Checked and
+    /// promised under the map's lock, so that fills starting together cannot all take the
+    /// same room. `Err` says how much the others hold.
+    pub fn reserve(&self, fill: &Fill, size: Option<u64>, free: u64, keep: u64) -> Result<(), u64> {
         let map = self.map.lock().expect("fill map");
-        map.values().map(|f| f.outstanding()).sum()
+        let promised: u64 = map
+            .values()
+            .filter(|f| f.digest != fill.digest)
+            .map(|f| f.outstanding())
+            .sum();
+        if free
+            < size
+                .unwrap_or(0)
+                .saturating_add(promised)
+                .saturating_add(keep)
+        {
+            return Err(promised);
+        }
+        if let Some(n) = size {
+            fill.state.send_modify(|s| s.total = Some(n));
+        }
+        Ok(())
     }
 
     /// Write what `chunks` delivers into `fill`'s temp file on `io`, hashing it, publishing
@@ -576,6 +600,26 @@ mod tests {
     }
 
     #[test]
+    fn room_on_disk_is_promised_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let fills = Fills::new(Limits::new(4, 4));
+        let Ok(Joined::New(a, _ra)) = fills.join_or_start(&store, &Digest::of(b"a")) else {
+            panic!()
+        };
+        let Ok(Joined::New(b, _rb)) = fills.join_or_start(&store, &Digest::of(b"b")) else {
+            panic!()
+        };
+        // 10 bytes free, 2 to keep: a takes 5 before either has started streaming
+        assert_eq!(fills.reserve(&a, Some(5), 10, 2), Ok(()));
+        assert_eq!(fills.reserve(&b, Some(5), 10, 2), Err(5));
+        assert_eq!(fills.reserve(&b, Some(3), 10, 2), Ok(()));
+        // unknown lengths need what is kept, beside what is promised
+        assert_eq!(fills.reserve(&b, None, 7, 2), Ok(()));
+        assert_eq!(fills.reserve(&b, None, 6, 2), Err(5));
+    }
+
+    #[test]
     fn fills_are_bounded_and_orphans_too() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
@@ -607,6 +651,14 @@ mod tests {
             panic!()
         };
         assert!(!fa.is_orphaned());
+        // ...and one told to give up while orphaned is not given up once adopted
+        let Ok(Joined::Existing(b_again)) = fills.join_or_start(&store, &b) else {
+            panic!()
+        };
+        let told = fb.abandoned();
+        futures_util::pin_mut!(told);
+        assert!(futures_util::FutureExt::now_or_never(&mut told).is_none());
+        drop(b_again);
         fills.remove(&a);
         assert!(matches!(
             fills.join_or_start(&store, &c),

@@ -144,7 +144,7 @@ const RESERVE: u64 = 128;
 pub fn budget(open_files: u64, max_connections: usize, max_fills: usize) -> (usize, usize) {
     let usable = open_files.saturating_sub(RESERVE);
     let fills = (max_fills as u64).min(usable / 4 / PER_FILL).max(1);
-    let for_connections = (usable - fills * PER_FILL) / PER_CONNECTION;
+    let for_connections = usable.saturating_sub(fills * PER_FILL) / PER_CONNECTION;
     let connections = match max_connections {
         0 => for_connections.max(16),
         n => (n as u64).min(for_connections.max(1)),
@@ -201,5 +201,7 @@ mod tests {
         assert_eq!(f, 112);
         assert_eq!(c as u64, (1024 - 128 - 224) / 2);
         assert!(2 * c + 2 * f + 128 <= 1024);
+        // a limit below the reserve still gives a server that starts
+        assert_eq!(budget(100, 0, 256), (16, 1));
     }
 }

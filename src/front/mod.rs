@@ -107,7 +107,8 @@ impl ServerApp for Front {
                             ErrorCode::Unsupported,
                             "malformed HTTP request",
                         );
-                        let _ = send(&mut session, Reply::error(bad), false, None).await;
+                        let _ = send(&mut session, Reply::error(bad), false, self.timeouts.header)
+                            .await;
                     }
                     session.shutdown().await;
                     return None;
@@ -150,7 +151,13 @@ async fn refuse(stream: Stream) {
         );
         busy.retry_after = Some("1".into());
         let head = session.req_header().method == Method::HEAD;
-        let _ = send(&mut session, Reply::error(busy), head, None).await;
+        let _ = send(
+            &mut session,
+            Reply::error(busy),
+            head,
+            std::time::Duration::from_secs(1),
+        )
+        .await;
         session.shutdown().await;
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), answer).await;
@@ -242,7 +249,7 @@ impl Front {
             Err(e) => Reply::error(e),
         };
         ctx.outcome = reply.outcome;
-        send(session, reply, head, Some(self.timeouts.idle)).await
+        send(session, reply, head, self.timeouts.idle).await
     }
 }
 
@@ -327,14 +334,14 @@ fn has_body(session: &ServerSession) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
-/// Write a reply. An `Err` after the header is out means the transfer must be cut. A body
-/// streamed from a file or a fill is cut too if one chunk waits `stall` for the client to take
-/// it (a small one fits the socket's buffer and needs no such watch).
+/// Write a reply. An `Err` after the header is out means the transfer must be cut. Every write
+/// must be taken by the client within `stall` (a whole small reply, or one chunk of a
+/// streamed one): a client that reads nothing would otherwise hold its connection forever.
 async fn send(
     session: &mut ServerSession,
     reply: Reply,
     head: bool,
-    stall: Option<std::time::Duration>,
+    stall: std::time::Duration,
 ) -> Result<()> {
     let mut reply = reply;
     if let Body::Fill(reader) = &mut reply.body {
@@ -361,7 +368,7 @@ async fn send(
     for (k, v) in reply.headers {
         parts.headers.insert(k, v);
     }
-    let h = ResponseHeader::from(parts);
+    let h = Box::new(ResponseHeader::from(parts));
     let body = match reply.body {
         Body::File { len: 0, .. } => Body::Empty,
         b if head => {
@@ -370,17 +377,22 @@ async fn send(
         }
         b => b,
     };
-    session.write_response_header(Box::new(h)).await?;
-    if let Body::Empty = body {
-        return session.write_response_body(Bytes::new(), true).await;
+    let small = match body {
+        Body::Empty => Some(Bytes::new()),
+        Body::Bytes(ref b) => Some(b.clone()),
+        _ => None,
+    };
+    if let Some(b) = small {
+        return within(stall, async {
+            session.write_response_header(h).await?;
+            session.write_response_body(b, true).await
+        })
+        .await;
     }
+    within(stall, session.write_response_header(h)).await?;
     let transfer = Transfer::start();
-    if matches!(body, Body::File { .. } | Body::Fill(_)) {
-        session.set_write_timeout(stall);
-    }
     match body {
-        Body::Empty => unreachable!("handled above"),
-        Body::Bytes(b) => session.write_response_body(b, true).await,
+        Body::Empty | Body::Bytes(_) => unreachable!("written above"),
         Body::File { file, offset, len } => {
             let end = offset + len;
             let mut pos = offset;
@@ -390,7 +402,7 @@ async fn send(
                     .await
                     .map_err(|e| Error::explain(InternalError, e.message))?;
                 pos += n as u64;
-                session.write_response_body(chunk, pos == end).await?;
+                within(stall, session.write_response_body(chunk, pos == end)).await?;
             }
             Ok(())
         }
@@ -404,12 +416,30 @@ async fn send(
                     return Error::e_explain(ConnectionClosed, "the client left during the transfer");
                 }
             };
-            match next {
-                Ok(Some(chunk)) => session.write_response_body(chunk, false).await?,
-                Ok(None) => return session.write_response_body(Bytes::new(), true).await,
+            let (chunk, end) = match next {
+                Ok(Some(chunk)) => (chunk, false),
+                Ok(None) => (Bytes::new(), true),
                 Err(e) => return Error::e_explain(InternalError, e.message),
+            };
+            within(stall, session.write_response_body(chunk, end)).await?;
+            if end {
+                return Ok(());
             }
         },
+    }
+}
+
+/// A write the client must take within `stall`.
+async fn within(
+    stall: std::time::Duration,
+    write: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    match tokio::time::timeout(stall, write).await {
+        Ok(written) => written,
+        Err(_) => Error::e_explain(
+            WriteTimedout,
+            format!("the client took nothing for {stall:?} (idle_timeout)"),
+        ),
     }
 }
 
@@ -419,7 +449,7 @@ async fn send(
 /// frame the body by the connection's close, which a cut looks exactly like.) HTTP/2 frames
 /// every body itself, and a cut stream is reset.
 async fn frame_unknown_length(
-    session: &ServerSession,
+    session: &mut ServerSession,
     headers: &mut crate::mirror::Headers,
     reader: &mut crate::cache::FillReader,
 ) -> std::result::Result<(), RegistryError> {
@@ -433,7 +463,13 @@ async fn frame_unknown_length(
         ));
         return Ok(());
     }
-    let len = reader.finished().await?;
+    let len = tokio::select! {
+        biased;
+        len = reader.finished() => len?,
+        _ = client_gone(session) => {
+            return Err(RegistryError::internal("the client left before the blob was verified"));
+        }
+    };
     headers.push((header::CONTENT_LENGTH, HeaderValue::from(len)));
     Ok(())
 }

@@ -232,10 +232,11 @@ impl Mirror {
         fill: &Arc<Fill>,
     ) -> Result<(), RegistryError> {
         let digest = fill.digest;
-        // What a manifest said of this blob's size, when a pull came through one.
-        let described = self.sizes.get(&digest);
+        // What the manifest of this repository said of the blob's size, when a pull came
+        // through one (another repository's manifest is no word on this one's blob).
+        let described = self.sizes.get(&(format!("{}/{name}", up.registry), digest));
         if let Some(n) = described {
-            self.room_for(&digest, Some(n)).await?;
+            self.room_for(fill, Some(n)).await?;
         }
         let resp = up
             .send(
@@ -255,8 +256,15 @@ impl Mirror {
             }
         }
         let total = declared.or(described);
+        // No last byte to hold back: an empty body would reach the client whole before it is
+        // found wrong. Only the empty blob is empty.
+        if total == Some(0) && digest != Digest::of(b"") {
+            return Err(RegistryError::bad_gateway(format!(
+                "upstream announces an empty body for blob {digest}, which is not the empty blob"
+            )));
+        }
         if described.is_none() {
-            self.room_for(&digest, total).await?;
+            self.room_for(fill, total).await?;
         }
         let (f, store) = (fill.clone(), self.store.clone());
         self.fill_io
@@ -276,6 +284,7 @@ impl Mirror {
             // An orphan must keep moving: one that brings less than STALL_BYTES per
             // read_timeout is given up, as is one too many (Fill::release).
             let mut watch = tokio::time::interval(up.read_timeout());
+            watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             watch.reset();
             let mut at_last_look = 0u64;
             let abandoned = fill.abandoned();
@@ -322,7 +331,19 @@ impl Mirror {
                                 ),
                             }));
                         }
-                        if tx.send(b).await.is_err() {
+                        let sent = match tx.try_send(b) {
+                            Ok(()) => true,
+                            Err(mpsc::error::TrySendError::Full(b)) => {
+                                // the disk is behind: time spent waiting for it is no stall
+                                // of the upstream's
+                                let sent = tx.send(b).await.is_ok();
+                                watch.reset();
+                                at_last_look = received;
+                                sent
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => false,
+                        };
+                        if !sent {
                             return Ok(received); // the writer failed; its error says why
                         }
                     }
@@ -357,13 +378,16 @@ impl Mirror {
 
     /// Whether a blob of `size` bytes (if known) may be fetched: not over `max_blob_size`, and
     /// room for it on disk beside what the fills in flight will still write, keeping
-    /// `min_free_space` free. Refused before any header goes out to the client.
-    async fn room_for(&self, digest: &Digest, size: Option<u64>) -> Result<(), RegistryError> {
-        let max = self.limits.max_blob_size;
+    /// `min_free_space` free; the room is then promised to this fill. Refused before any
+    /// header goes out to the client.
+    async fn room_for(&self, fill: &Fill, size: Option<u64>) -> Result<(), RegistryError> {
+        let (digest, max) = (fill.digest, self.limits.max_blob_size);
         if let Some(n) = size.filter(|&n| n > max) {
-            return Err(RegistryError::bad_gateway(format!(
-                "blob {digest} is {n} bytes, more than max_blob_size ({max}); not fetched"
-            )));
+            return Err(RegistryError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                format!("blob {digest} is {n} bytes, more than this mirror's max_blob_size ({max}); not fetched"),
+            ));
         }
         let store = self.store.clone();
         let free = match self.fill_io.run(move || store.free_space()).await {
@@ -373,19 +397,17 @@ impl Mirror {
                 return Ok(());
             }
         };
-        let promised = self.fills.outstanding();
-        if free < size.unwrap_or(0) + promised + self.limits.min_free_space {
-            return Err(RegistryError::new(
+        let keep = self.limits.min_free_space;
+        self.fills.reserve(fill, size, free, keep).map_err(|promised| {
+            RegistryError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 ErrorCode::Unavailable,
                 format!(
-                    "no room for blob {digest}{}: {free} bytes free on the data directory, {promised} promised to fills in flight, min_free_space {}",
+                    "no room for blob {digest}{}: {free} bytes free on the data directory, {promised} promised to fills in flight, min_free_space {keep}",
                     size.map(|n| format!(" ({n} bytes)")).unwrap_or_default(),
-                    self.limits.min_free_space
                 ),
-            ));
-        }
-        Ok(())
+            )
+        })
     }
 }
 

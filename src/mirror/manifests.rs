@@ -99,6 +99,7 @@ impl Mirror {
             Reference::Digest(d) => self.manifest_by_digest(up, name, d).await?,
             Reference::Tag(t) => self.manifest_by_tag(up, name, t, accept).await?,
         };
+        self.learn_sizes(up, name, &m);
         Ok(manifest_reply(m, outcome))
     }
 
@@ -123,10 +124,15 @@ impl Mirror {
         name: &RepoName,
         reference: &Reference,
     ) -> Result<(Manifest, Outcome), RegistryError> {
-        match reference {
-            Reference::Digest(d) => self.manifest_by_digest(up, name, d).await,
-            Reference::Tag(t) => self.manifest_by_tag(up, name, t, &Accept::default()).await,
-        }
+        let found = match reference {
+            Reference::Digest(d) => self.manifest_by_digest(up, name, d).await?,
+            Reference::Tag(t) => {
+                self.manifest_by_tag(up, name, t, &Accept::default())
+                    .await?
+            }
+        };
+        self.learn_sizes(up, name, &found.0);
+        Ok(found)
     }
 
     /// A manifest by digest: memory, disk, or one upstream fetch verified against the digest.
@@ -194,7 +200,6 @@ impl Mirror {
         self.quota.touched(Kind::Manifest, digest);
         let m = Manifest::from_bytes(*digest, bytes, None);
         m.remember(&self.memory);
-        self.learn_sizes(&m);
         Ok(Some((m, Outcome::HitDisk)))
     }
 
@@ -477,13 +482,14 @@ impl Mirror {
             Err(e) => tracing::error!("cannot store manifest {}: {e}", m.digest),
         }
         m.remember(&self.memory);
-        self.learn_sizes(&m);
         Ok(m)
     }
 
-    /// Remember the sizes an image manifest gives its config and layers: a fill of one of them
-    /// then knows its length before the upstream says it (or when it never does).
-    fn learn_sizes(&self, m: &Manifest) {
+    /// Remember the sizes an image manifest of `name` gives its config and layers: a fill of
+    /// one of them for this repository then knows its length before the upstream says it (or
+    /// when it never does). Kept per repository: a manifest elsewhere that gives a layer a
+    /// wrong size must not break the layer's fills here.
+    fn learn_sizes(&self, up: &Upstream, name: &RepoName, m: &Manifest) {
         if media::is_index(&m.media_type) {
             return;
         }
@@ -494,7 +500,8 @@ impl Mirror {
         for (d, size) in refs.blobs {
             // schema1 descriptors have no size (read as 0); only the empty blob is that small
             if size > 0 || d == empty {
-                self.sizes.insert(d, size);
+                self.sizes
+                    .insert((format!("{}/{name}", up.registry), d), size);
             }
         }
     }

@@ -149,8 +149,9 @@ pub struct Mirror {
     pub fills: Fills,
     /// Where fills do their disk work, apart from the threads that serve hits.
     fill_io: FillIo,
-    /// Blob sizes as the manifests that named them say: the length a fill must have.
-    sizes: moka::sync::Cache<Digest, u64>,
+    /// Blob sizes as the manifests of a repository (`registry/name`) say: the length a fill
+    /// for that repository must have.
+    sizes: moka::sync::Cache<(String, Digest), u64>,
     limits: BlobLimits,
     manifest_fetches: Flights<String, manifests::ManifestResult>,
     /// Upstreams by the registry host they stand for.
