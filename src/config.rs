@@ -67,6 +67,9 @@ pub struct Config {
     /// Downloads no client waits for any more, at most (beyond: given up).
     #[serde(default = "default_max_orphan_fills")]
     pub max_orphan_fills: usize,
+    /// Manifest fetches in flight at most; past it a cold manifest gets a 503 with Retry-After.
+    #[serde(default = "default_max_manifest_fetches")]
+    pub max_manifest_fetches: usize,
     /// Threads for the disk work of fills (writes, hashing, fsync), apart from hits'.
     #[serde(default = "default_fill_threads")]
     pub fill_threads: usize,
@@ -152,6 +155,9 @@ fn default_max_fills() -> usize {
 }
 fn default_max_orphan_fills() -> usize {
     32
+}
+fn default_max_manifest_fetches() -> usize {
+    64
 }
 fn default_fill_threads() -> usize {
     4

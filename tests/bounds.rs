@@ -153,3 +153,36 @@ async fn past_max_fills_a_cold_miss_is_refused_at_once_and_orphans_are_bounded()
     assert_eq!(w.metric("wharf_fills_abandoned_total").await, 2.0);
     assert_eq!(w.metric("wharf_orphan_fills").await, 2.0);
 }
+
+#[tokio::test]
+async fn past_max_manifest_fetches_a_cold_manifest_is_refused_at_once() {
+    let liar = Liar::start().await;
+    for t in ["a", "b", "c"] {
+        liar.add_image("lies/slowtags", t, &[pseudo_random(40, 10)], Lie::Honest);
+    }
+    // one byte a second: each fetch is held for as long as its request_timeout
+    *liar.state.trickle_manifests.lock().unwrap() = Some(Duration::from_secs(1));
+    let w = Wharf::start(&liar.url(), "max_manifest_fetches = 2\n").await;
+    let mut held = Vec::new();
+    for t in ["a", "b"] {
+        held.push(waiting_client(&w.addr, &format!("/v2/lies/slowtags/manifests/{t}")).await);
+    }
+    eventually(10, "two manifest fetches under way", || async {
+        liar.requests("manifest") == 2
+    })
+    .await;
+    let started = Instant::now();
+    let r = client()
+        .get(w.url("/v2/lies/slowtags/manifests/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(header(&r, "retry-after"), "1");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        liar.requests("manifest"),
+        2,
+        "nothing more was asked upstream"
+    );
+}

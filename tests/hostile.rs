@@ -62,6 +62,14 @@ async fn an_empty_body_is_refused_for_any_blob_but_the_empty_one() {
         .unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(error_code(r).await, "UNAVAILABLE");
+    // nor is a success without a body (204) a blob
+    liar.set_lie(&d, Lie::NoContent);
+    let r = client()
+        .get(w.url(&format!("/v2/lies/empty/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
     // the empty blob is empty
     let e = liar.add_blob(Bytes::new(), Lie::Honest);
     let r = client()

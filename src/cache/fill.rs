@@ -466,16 +466,23 @@ impl Fills {
     /// Write what `chunks` delivers into `fill`'s temp file on `io`, hashing it, publishing
     /// progress as it goes. Holds no thread while it waits for the network: a job on `io`
     /// starts when a chunk arrives and writes on while more are waiting (up to [`JOB_BYTES`],
-    /// so that fills share the threads). Returns the digest and length seen.
+    /// so that fills share the threads). The disk's free space is looked at as it goes (a
+    /// body of unknown length could otherwise fill it): below `keep` the write fails. Returns
+    /// the digest and length seen.
     pub async fn write_body(
         io: &FillIo,
         fill: &Arc<Fill>,
         chunks: mpsc::Receiver<Bytes>,
+        store: &Arc<BlobStore>,
+        keep: u64,
     ) -> io::Result<(Digest, u64)> {
         let mut w = Writer {
             hasher: Sha256::new(),
             offset: 0,
             chunks,
+            store: store.clone(),
+            keep,
+            unchecked: 0,
         };
         while let Some(first) = w.chunks.recv().await {
             let f = fill.clone();
@@ -497,11 +504,36 @@ impl Fills {
 /// Bytes one job writes at most before it lets other fills have the thread.
 const JOB_BYTES: usize = 8 << 20;
 
-/// A fill's body on its way to disk: the hash so far, where the next byte goes, what comes.
+/// Bytes written between two looks at the disk's free space.
+const ROOM_CHECK: u64 = 64 << 20;
+
+/// A fill's body on its way to disk: the hash so far, where the next byte goes, what comes,
+/// and the free space the disk must keep.
 struct Writer {
     hasher: Sha256,
     offset: u64,
     chunks: mpsc::Receiver<Bytes>,
+    store: Arc<BlobStore>,
+    keep: u64,
+    /// Bytes written since the free space was last looked at.
+    unchecked: u64,
+}
+
+impl Writer {
+    fn check_room(&mut self) -> io::Result<()> {
+        self.unchecked = 0;
+        let free = self.store.free_space()?;
+        if free < self.keep {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the data directory is down to {free} bytes free (min_free_space {})",
+                    self.keep
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Fill {
@@ -512,9 +544,13 @@ impl Fill {
         let mut chunk = first;
         let mut in_job = 0;
         loop {
+            if w.offset == 0 || w.unchecked >= ROOM_CHECK {
+                w.check_room()?;
+            }
             file.write_all_at(&chunk, w.offset)?;
             w.hasher.update(&chunk);
             w.offset += chunk.len() as u64;
+            w.unchecked += chunk.len() as u64;
             in_job += chunk.len();
             self.progress(w.offset);
             if in_job >= JOB_BYTES {
@@ -563,7 +599,8 @@ mod tests {
             tx.send(Bytes::copy_from_slice(part)).await.unwrap();
         }
         drop(tx);
-        let (got, len) = Fills::write_body(&io, &fill, rx).await.unwrap();
+        let store = Arc::new(store);
+        let (got, len) = Fills::write_body(&io, &fill, rx, &store, 0).await.unwrap();
         assert_eq!((got, len), (digest, body.len() as u64));
         // everything but the last byte may be out; the reader cannot finish yet
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -572,6 +609,27 @@ mod tests {
         assert_eq!(reader.await.unwrap().unwrap(), body);
         fill.commit(&store).unwrap();
         assert!(store.contains(Kind::Blob, &digest));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_fill_stops_before_the_disk_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let io = FillIo::new(1).unwrap();
+        let Ok(Joined::New(fill, _r)) = fills().join_or_start(&store, &Digest::of(b"x")) else {
+            panic!()
+        };
+        fill.create_file(&store).unwrap();
+        fill.start(None);
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Bytes::from_static(b"x")).await.unwrap();
+        drop(tx);
+        // keep more free than any disk has: the first write is refused
+        let e = Fills::write_body(&io, &fill, rx, &store, u64::MAX)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(e.to_string().contains("min_free_space"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,7 @@
 //! Client connections, bounded: wharf never runs out of file descriptors because of them.
 //!
 //! Every connection counts against `max_connections` (by default what the open-file limit
-//! allows). A connection that waits for a request — idle between keep-alive requests, or one
+//! allows, at most 10,000). A connection that waits for a request — idle between keep-alive requests, or one
 //! that connected and has not finished its headers — serves nobody, so when a new connection
 //! arrives at the bound the oldest such one is closed to make room (as nginx reuses idle
 //! keep-alive connections). Only when every connection is busy answering is a new one refused,
@@ -138,15 +138,19 @@ pub fn raise_open_files() -> u64 {
 const PER_CONNECTION: u64 = 2;
 const PER_FILL: u64 = 2;
 const RESERVE: u64 = 128;
+/// Connections at most when none are configured, however high the open-file limit: each may
+/// hold up to a megabyte of request headers being read (Pingora's limit).
+const AUTO_MAX: u64 = 10_000;
 
 /// How many connections and fills `open_files` allow, given what is configured (0
-/// connections: as many as the limit allows). Says so when the limit holds them back.
+/// connections: as many as the limit allows, at most [`AUTO_MAX`]). Says so when the limit
+/// holds them back.
 pub fn budget(open_files: u64, max_connections: usize, max_fills: usize) -> (usize, usize) {
     let usable = open_files.saturating_sub(RESERVE);
     let fills = (max_fills as u64).min(usable / 4 / PER_FILL).max(1);
     let for_connections = usable.saturating_sub(fills * PER_FILL) / PER_CONNECTION;
     let connections = match max_connections {
-        0 => for_connections.max(16),
+        0 => for_connections.clamp(16, AUTO_MAX),
         n => (n as u64).min(for_connections.max(1)),
     };
     let held_back = connections < max_connections as u64 || fills < max_fills as u64;
@@ -191,11 +195,9 @@ mod tests {
     fn the_budget_follows_the_open_file_limit() {
         // plenty: as configured
         assert_eq!(budget(1 << 20, 5000, 256), (5000, 256));
-        // 0 connections: what the limit allows
-        assert_eq!(
-            budget(1 << 20, 0, 256).0 as u64,
-            ((1 << 20) - 128 - 512) / 2
-        );
+        // 0 connections: what the limit allows, up to 10,000
+        assert_eq!(budget(16384, 0, 256).0 as u64, (16384 - 128 - 512) / 2);
+        assert_eq!(budget(1 << 20, 0, 256).0, 10_000);
         // 1024: fewer connections, and fills that leave room for them
         let (c, f) = budget(1024, 0, 256);
         assert_eq!(f, 112);

@@ -247,6 +247,13 @@ impl Mirror {
                 ErrorCode::BlobUnknown,
             )
             .await?;
+        if resp.status() != StatusCode::OK {
+            // a 204 or a 206 is no whole blob, whatever its length says
+            return Err(RegistryError::bad_gateway(format!(
+                "upstream answered {} for blob {digest}, where the whole blob (200) was due",
+                resp.status()
+            )));
+        }
         let declared = resp.content_length();
         if let (Some(d), Some(n)) = (declared, described) {
             if d != n {
@@ -350,7 +357,9 @@ impl Mirror {
                 }
             }
         };
-        let (read, written) = tokio::join!(read, Fills::write_body(&self.fill_io, fill, rx));
+        let keep = self.limits.min_free_space;
+        let writing = Fills::write_body(&self.fill_io, fill, rx, &self.store, keep);
+        let (read, written) = tokio::join!(read, writing);
         let (got, len) = written.map_err(|e| {
             RegistryError::internal(format!("cannot write blob {digest} to the cache: {e}"))
         })?;

@@ -11,6 +11,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use super::{
     cache_header, digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply,
 };
+use crate::cache::flight::Full;
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::{Kind, MemoryTier, TagEntry, TagRecord};
 use crate::metrics::METRICS;
@@ -160,7 +161,21 @@ impl Mirror {
         key: String,
         work: impl std::future::Future<Output = ManifestResult> + Send + 'static,
     ) -> Result<(Manifest, Outcome), RegistryError> {
-        let (result, joined) = self.manifest_fetches.run(key, || work).await;
+        let (result, joined) = self
+            .manifest_fetches
+            .run(key, || work)
+            .await
+            .map_err(|Full(n)| {
+                let mut e = RegistryError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    format!(
+                        "wharf is fetching {n} manifests already (max_manifest_fetches); try again shortly"
+                    ),
+                );
+                e.retry_after = Some("1".into());
+                e
+            })?;
         let m = result.unwrap_or_else(|| Err(RegistryError::internal("manifest fetch failed")))?;
         Ok((
             m,

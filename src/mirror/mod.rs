@@ -162,7 +162,7 @@ pub struct Mirror {
     referrers: moka::sync::Cache<referrers::ReferrersKey, referrers::Referrers>,
 }
 
-/// What bounds a blob download.
+/// What bounds the downloads from upstreams.
 #[derive(Clone, Copy, Debug)]
 pub struct BlobLimits {
     pub max_blob_size: u64,
@@ -170,6 +170,7 @@ pub struct BlobLimits {
     pub max_fills: usize,
     pub max_orphan_fills: usize,
     pub fill_threads: usize,
+    pub max_manifest_fetches: usize,
 }
 
 impl BlobLimits {
@@ -180,6 +181,7 @@ impl BlobLimits {
             max_fills: c.max_fills,
             max_orphan_fills: c.max_orphan_fills,
             fill_threads: c.fill_threads,
+            max_manifest_fetches: c.max_manifest_fetches,
         }
     }
 }
@@ -230,7 +232,7 @@ impl Mirror {
             fill_io,
             sizes: moka::sync::Cache::new(200_000),
             limits,
-            manifest_fetches: Flights::default(),
+            manifest_fetches: Flights::new(limits.max_manifest_fetches),
             upstreams: upstreams
                 .into_iter()
                 .map(|u| (u.registry.clone(), Arc::new(u)))

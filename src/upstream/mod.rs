@@ -140,6 +140,12 @@ impl Upstream {
             let resp = self
                 .send_retrying(method, repo, rest, accept, not_found)
                 .await?;
+            if resp.status() != StatusCode::OK {
+                return Err(RegistryError::bad_gateway(format!(
+                    "upstream answered {} for {repo}/{rest}, where a whole answer (200) was due",
+                    resp.status()
+                )));
+            }
             let headers = resp.headers().clone();
             let body = read_limited(resp, max).await?;
             Ok(Small { headers, body })

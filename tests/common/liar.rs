@@ -41,6 +41,8 @@ pub enum Lie {
     Trickle(Duration),
     /// Accepts the request and never answers.
     Silent,
+    /// `204 No Content`: a success without a body.
+    NoContent,
     /// A 307 to its own `/cdn/` path, which answers with the lie inside (as Hub's CDN would).
     Redirect(Box<Lie>),
     /// A 307 to itself, again and again.
@@ -500,6 +502,10 @@ async fn blob(sock: &mut TcpStream, data: &Bytes, lie: Lie) -> std::io::Result<b
         Lie::Silent => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(false)
+        }
+        Lie::NoContent => {
+            sock.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await?;
+            Ok(true)
         }
         Lie::Redirect(_) | Lie::RedirectLoop => unreachable!("answered by the caller"),
     }
