@@ -113,6 +113,8 @@ pub struct UpstreamConfig {
     pub credential_helper: Option<String>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth_hosts: Vec<String>,
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -286,6 +288,7 @@ fn settings(host: &str, u: &UpstreamConfig) -> Result<UpstreamSettings, String> 
         url,
         credentials: credential_source(host, u)?,
         ca_file: u.ca_file.clone(),
+        auth_hosts: u.auth_hosts.clone(),
         connect_timeout: u.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
         read_timeout: u.read_timeout.unwrap_or(READ_TIMEOUT),
         request_timeout: u.request_timeout.unwrap_or(REQUEST_TIMEOUT),

@@ -30,6 +30,7 @@ impl ServeHttp for Admin {
             Response::builder()
                 .status(status)
                 .header(header::CONTENT_TYPE, content_type)
+                .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
                 .header(header::CONTENT_LENGTH, body.len())
                 .body(body.into_bytes())
                 .expect("valid response")

@@ -361,10 +361,15 @@ async fn send(
     // sends them (lower case, bar those Pingora knows); HTTP/1.1 names are case-insensitive.
     let mut parts = http::Response::new(()).into_parts().0;
     parts.status = reply.status;
-    parts.headers.reserve(reply.headers.len() + 1);
+    parts.headers.reserve(reply.headers.len() + 2);
     parts
         .headers
         .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    // no client may take a manifest or blob for anything but its Content-Type says
+    parts.headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     for (k, v) in reply.headers {
         parts.headers.insert(k, v);
     }

@@ -485,7 +485,21 @@ impl Mirror {
                 return Err(mismatch(a));
             }
         }
+        // What the upstream calls a manifest must be one: its Content-Type, and the type the
+        // body gives itself (served as the Content-Type from wharf's own origin).
+        let content_type = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
+        if let Some(t) = content_type.filter(|t| !media::is_manifest_type(t)) {
+            return Err(RegistryError::bad_gateway(format!(
+                "upstream answered {name}:{reference} as {t:?}, which is no manifest type; not cached"
+            )));
+        }
         let m = Manifest::from_bytes(digest, bytes, content_type);
+        if !media::is_manifest_type(&m.media_type) {
+            return Err(RegistryError::bad_gateway(format!(
+                "upstream manifest {name}:{reference} calls itself {:?}, which is no manifest type; not cached",
+                m.media_type
+            )));
+        }
         let (d, b) = (m.digest, m.bytes.clone());
         let stored = self
             .blocking(move |me| me.store.write(Kind::Manifest, &d, &b))

@@ -50,6 +50,14 @@ pub fn manifest_type(body: &[u8]) -> Option<String> {
     )
 }
 
+/// Docker's unsigned schema 1 manifest (old registries).
+pub const DOCKER_MANIFEST_V1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+
+/// Whether `t` is a manifest media type wharf serves.
+pub fn is_manifest_type(t: &str) -> bool {
+    ALL_MANIFESTS.contains(&t) || t == DOCKER_MANIFEST_V1_SIGNED || t == DOCKER_MANIFEST_V1
+}
+
 /// Image indexes: what a multi-platform tag resolves to for clients that accept one.
 pub fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST

@@ -3,13 +3,14 @@
 //! shortly before they expire (a token per pull is how Harbor got rate limited).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use serde::Deserialize;
 
 use super::credentials::CredentialSource;
+use super::egress::Egress;
 use crate::registry::{ErrorCode, RegistryError};
 
 /// What an upstream asked for in its `WWW-Authenticate` header.
@@ -88,6 +89,10 @@ pub struct Auth {
     fetching: tokio::sync::Mutex<()>,
     /// Longest a token request may take (it is made holding `fetching`).
     deadline: Duration,
+    /// Where the realm may be, and whether it may have the credentials.
+    egress: Arc<Egress>,
+    /// Realms already reported as getting no credentials (said once each).
+    warned: Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -97,13 +102,20 @@ struct AuthState {
 }
 
 impl Auth {
-    pub fn new(registry: &str, credentials: Option<CredentialSource>, deadline: Duration) -> Self {
+    pub fn new(
+        registry: &str,
+        credentials: Option<CredentialSource>,
+        deadline: Duration,
+        egress: Arc<Egress>,
+    ) -> Self {
         Auth {
             registry: registry.to_owned(),
             credentials,
             state: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
             deadline,
+            egress,
+            warned: Mutex::default(),
         }
     }
 
@@ -186,8 +198,23 @@ impl Auth {
             }
             q.append_pair("scope", scope);
         }
+        self.egress.may_contact(&url).map_err(|why| {
+            RegistryError::bad_gateway(format!("the upstream's token realm is refused: {why}"))
+        })?;
         let credentials = match &self.credentials {
-            Some(src) => Some(src.get().await?),
+            Some(src) => match self.egress.may_send_credentials(&url) {
+                Ok(()) => Some(src.get().await?),
+                Err(why) => {
+                    let first = self.warned.lock().expect("warned").insert(realm.to_owned());
+                    if first {
+                        tracing::warn!(
+                            "asking {} for an anonymous token, without wharf's credentials: {why}",
+                            self.registry
+                        );
+                    }
+                    None
+                }
+            },
             None => None,
         };
         let send = |req: reqwest::RequestBuilder| async move {

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod credentials;
+pub mod egress;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ pub struct UpstreamSettings {
     pub credentials: Option<CredentialSource>,
     /// Extra CA certificates (PEM) to trust besides the system's.
     pub ca_file: Option<PathBuf>,
+    /// Hosts besides the upstream's own that are trusted as it is: its token realm may get
+    /// wharf's credentials there over plain HTTP, and be on an internal address.
+    pub auth_hosts: Vec<String>,
     pub connect_timeout: Duration,
     /// Longest wait for response headers and between two reads of a body.
     pub read_timeout: Duration,
@@ -72,9 +76,13 @@ impl Small {
 impl Upstream {
     pub fn new(s: UpstreamSettings) -> Result<Self, String> {
         let tls = tls_config(s.ca_file.as_deref())?;
+        let egress = Arc::new(egress::Egress::new(&s.url, &s.auth_hosts));
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
+            .redirect(egress.redirect_policy())
+            .dns_resolver(egress.resolver())
+            .referer(false)
             .connect_timeout(s.connect_timeout)
             .read_timeout(s.read_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -94,7 +102,7 @@ impl Upstream {
             last_failure: std::sync::Mutex::new(None),
             base,
             http,
-            auth: Auth::new(&registry, s.credentials, s.request_timeout),
+            auth: Auth::new(&registry, s.credentials, s.request_timeout, egress),
             read_timeout: s.read_timeout,
             request_timeout: s.request_timeout,
         })

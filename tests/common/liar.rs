@@ -63,6 +63,18 @@ pub struct LiarState {
     pub tokens: Mutex<Option<Option<Duration>>>,
     /// Every blob GET picks a lie at random instead of its own.
     pub chaos: std::sync::atomic::AtomicBool,
+    /// The token realm its challenges name (default: its own `/token`).
+    pub realm: Mutex<Option<String>>,
+    /// Token requests that carried credentials (`Authorization`, or a password in the form).
+    pub token_credentials: AtomicUsize,
+    /// Requests that carried a `Referer`.
+    pub referers: AtomicUsize,
+    /// The `Content-Type` to answer manifests with instead of their own.
+    pub manifest_type: Mutex<Option<String>>,
+    /// Answer manifest GETs with a 307 to this base URL (plus the path).
+    pub manifest_redirect: Mutex<Option<String>>,
+    /// Answer blob GETs with a 307 to this base URL (plus the path), instead of any lie.
+    pub blob_redirect: Mutex<Option<String>>,
     /// Connections open right now.
     pub open: AtomicUsize,
     /// Requests by kind: "blob", "blob-head", "manifest", "token", "other".
@@ -83,10 +95,15 @@ impl Drop for Liar {
 
 impl Liar {
     pub async fn start() -> Liar {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// A liar on another loopback address (127.0.0.2 stands for "another host").
+    pub async fn start_on(ip: &str) -> Liar {
         // a deep accept queue: tests open hundreds of connections at once (tokio's default
         // of 1024 dropped SYNs here, which costs a second each)
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
         let listener = socket.listen(4096).unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(LiarState::default());
@@ -165,6 +182,15 @@ impl Liar {
         (d, digests)
     }
 
+    /// A manifest served as is, by digest and as `repo:tag`, with this `Content-Type`.
+    pub fn add_manifest(&self, repo: &str, tag: &str, media_type: &str, body: Bytes) -> String {
+        let d = sha256(&body);
+        let mut m = self.state.manifests.lock().unwrap();
+        m.insert(d.clone(), (media_type.to_owned(), body.clone()));
+        m.insert(format!("{repo}:{tag}"), (media_type.to_owned(), body));
+        d
+    }
+
     pub fn requests(&self, kind: &str) -> usize {
         self.state
             .requests
@@ -215,6 +241,8 @@ async fn connection(sock: TcpStream, me: SocketAddr, st: &LiarState) -> std::io:
             parts.next().unwrap_or("/").to_owned(),
         );
         let mut authorized = false;
+        let mut credentials = false;
+        let mut length = 0usize;
         loop {
             let mut h = String::new();
             if sock.read_line(&mut h).await? == 0 {
@@ -223,11 +251,29 @@ async fn connection(sock: TcpStream, me: SocketAddr, st: &LiarState) -> std::io:
             if h == "\r\n" || h == "\n" {
                 break;
             }
-            if h.to_ascii_lowercase()
-                .starts_with("authorization: bearer liar-token")
-            {
+            let lower = h.to_ascii_lowercase();
+            if lower.starts_with("authorization: bearer liar-token") {
                 authorized = true;
+            } else if lower.starts_with("authorization:") {
+                credentials = true;
             }
+            if lower.starts_with("referer:") {
+                st.referers.fetch_add(1, Ordering::SeqCst);
+            }
+            if let Some(n) = lower.strip_prefix("content-length:") {
+                length = n.trim().parse().unwrap_or(0);
+            }
+        }
+        if length > 0 {
+            // a POSTed token form: a password in it is a credential too
+            let mut body = vec![0u8; length.min(1 << 16)];
+            tokio::io::AsyncReadExt::read_exact(&mut sock, &mut body).await?;
+            if String::from_utf8_lossy(&body).contains("password=") {
+                credentials = true;
+            }
+        }
+        if target.starts_with("/token") && credentials {
+            st.token_credentials.fetch_add(1, Ordering::SeqCst);
         }
         let path = target.split('?').next().unwrap_or("/").to_owned();
         let keep = answer(sock.get_mut(), me, st, &method, &path, authorized).await?;
@@ -294,8 +340,14 @@ async fn answer(
     }
     let needs_token = st.tokens.lock().unwrap().is_some();
     if needs_token && !authorized && path != "/v2/" {
+        let realm = st
+            .realm
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| format!("http://{me}/token"));
         let h = format!(
-            "HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Bearer realm=\"http://{me}/token\",service=\"liar\"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+            "HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Bearer realm=\"{realm}\",service=\"liar\"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
         );
         sock.write_all(h.as_bytes()).await?;
         return Ok(true);
@@ -313,6 +365,12 @@ async fn answer(
     match kind {
         "manifests" => {
             count(st, "manifest");
+            let moved = st.manifest_redirect.lock().unwrap().clone();
+            if let Some(base) = moved {
+                let h = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {base}{path}\r\nContent-Length: 0\r\n\r\n");
+                sock.write_all(h.as_bytes()).await?;
+                return Ok(true);
+            }
             let key = if reference.starts_with("sha256:") {
                 reference.to_owned()
             } else {
@@ -324,6 +382,12 @@ async fn answer(
                 simple(sock, 404, "application/json", e, head).await?;
                 return Ok(true);
             };
+            let media_type = st
+                .manifest_type
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or(media_type);
             let h = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {media_type}\r\nDocker-Content-Digest: {}\r\nContent-Length: {}\r\n\r\n",
                 sha256(&body),
@@ -375,6 +439,12 @@ async fn answer(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nDocker-Content-Digest: {reference}\r\n\r\n",
                     data.len()
                 );
+                sock.write_all(h.as_bytes()).await?;
+                return Ok(true);
+            }
+            let moved = st.blob_redirect.lock().unwrap().clone();
+            if let Some(base) = moved {
+                let h = format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {base}{path}\r\nContent-Length: 0\r\n\r\n");
                 sock.write_all(h.as_bytes()).await?;
                 return Ok(true);
             }
