@@ -264,11 +264,7 @@ impl Config {
 }
 
 fn settings(host: &str, u: &UpstreamConfig) -> Result<UpstreamSettings, String> {
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b));
-    if !host_ok {
+    if !crate::registry::reference::is_registry_host(host) {
         return Err("a registry host is lowercase letters, digits, '.', '-' and ':port'".into());
     }
     let url = match &u.url {

@@ -4,6 +4,7 @@
 
 pub mod fill;
 pub mod flight;
+pub mod links;
 pub mod memory;
 pub mod quota;
 pub mod store;
@@ -11,6 +12,7 @@ pub mod tags;
 
 pub use fill::{Fill, FillReader, Fills, Joined};
 pub use flight::Flights;
+pub use links::RepoLinks;
 pub use memory::MemoryTier;
 pub use quota::DiskQuota;
 pub use store::{BlobStore, Kind};

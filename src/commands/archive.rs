@@ -19,6 +19,9 @@ use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ImageRef, Reference};
 
 const FULL_NAME: &str = "io.containerd.image.name";
+/// Which repositories hold which of the exported objects (beside the OCI layout, which has no
+/// place for it): `{"registry/repository": ["sha256:…", …]}`.
+const LINKS_FILE: &str = "wharf-links.json";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// A top-level manifest in the layout's index.json.
@@ -127,6 +130,7 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
     }
 
     let index = index_json(&entries);
+    let links = links_json(mirror, &objects);
     let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
     let bar = super::progress(objects.len() as u64, "exporting", false);
     bar.set_style(
@@ -165,6 +169,7 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
             for (name, data) in [
                 ("oci-layout", &layout[..]),
                 ("index.json", index.as_bytes()),
+                (LINKS_FILE, links.as_bytes()),
             ] {
                 let mut h = tar::Header::new_gnu();
                 h.set_size(data.len() as u64);
@@ -178,6 +183,7 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
         None => {
             fs::write(out.join("oci-layout"), layout).map_err(io_err)?;
             fs::write(out.join("index.json"), index).map_err(io_err)?;
+            fs::write(out.join(LINKS_FILE), links).map_err(io_err)?;
         }
     }
     Ok(Exported {
@@ -185,6 +191,22 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
         objects: objects.len(),
         bytes,
     })
+}
+
+/// The links of the exported objects, as [`LINKS_FILE`] holds them.
+fn links_json(mirror: &Mirror, objects: &BTreeMap<Digest, Kind>) -> String {
+    let mut out = serde_json::Map::new();
+    for (registry, repo, digests) in mirror.links.all() {
+        let held: Vec<Value> = digests
+            .iter()
+            .filter(|d| objects.contains_key(d))
+            .map(|d| Value::String(d.to_string()))
+            .collect();
+        if !held.is_empty() {
+            out.insert(format!("{registry}/{repo}"), Value::Array(held));
+        }
+    }
+    serde_json::to_string_pretty(&Value::Object(out)).expect("links serialize")
 }
 
 /// The mapping to carry for a tag: an index when there is one (it serves every platform),
@@ -241,18 +263,22 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
     let mut pending: HashMap<Digest, Pending> = HashMap::new();
     let mut rejected = Vec::new();
     let mut index: Option<Vec<u8>> = None;
+    let mut links: Option<Vec<u8>> = None;
     let bar = super::progress(0, "importing", false);
     let mut take = |name: &str,
                     reader: &mut dyn Read,
                     pending: &mut HashMap<Digest, Pending>|
      -> Result<(), String> {
         let name = name.trim_start_matches("./");
-        if name == "index.json" {
+        if name == "index.json" || name == LINKS_FILE {
             let mut buf = Vec::new();
             reader
                 .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read index.json: {e}"))?;
-            index = Some(buf);
+                .map_err(|e| format!("cannot read {name}: {e}"))?;
+            match name {
+                "index.json" => index = Some(buf),
+                _ => links = Some(buf),
+            }
             return Ok(());
         }
         let Some(hex) = name.strip_prefix("blobs/sha256/") else {
@@ -292,6 +318,9 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
         let mut f = File::open(path.join("index.json"))
             .map_err(|e| format!("{}: not an OCI layout ({e})", path.display()))?;
         take("index.json", &mut f, &mut pending)?;
+        if let Ok(mut f) = File::open(path.join(LINKS_FILE)) {
+            take(LINKS_FILE, &mut f, &mut pending)?;
+        }
         let dir = path.join("blobs/sha256");
         for entry in
             fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?
@@ -394,6 +423,30 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
             .map_err(|e| format!("cannot record {image}: {e}"))?;
         tags.push(image.to_string());
     }
+    // what the repositories hold: as exported, and what the imported tags reach
+    let held: HashMap<String, Vec<Digest>> = links
+        .and_then(|l| serde_json::from_slice(&l).ok())
+        .unwrap_or_default();
+    for (name, digests) in held {
+        let Some((registry, repo)) = name
+            .split_once('/')
+            .filter(|(r, _)| crate::registry::reference::is_registry_host(r))
+        else {
+            continue;
+        };
+        let Ok(repo) = crate::registry::RepoName::parse(repo) else {
+            continue;
+        };
+        let here: Vec<Digest> = digests
+            .into_iter()
+            .filter(|d| store.contains(Kind::Blob, d) || store.contains(Kind::Manifest, d))
+            .collect();
+        mirror
+            .links
+            .add(registry, &repo, &here)
+            .map_err(|e| format!("cannot record what {name} holds: {e}"))?;
+    }
+    mirror.link_tagged();
     Ok(Imported {
         objects,
         bytes,

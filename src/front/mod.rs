@@ -495,6 +495,14 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         .sweep_leftovers()
         .map_err(|e| format!("cannot set aside the temp files in {}: {e}", data.display()))?;
     let registries = mirror.registries();
+    if mirror.links_fresh {
+        // a cache from before links: its tags say what its repositories hold
+        let mirror = mirror.clone();
+        std::thread::spawn(move || {
+            let n = mirror.link_tagged();
+            tracing::info!("recorded {n} links from the tags of an older cache");
+        });
+    }
     {
         // index the store in the background: hits need no index, eviction waits for it
         let mirror = mirror.clone();

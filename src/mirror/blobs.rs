@@ -31,6 +31,7 @@ impl Mirror {
         range: Option<&str>,
     ) -> Result<Reply, RegistryError> {
         if let Some(reply) = self.local_blob(&digest, head, range).await? {
+            self.vouch(up, name, Kind::Blob, &digest).await?;
             return Ok(reply);
         }
         if head || up.offline {
@@ -39,12 +40,18 @@ impl Mirror {
         let (mut reader, outcome) = match self.join_fill(up, name, &digest)? {
             Some(joined) => joined,
             None => {
-                return self
+                let reply = self
                     .local_blob(&digest, head, range)
                     .await?
-                    .ok_or_else(|| RegistryError::internal("blob vanished from the cache"))
+                    .ok_or_else(|| RegistryError::internal("blob vanished from the cache"))?;
+                self.vouch(up, name, Kind::Blob, &digest).await?;
+                return Ok(reply);
             }
         };
+        if outcome == Outcome::Coalesced {
+            // another repository's fill, perhaps: this one must hold the blob too
+            self.vouch(up, name, Kind::Blob, &digest).await?;
+        }
         if let Some(range) = range {
             // Ranges are served from complete, verified content only.
             let len = reader.finished().await?;
@@ -174,23 +181,28 @@ impl Mirror {
 
     /// HEAD for a blob wharf does not have: ask the upstream, fetch nothing.
     async fn blob_head_upstream(
-        &self,
+        self: &Arc<Self>,
         up: &Upstream,
         name: &RepoName,
         digest: &Digest,
     ) -> Result<Reply, RegistryError> {
         let len = match self.fills.get(digest) {
-            Some(fill) => fill.ready().await?,
-            None => up
-                .send(
-                    Method::HEAD,
-                    name,
-                    &format!("blobs/{digest}"),
-                    None,
-                    ErrorCode::BlobUnknown,
-                )
-                .await
-                .map(|r| header_str(&r, header::CONTENT_LENGTH).and_then(|v| v.parse().ok()))?,
+            Some(fill) if self.holds_cached(up, name, digest) => fill.ready().await?,
+            _ => {
+                let len = up
+                    .send(
+                        Method::HEAD,
+                        name,
+                        &format!("blobs/{digest}"),
+                        None,
+                        ErrorCode::BlobUnknown,
+                    )
+                    .await
+                    .map(|r| header_str(&r, header::CONTENT_LENGTH).and_then(|v| v.parse().ok()))?;
+                // the upstream confirmed it for this repository
+                self.link(up, name, vec![*digest]).await;
+                len
+            }
         };
         let mut headers = blob_headers(digest);
         if let Some(n) = len {
@@ -379,7 +391,10 @@ impl Mirror {
         fill.verified();
         let (f, store) = (fill.clone(), self.store.clone());
         match self.fill_io.run(move || f.commit(&store)).await {
-            Ok(()) => self.quota.added(Kind::Blob, digest, len),
+            Ok(()) => {
+                self.quota.added(Kind::Blob, digest, len);
+                self.link(up, name, vec![digest]).await;
+            }
             Err(e) => tracing::error!("cannot commit blob {digest} to the cache: {e}"),
         }
         Ok(())

@@ -144,6 +144,7 @@ impl Mirror {
         digest: &Digest,
     ) -> Result<(Manifest, Outcome), RegistryError> {
         if let Some(m) = self.local_manifest(digest).await? {
+            self.vouch(up, name, Kind::Manifest, digest).await?;
             return Ok(m);
         }
         let key = format!("{}/{}@{digest}", up.registry, name);
@@ -511,6 +512,8 @@ impl Mirror {
             Err(e) => tracing::error!("cannot store manifest {}: {e}", m.digest),
         }
         m.remember(&self.memory);
+        self.link_manifest(up, name, m.digest, &m.media_type, &m.bytes)
+            .await;
         Ok(m)
     }
 

@@ -9,6 +9,7 @@
 
 mod blobs;
 pub mod freshness;
+mod holding;
 mod manifests;
 mod referrers;
 
@@ -22,7 +23,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
 use crate::cache::fill::{FillIo, Limits as FillLimits};
-use crate::cache::{BlobStore, DiskQuota, FillReader, Fills, Flights, MemoryTier, TagIndex};
+use crate::cache::{
+    BlobStore, DiskQuota, FillReader, Fills, Flights, MemoryTier, RepoLinks, TagIndex,
+};
 use crate::config::{Config, DEFAULT_REGISTRY};
 use crate::registry::media::Accept;
 use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Route};
@@ -146,6 +149,13 @@ pub struct Mirror {
     pub quota: DiskQuota,
     pub memory: MemoryTier,
     pub tags: TagIndex,
+    /// Which repository holds which content: nothing is served under a name without a link.
+    pub links: RepoLinks,
+    /// The links directory was made just now: a cache from before links gets them from its
+    /// tags ([`Mirror::link_tagged`]).
+    pub links_fresh: bool,
+    /// (registry, repository, digest) the upstream recently said the repository does not hold.
+    unheld: moka::sync::Cache<(String, String, Digest), ()>,
     pub fills: Fills,
     /// Where fills do their disk work, apart from the threads that serve hits.
     fill_io: FillIo,
@@ -208,41 +218,6 @@ fn chunks_shrink_with_concurrency() {
 pub const TRANSFER_BUDGET: usize = 16 << 20;
 
 impl Mirror {
-    pub fn new(
-        store: Arc<BlobStore>,
-        quota: DiskQuota,
-        memory: MemoryTier,
-        tags: TagIndex,
-        upstreams: Vec<Upstream>,
-        freshness: Freshness,
-        limits: BlobLimits,
-    ) -> Result<Mirror, String> {
-        let missing_tags = moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(freshness.negative.max(Duration::from_millis(1)))
-            .build();
-        let fill_io = FillIo::new(limits.fill_threads)
-            .map_err(|e| format!("cannot start the fill threads: {e}"))?;
-        Ok(Mirror {
-            store,
-            quota,
-            memory,
-            tags,
-            fills: Fills::new(FillLimits::new(limits.max_fills, limits.max_orphan_fills)),
-            fill_io,
-            sizes: moka::sync::Cache::new(200_000),
-            limits,
-            manifest_fetches: Flights::new(limits.max_manifest_fetches),
-            upstreams: upstreams
-                .into_iter()
-                .map(|u| (u.registry.clone(), Arc::new(u)))
-                .collect(),
-            freshness,
-            missing_tags,
-            referrers: referrers::cache(),
-        })
-    }
-
     /// Open the data directory and build the upstream clients `config` describes.
     pub fn open(config: &Config) -> Result<Mirror, String> {
         let data = config.data_dir();
@@ -250,31 +225,54 @@ impl Mirror {
             .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
         let tags = TagIndex::open(&data.join("tags"))
             .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
-        let memory = MemoryTier::new(config.memory_bytes, config.memory_object_max);
+        let links_dir = data.join("links");
+        let links_fresh = !links_dir.exists();
+        let links = RepoLinks::open(&links_dir)
+            .map_err(|e| format!("cannot open the links in {}: {e}", data.display()))?;
         let upstreams = config
             .upstream_settings()?
             .into_iter()
             .map(|s| {
                 let host = s.registry.clone();
-                Upstream::new(s).map_err(|e| format!("upstream {host}: {e}"))
+                let up = Upstream::new(s).map_err(|e| format!("upstream {host}: {e}"))?;
+                Ok((host, Arc::new(up)))
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<HashMap<_, _>, String>>()?;
         let freshness = Freshness::new(
             config.tag_ttl,
             config.negative_ttl,
             config.tag_ttl_rules.clone(),
         );
         let store = Arc::new(store);
-        let quota = DiskQuota::new(store.clone(), config.max_size);
-        Mirror::new(
+        let limits = BlobLimits::from_config(config);
+        let fill_io = FillIo::new(limits.fill_threads)
+            .map_err(|e| format!("cannot start the fill threads: {e}"))?;
+        // what an upstream says it lacks is believed for negative_ttl
+        let ttl = freshness.negative.max(Duration::from_millis(1));
+        Ok(Mirror {
+            quota: DiskQuota::new(store.clone(), config.max_size),
             store,
-            quota,
-            memory,
+            memory: MemoryTier::new(config.memory_bytes, config.memory_object_max),
             tags,
+            links,
+            links_fresh,
+            unheld: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            fills: Fills::new(FillLimits::new(limits.max_fills, limits.max_orphan_fills)),
+            fill_io,
+            sizes: moka::sync::Cache::new(200_000),
+            limits,
+            manifest_fetches: Flights::new(limits.max_manifest_fetches),
             upstreams,
+            missing_tags: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
             freshness,
-            BlobLimits::from_config(config),
-        )
+            referrers: referrers::cache(),
+        })
     }
 
     /// Run blocking filesystem work on the blocking pool, off the runtime's threads (which may
@@ -408,15 +406,26 @@ impl Mirror {
         range: Option<&str>,
     ) -> Option<Reply> {
         let manifest = match route {
-            Route::Blob { digest, .. } => return self.memory_blob(digest, range),
+            // by digest: only what this repository is known to hold
+            Route::Blob { name, digest } => {
+                if !self.holds_cached(up, &upstream_name_ref(up, name), digest) {
+                    return None;
+                }
+                return self.memory_blob(digest, range);
+            }
             Route::Manifest {
+                name,
                 reference: Reference::Digest(digest),
-                ..
-            } => self.memory_manifest(digest),
+            } => {
+                if !self.holds_cached(up, &upstream_name_ref(up, name), digest) {
+                    return None;
+                }
+                self.memory_manifest(digest)
+            }
             Route::Manifest {
                 name,
                 reference: Reference::Tag(tag),
-            } => self.memory_tag(up, &upstream_name(up, name.clone()), tag, accept),
+            } => self.memory_tag(up, &upstream_name_ref(up, name), tag, accept),
             _ => None,
         };
         manifest.map(|m| manifests::manifest_reply(m, Outcome::HitMemory))
@@ -474,6 +483,16 @@ fn upstream_name(up: &Upstream, name: RepoName) -> RepoName {
         name.with_library_prefix()
     } else {
         name
+    }
+}
+
+/// [`upstream_name`] without a copy where none is needed (the hot path: clients send
+/// `library/…` themselves).
+fn upstream_name_ref<'n>(up: &Upstream, name: &'n RepoName) -> Cow<'n, RepoName> {
+    if up.registry == DEFAULT_REGISTRY && !name.as_str().contains('/') {
+        Cow::Owned(name.clone().with_library_prefix())
+    } else {
+        Cow::Borrowed(name)
     }
 }
 

@@ -97,6 +97,31 @@ pub fn refs(media_type: &str, body: &[u8]) -> Result<Refs, String> {
     Ok(out)
 }
 
+/// Every manifest and blob that the manifests `top` reach, `top` included; `read` gives a
+/// manifest's bytes (one it cannot read is listed, not walked).
+pub fn reach(top: &[Digest], read: impl Fn(&Digest) -> Option<Vec<u8>>) -> Vec<Digest> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut todo: Vec<Digest> = top.to_vec();
+    while let Some(d) = todo.pop() {
+        if !seen.insert(d) {
+            continue;
+        }
+        out.push(d);
+        let Some(bytes) = read(&d) else { continue };
+        let t = media::manifest_type(&bytes).unwrap_or_default();
+        if let Ok(r) = refs(&t, &bytes) {
+            todo.extend(r.manifests.iter().map(|(m, _)| *m));
+            for (b, _) in r.blobs {
+                if seen.insert(b) {
+                    out.push(b);
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,6 +213,16 @@ impl fmt::Display for Reference {
     }
 }
 
+/// A registry host as wharf keys things by it (and names directories after it): lowercase
+/// letters, digits, '.', '-' and ':port', not dots alone.
+pub fn is_registry_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-:".contains(&b))
+        && !host.bytes().all(|b| b == b'.')
+}
+
 /// An image as people write it: `[registry/]name[:tag|@digest]`. Without a registry (a first
 /// component with no `.` or `:` that is not `localhost`) it is Docker Hub's, where a
 /// one-component name is an official image (`alpine` is `docker.io/library/alpine:latest`).
@@ -228,6 +238,9 @@ impl ImageRef {
         let (first, rest) = s.split_once('/').unwrap_or(("", s));
         let has_registry = first.contains('.') || first.contains(':') || first == "localhost";
         let (registry, path) = if has_registry {
+            if !is_registry_host(first) {
+                return Err(RegistryError::name_invalid(first));
+            }
             (first.to_owned(), rest)
         } else {
             ("docker.io".to_owned(), s)
@@ -278,6 +291,11 @@ mod tests {
             format!("quay.io/x/y@{d}")
         );
         assert!(ImageRef::parse("UPPER/case").is_err());
+        assert!(
+            ImageRef::parse("../etc/x:1").is_err(),
+            "a registry is no path"
+        );
+        assert!(ImageRef::parse("Reg.io/x").is_err());
         assert!(ImageRef::parse("a:b:c").is_err());
     }
 

@@ -118,6 +118,9 @@ pub struct HubState {
     fallbacks: Mutex<HashMap<(String, String), String>>,
     /// (repo, subject digest) -> (artifactType, descriptor JSON) of its referrers.
     referrers: Mutex<ReferrerMap>,
+    /// With `scoped`: what each repository holds (blobs and manifests).
+    scoped: bool,
+    held: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 pub struct FakeHub {
@@ -142,6 +145,9 @@ pub struct HubOptions {
     pub refresh_token: Option<String>,
     /// The token endpoint answers GET with 405: only the OAuth2 POST form works.
     pub post_only: bool,
+    /// Blobs and manifests exist only in the repositories whose images hold them (as in
+    /// distribution): asked under another name they are unknown.
+    pub scoped: bool,
 }
 
 impl FakeHub {
@@ -157,6 +163,7 @@ impl FakeHub {
             anonymous: opts.anonymous,
             refresh_token: opts.refresh_token,
             post_only: opts.post_only,
+            scoped: opts.scoped,
             ..Default::default()
         });
         let dir = tempfile::tempdir().unwrap();
@@ -226,6 +233,17 @@ impl FakeHub {
         d
     }
 
+    /// Say that `repo` holds these digests (with `scoped`).
+    pub fn hold(&self, repo: &str, digests: &[String]) {
+        self.state
+            .held
+            .lock()
+            .unwrap()
+            .entry(repo.to_owned())
+            .or_default()
+            .extend(digests.iter().cloned());
+    }
+
     pub fn add_manifest(
         &self,
         repo: &str,
@@ -234,6 +252,7 @@ impl FakeHub {
         body: Bytes,
     ) -> String {
         let d = sha256(&body);
+        self.hold(repo, std::slice::from_ref(&d));
         self.state
             .manifests
             .lock()
@@ -251,14 +270,24 @@ impl FakeHub {
 
     /// Push a Docker schema2 image with layers of the given sizes (seeded, so distinct).
     pub fn add_image(&self, repo: &str, tag: &str, seed: u64, layer_sizes: &[usize]) -> Image {
+        let layers: Vec<Bytes> = layer_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| pseudo_random(seed * 1000 + i as u64, size))
+            .collect();
+        self.add_image_of(repo, tag, seed, &layers)
+    }
+
+    /// Push a Docker schema2 image with these layers (a config seeded by `seed`).
+    pub fn add_image_of(&self, repo: &str, tag: &str, seed: u64, layer_data: &[Bytes]) -> Image {
         let mut blobs = Vec::new();
         let config = Bytes::from(format!(
             r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":[]}},"seed":{seed}}}"#
         ));
         blobs.push((self.add_blob(config.clone()), config.clone()));
         let mut layers = Vec::new();
-        for (i, &size) in layer_sizes.iter().enumerate() {
-            let data = pseudo_random(seed * 1000 + i as u64, size);
+        for data in layer_data {
+            let (data, size) = (data.clone(), data.len());
             let d = self.add_blob(data.clone());
             layers.push(format!(
                 r#"{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":{size},"digest":"{d}"}}"#
@@ -272,6 +301,8 @@ impl FakeHub {
             layers.join(",")
         ));
         let digest = self.add_manifest(repo, Some(tag), DOCKER_MANIFEST, manifest.clone());
+        let held: Vec<String> = blobs.iter().map(|(d, _)| d.clone()).collect();
+        self.hold(repo, &held);
         Image {
             repo: repo.into(),
             tag: tag.into(),
@@ -554,6 +585,15 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
                     (p, _) => st.fallbacks.lock().unwrap().get(&key).cloned().or(p),
                 }
             };
+            let digest = digest.filter(|d| {
+                !st.scoped
+                    || st
+                        .held
+                        .lock()
+                        .unwrap()
+                        .get(repo)
+                        .is_some_and(|h| h.contains(d))
+            });
             let found = digest.and_then(|d| {
                 st.manifests
                     .lock()
@@ -594,7 +634,15 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
             }
         }
         "blobs" => {
-            let Some(len) = st.blobs.lock().unwrap().get(reference).map(|b| b.len()) else {
+            let held = !st.scoped
+                || st
+                    .held
+                    .lock()
+                    .unwrap()
+                    .get(repo)
+                    .is_some_and(|h| h.contains(reference));
+            let len = st.blobs.lock().unwrap().get(reference).map(|b| b.len());
+            let Some(len) = len.filter(|_| held) else {
                 return oci_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown");
             };
             if method == Method::HEAD {
