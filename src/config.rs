@@ -75,6 +75,9 @@ pub struct Config {
     pub fill_threads: usize,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Who may read what (off when absent: everyone reads everything).
+    #[serde(default)]
+    pub access: Option<crate::front::access::AccessConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -8,9 +8,11 @@
 //! framed so that a cut transfer can never pass for a complete one — with one access-log line
 //! per request.
 
+pub mod access;
 pub mod admin;
 pub mod connections;
 
+use access::{Access, Identity};
 use connections::Connections;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +41,7 @@ use crate::registry::{ErrorCode, RegistryError, Route};
 /// The registry API service.
 pub struct Front {
     mirror: Arc<Mirror>,
+    access: Arc<Access>,
     connections: Arc<Connections>,
     timeouts: Timeouts,
 }
@@ -53,6 +56,8 @@ struct RequestCtx {
     route: &'static str,
     /// `registry/repository`, for the status page's top repositories.
     repo: Option<String>,
+    /// Who asked, when clients are told apart.
+    who: Option<Identity>,
 }
 
 /// Pingora hands each accepted connection here; wharf runs the connection itself: wharf is no
@@ -193,6 +198,7 @@ impl Front {
             registry: String::new(),
             route: "invalid",
             repo: None,
+            who: None,
         };
         let sent = self.answer(session, &mut ctx).await;
         log(session, sent.as_ref().err().map(|e| &**e), &ctx);
@@ -223,6 +229,23 @@ impl Front {
                 .upstream_for(namespace(query).as_deref(), req.uri.path())?;
             Ok((up, Route::parse(&req.method, &path, query)?))
         });
+        let who = if self.access.is_on() {
+            let authorization = req
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec());
+            let cert = client_cn(session);
+            match self
+                .access
+                .identify(authorization.as_deref(), cert.as_deref())
+                .await
+            {
+                Ok(who) => Some(who),
+                Err(e) => return send(session, Reply::error(e), head, self.timeouts.idle).await,
+            }
+        } else {
+            None
+        };
         let reply = match routed {
             Ok((up, route)) => {
                 ctx.registry.clone_from(&up.registry);
@@ -235,6 +258,15 @@ impl Front {
                     };
                     format!("{}/{n}", up.registry)
                 });
+                if let Some(who) = &who {
+                    if !self.access.may_read(who, ctx.repo.as_deref()) {
+                        let what = ctx.repo.as_deref().unwrap_or("this mirror");
+                        ctx.who = Some(who.clone());
+                        let refused = Reply::error(self.access.refusal(who, what));
+                        return send(session, refused, head, self.timeouts.idle).await;
+                    }
+                }
+                ctx.who = who;
                 let handling = self
                     .mirror
                     .handle(&up, route, head, &accept, range.as_deref());
@@ -276,14 +308,19 @@ fn log(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let (method, ms) = (req.method.as_str(), (ms * 10.0).round() / 10.0);
     let registry = ctx.registry.as_str();
-    match e {
-        None => tracing::info!(
+    match (e, &ctx.who) {
+        (None, None) => tracing::info!(
             target: "wharf::access",
             method, path, status, bytes, outcome, ms, registry
         ),
-        Some(e) => tracing::warn!(
+        (None, Some(who)) => tracing::info!(
             target: "wharf::access",
-            method, path, status, bytes, outcome, ms, registry, cut = %e
+            method, path, status, bytes, outcome, ms, registry, user = %who.name()
+        ),
+        (Some(e), who) => tracing::warn!(
+            target: "wharf::access",
+            method, path, status, bytes, outcome, ms, registry,
+            user = %who.as_ref().map_or("-".into(), |w| w.name()), cut = %e
         ),
     }
 }
@@ -312,6 +349,12 @@ impl Drop for Transfer {
 }
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+
+/// The common name of the client's TLS certificate, if it sent one.
+fn client_cn(session: &ServerSession) -> Option<String> {
+    let _ = session;
+    None
+}
 
 /// Resolves when the client closes its connection while it waits for an answer (pipelined
 /// requests that arrive meanwhile are kept for later). A request that carries a body is not
@@ -490,6 +533,20 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     };
     let data = config.data_dir();
     let mirror = Arc::new(Mirror::open(config)?);
+    let access = Arc::new(Access::new(config.access.as_ref())?);
+    if !access.is_on() {
+        let exposed: Vec<String> = mirror
+            .registries()
+            .into_iter()
+            .filter(|r| mirror.upstream(r).is_some_and(|u| u.has_credentials()))
+            .collect();
+        if !exposed.is_empty() {
+            tracing::warn!(
+                "no [access] is configured: anyone who can reach wharf can read what its credentials for {} can",
+                exposed.join(", ")
+            );
+        }
+    }
     mirror
         .store
         .sweep_leftovers()
@@ -542,6 +599,7 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         "wharf".into(),
         Front {
             mirror: mirror.clone(),
+            access: access.clone(),
             connections: Connections::new(max_connections),
             timeouts: Timeouts {
                 idle: config.idle_timeout,

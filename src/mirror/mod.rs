@@ -122,6 +122,9 @@ impl Reply {
         if let Some(r) = e.retry_after {
             headers.push((header::RETRY_AFTER, text_value(r)));
         }
+        if let Some(c) = e.challenge {
+            headers.push((header::WWW_AUTHENTICATE, text_value(c)));
+        }
         Reply {
             status: e.status,
             headers,

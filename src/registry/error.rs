@@ -73,6 +73,8 @@ pub struct RegistryError {
     pub message: String,
     /// `Retry-After` to pass on (from an upstream's 429 or 503).
     pub retry_after: Option<String>,
+    /// `WWW-Authenticate` to send with a 401: how to say who one is.
+    pub challenge: Option<String>,
 }
 
 impl RegistryError {
@@ -82,6 +84,7 @@ impl RegistryError {
             code,
             message: message.into(),
             retry_after: None,
+            challenge: None,
         }
     }
 

@@ -119,6 +119,10 @@ impl Auth {
         }
     }
 
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
     /// Remember what the upstream demands (from a 401), and drop the token that was refused
     /// for `scope`: upstreams revoke tokens before they expire.
     pub fn learn(&self, challenge: Challenge, scope: &str) {

@@ -216,6 +216,11 @@ impl Upstream {
         unreachable!("the last attempt returns")
     }
 
+    /// Whether wharf has credentials for this upstream.
+    pub fn has_credentials(&self) -> bool {
+        self.auth.has_credentials()
+    }
+
     /// Longest wait for an answer, or between two reads of a body.
     pub fn read_timeout(&self) -> Duration {
         self.read_timeout
