@@ -78,6 +78,9 @@ pub struct Config {
     /// Who may read what (off when absent: everyone reads everything).
     #[serde(default)]
     pub access: Option<crate::front::access::AccessConfig>,
+    /// TLS on `listen` (plain HTTP when absent).
+    #[serde(default)]
+    pub tls: Option<crate::front::tls::TlsConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

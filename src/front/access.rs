@@ -89,7 +89,9 @@ pub struct Access {
 const CHECKED_FOR: Duration = Duration::from_secs(300);
 
 impl Access {
-    pub fn new(config: Option<&AccessConfig>) -> Result<Access, String> {
+    /// `certificates`: whether TLS client certificates are checked (a `client_ca`), which
+    /// tells clients apart even without an `[access]` table.
+    pub fn new(config: Option<&AccessConfig>, certificates: bool) -> Result<Access, String> {
         let htpasswd = match config.and_then(|c| c.htpasswd.as_deref()) {
             Some(p) => Some(Arc::new(Htpasswd::load(p)?)),
             None => None,
@@ -102,7 +104,7 @@ impl Access {
             });
         }
         Ok(Access {
-            on: config.is_some(),
+            on: config.is_some() || certificates,
             htpasswd,
             rules,
             checked: moka::sync::Cache::builder()
@@ -292,7 +294,7 @@ mod tests {
             access: AccessConfig,
         }
         let t: T = toml::from_str(&text).unwrap();
-        Access::new(Some(&t.access)).unwrap()
+        Access::new(Some(&t.access), false).unwrap()
     }
 
     #[test]
@@ -329,7 +331,7 @@ mod tests {
         assert_eq!(a.refusal(&anon, "x").status, StatusCode::UNAUTHORIZED);
         assert_eq!(a.refusal(&bob, "x").status, StatusCode::FORBIDDEN);
         // off: everyone reads everything
-        let off = Access::new(None).unwrap();
+        let off = Access::new(None, false).unwrap();
         assert!(off.may_read(&anon, Some("docker.io/private/app")));
         // on, without rules: the authenticated read everything, the anonymous nothing
         let default = access("", None);

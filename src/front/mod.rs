@@ -11,6 +11,7 @@
 pub mod access;
 pub mod admin;
 pub mod connections;
+pub mod tls;
 
 use access::{Access, Identity};
 use connections::Connections;
@@ -26,7 +27,7 @@ use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 
@@ -79,6 +80,10 @@ impl ServerApp for Front {
             refuse(stream).await;
             return None;
         };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            self.h2(stream, conn, shutdown).await;
+            return None;
+        }
         let mut stream = stream;
         let mut pipelined: Option<BytesMut> = None;
         let mut stopping = shutdown.clone();
@@ -130,6 +135,60 @@ impl ServerApp for Front {
             stream = s;
             pipelined = rest;
             deadline = self.timeouts.idle;
+        }
+    }
+}
+
+impl Front {
+    /// An HTTP/2 connection (TLS with ALPN h2): each stream is a request, answered on a task
+    /// of its own. A connection with no stream open for `idle_timeout` is closed, and is one
+    /// a newcomer may close at the connection bound meanwhile.
+    async fn h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        conn: connections::Conn,
+        shutdown: &ShutdownWatch,
+    ) {
+        let digest = Arc::new(pingora::protocols::Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let handshake = pingora::protocols::http::v2::server::handshake(stream, None);
+        let Ok(Ok(mut h2)) = tokio::time::timeout(self.timeouts.header, handshake).await else {
+            return;
+        };
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut stopping = shutdown.clone();
+        loop {
+            let idle = open.load(Ordering::Relaxed) == 0;
+            let waiting = idle.then(|| conn.waiting());
+            let accepted = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stop| *stop) => {
+                    h2.graceful_shutdown();
+                    return;
+                }
+                _ = async { waiting.as_ref().expect("guarded").closed().await }, if idle => return,
+                _ = tokio::time::sleep(self.timeouts.idle), if idle => return,
+                accepted = pingora::protocols::http::v2::server::HttpSession::from_h2_conn(&mut h2, digest.clone()) => accepted,
+            };
+            use pingora::protocols::http::v2::server::H2Accept;
+            let session = match accepted {
+                Ok(Some(H2Accept::Session(s))) => s,
+                Ok(Some(H2Accept::Rejected)) => continue,
+                Ok(None) | Err(_) => return,
+            };
+            let (me, shutdown, open) = (self.clone(), shutdown.clone(), open.clone());
+            open.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut session = ServerSession::new_http2(session);
+                if me.request(&mut session, &shutdown).await.is_some() {
+                    let _ = session.finish().await;
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
         }
     }
 }
@@ -352,8 +411,8 @@ const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api
 
 /// The common name of the client's TLS certificate, if it sent one.
 fn client_cn(session: &ServerSession) -> Option<String> {
-    let _ = session;
-    None
+    let ssl = session.digest()?.ssl_digest.as_ref()?;
+    ssl.extension.get::<tls::ClientName>().map(|n| n.0.clone())
 }
 
 /// Resolves when the client closes its connection while it waits for an answer (pipelined
@@ -533,7 +592,10 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     };
     let data = config.data_dir();
     let mirror = Arc::new(Mirror::open(config)?);
-    let access = Arc::new(Access::new(config.access.as_ref())?);
+    let access = Arc::new(Access::new(
+        config.access.as_ref(),
+        config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+    )?);
     if !access.is_on() {
         let exposed: Vec<String> = mirror
             .registries()
@@ -607,7 +669,19 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
             },
         },
     );
-    service.add_tcp(&config.listen);
+    match &config.tls {
+        Some(t) => {
+            let (settings, cert) = tls::settings(t)?;
+            cert.watch()?;
+            service.add_tls_with_settings(&config.listen, None, settings);
+            if let Some(plain) = &t.plain_listen {
+                std::net::TcpListener::bind(plain)
+                    .map_err(|e| format!("cannot listen on {plain} (plain_listen): {e}"))?;
+                service.add_tcp(plain);
+            }
+        }
+        None => service.add_tcp(&config.listen),
+    }
     server.add_service(service);
     if let Some(addr) = &config.admin {
         std::net::TcpListener::bind(addr)
@@ -626,8 +700,15 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         tracing::info!("admin listener on {addr}: /metrics /healthz /readyz");
     }
     tracing::info!(
-        "wharf listening on {} (data {}, registries {}{})",
+        "wharf listening on {}{} (data {}, registries {}{})",
         config.listen,
+        match &config.tls {
+            Some(t) => match &t.plain_listen {
+                Some(p) => format!(" with TLS, and on {p} without"),
+                None => " with TLS".into(),
+            },
+            None => String::new(),
+        },
         data.display(),
         registries.join(", "),
         if config.offline { ", offline" } else { "" }

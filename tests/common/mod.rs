@@ -15,7 +15,12 @@ pub use hub::{FakeHub, Faults, HubOptions};
 
 /// A running `wharf serve` process with its own data directory.
 pub struct Wharf {
+    /// The plain-HTTP listener (with TLS configured: its `plain_listen`).
     pub addr: String,
+    /// The TLS listener, when the config has a `[tls]` table with `plain_listen = "{plain}"`.
+    pub tls: Option<String>,
+    /// The process id (to send it signals).
+    pub pid: u32,
     /// The admin listener (metrics, health).
     pub admin: String,
     pub data: PathBuf,
@@ -80,12 +85,17 @@ impl Wharf {
     ) -> Wharf {
         let conf = data.with_extension("toml");
         std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(&conf, extra_config).unwrap();
         let log = data.with_extension("log");
         // A port found free can be taken by another test's connection before wharf binds it:
         // then wharf exits at once saying so, and it is started again on other ports.
         for _ in 0..3 {
+            // with TLS, `--listen` is the TLS port and "{plain}" a plain one to reach it by
+            let plain = format!("127.0.0.1:{}", free_port());
+            std::fs::write(&conf, extra_config.replace("{plain}", &plain)).unwrap();
             let mut w = Self::spawn(upstream, &conf, &data, &log, env, files);
+            if extra_config.contains("{plain}") {
+                w.tls = Some(std::mem::replace(&mut w.addr, plain));
+            }
             if w.wait_ready().await {
                 return w;
             }
@@ -137,6 +147,8 @@ impl Wharf {
             .expect("run wharf");
         Wharf {
             addr,
+            tls: None,
+            pid: child.id(),
             admin,
             data: data.clone(),
             child,

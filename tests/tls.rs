@@ -1,0 +1,320 @@
+//! TLS on the registry listener: HTTP/1.1 and HTTP/2 by ALPN, a certificate replaced (on
+//! SIGHUP, or when its files change) while the connections made under the old one go on,
+//! client certificates that say who is asking, and bad files refused at start by name.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{error_code, eventually, header, FakeHub, HubOptions, Wharf};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use sha2::{Digest, Sha256};
+
+/// A certificate authority of the test's own.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        Ca {
+            issuer: Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A certificate and key (PEM) for `cn`, a server for 127.0.0.1 or a client.
+    fn issue(&self, cn: &str, server: bool) -> (String, String) {
+        let names = if server {
+            vec!["127.0.0.1".into(), "localhost".into()]
+        } else {
+            vec![]
+        };
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A server certificate written to `dir` as wharf.crt and wharf.key (replacing them at
+    /// once, as a deployment tool would).
+    fn install_server(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue("wharf", true);
+        let (c, k) = (dir.join("wharf.crt"), dir.join("wharf.key"));
+        for (path, text) in [(&k, key), (&c, cert)] {
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        (c, k)
+    }
+}
+
+/// An HTTPS client trusting only `ca`, with a client certificate if given; HTTP/1.1 only, or
+/// HTTP/2 and HTTP/1.1 offered by ALPN.
+fn https(ca: &Ca, me: Option<(String, String)>, h1_only: bool) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20));
+    if let Some((cert, key)) = me {
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    if h1_only {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+fn tls_config(cert: &Path, key: &Path, extra: &str) -> String {
+    format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nplain_listen = \"{{plain}}\"\n{extra}",
+        cert.display().to_string(),
+        key.display().to_string()
+    )
+}
+
+fn at(w: &Wharf, path: &str) -> String {
+    format!("https://{}{path}", w.tls.as_ref().expect("a TLS listener"))
+}
+
+fn sighup(w: &Wharf) {
+    // SAFETY: a signal to the child process this test started.
+    assert_eq!(unsafe { libc::kill(w.pid as i32, libc::SIGHUP) }, 0);
+}
+
+#[tokio::test]
+async fn h1_and_h2_by_alpn_and_a_new_certificate_keeps_the_connections_made() {
+    let hub = FakeHub::start().await;
+    let image = hub.add_image("library/app", "1", 1, &[300_000, 1000]);
+    let dir = tempfile::tempdir().unwrap();
+    let first = Ca::new("first");
+    let (cert, key) = first.install_server(dir.path());
+    let w = Wharf::start(&hub.url(), &tls_config(&cert, &key, "")).await;
+
+    let h1 = https(&first, None, true);
+    let h2 = https(&first, None, false);
+    for (client, version) in [
+        (&h1, reqwest::Version::HTTP_11),
+        (&h2, reqwest::Version::HTTP_2),
+    ] {
+        let r = client
+            .get(at(&w, "/v2/library/app/manifests/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), version, "chosen by ALPN");
+        assert_eq!(header(&r, "docker-content-digest"), image.digest);
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff");
+        // the blobs, at once on one connection when it is HTTP/2
+        let gets = image.blobs.iter().map(|(digest, bytes)| {
+            let url = at(&w, &format!("/v2/library/app/blobs/{digest}"));
+            async move {
+                let r = client.get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.version(), version);
+                let body = r.bytes().await.unwrap();
+                assert_eq!(body.len(), bytes.len());
+                assert_eq!(format!("sha256:{:x}", Sha256::digest(&body)), *digest);
+            }
+        });
+        futures_util::future::join_all(gets).await;
+    }
+    // plain HTTP stays where it was asked for
+    let r = common::client()
+        .get(w.url("/v2/library/app/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // a new certificate from another CA, taken on SIGHUP: new clients get it at once (even
+    // files that kept their modification time, as `cp -p` leaves them) ...
+    let second = Ca::new("second");
+    let then = std::fs::metadata(&cert).unwrap().modified().unwrap();
+    second.install_server(dir.path());
+    for f in [&cert, &key] {
+        std::fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+    }
+    sighup(&w);
+    let fresh = https(&second, None, false);
+    eventually(10, "the new certificate is served", || async {
+        fresh.get(at(&w, "/v2/")).send().await.is_ok()
+    })
+    .await;
+    // ... while the connections made under the old one go on (a new connection would fail:
+    // these clients trust only the first CA)
+    for client in [&h1, &h2] {
+        let r = client
+            .get(at(&w, "/v2/library/app/manifests/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "the connection made before the reload is still open"
+        );
+    }
+    assert!(
+        https(&first, None, false)
+            .get(at(&w, "/v2/"))
+            .send()
+            .await
+            .is_err(),
+        "a new connection sees the new certificate"
+    );
+
+    // and files that change are taken without a signal
+    let third = Ca::new("third");
+    third.install_server(dir.path());
+    let later = https(&third, None, true);
+    eventually(15, "the changed files are served", || async {
+        later.get(at(&w, "/v2/")).send().await.is_ok()
+    })
+    .await;
+
+    // a broken file is not taken: the certificate in use stays, and wharf says why
+    std::fs::write(&key, "not a key").unwrap();
+    sighup(&w);
+    eventually(10, "the broken key is reported", || async {
+        w.log().contains("keeping the TLS certificate in use")
+    })
+    .await;
+    let r = https(&third, None, true)
+        .get(at(&w, "/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn client_certificates_say_who_is_asking() {
+    let hub = FakeHub::start_with(HubOptions {
+        user: Some(("alice".into(), "s3cret".into())),
+        ..Default::default()
+    })
+    .await;
+    let private = hub.add_image("private/app", "1", 2, &[1000]);
+    let dir = tempfile::tempdir().unwrap();
+    let (servers, clients, strangers) = (Ca::new("servers"), Ca::new("clients"), Ca::new("other"));
+    let (cert, key) = servers.install_server(dir.path());
+    let client_ca = dir.path().join("clients.crt");
+    std::fs::write(&client_ca, &clients.pem).unwrap();
+    let extra = format!(
+        "client_ca = {:?}\n\
+         [upstreams.\"docker.io\"]\nusername = \"alice\"\npassword = \"s3cret\"\n\
+         [[access.rules]]\nwho = [\"cert:builder\"]\nrepositories = [\"docker.io/private/*\"]\n",
+        client_ca.display().to_string()
+    );
+    let w = Wharf::start(&hub.url(), &tls_config(&cert, &key, &extra)).await;
+    assert!(
+        !w.log().contains("anyone who can reach wharf"),
+        "{}",
+        w.log()
+    );
+    let path = "/v2/private/app/manifests/1";
+
+    // no certificate: a challenge, over TLS and over plain HTTP, and nothing fetched
+    let r = https(&servers, None, false)
+        .get(at(&w, path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "www-authenticate"), "Basic realm=\"wharf\"");
+    assert_eq!(error_code(r).await, "UNAUTHORIZED");
+    let r = common::client().get(w.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(hub.counters().manifest_gets, 0, "nothing fetched for them");
+
+    // someone the CA vouches for, but not whom the rules let read it
+    let intruder = https(&servers, Some(clients.issue("intruder", false)), false);
+    let r = intruder.get(at(&w, path)).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(error_code(r).await, "DENIED");
+    assert_eq!(hub.counters().manifest_gets, 0);
+
+    // a certificate from a CA wharf does not know is refused in the handshake
+    let forged = https(&servers, Some(strangers.issue("builder", false)), true);
+    assert!(forged.get(at(&w, path)).send().await.is_err());
+
+    // the builder, over HTTP/2 and HTTP/1.1
+    for h1_only in [false, true] {
+        let builder = https(&servers, Some(clients.issue("builder", false)), h1_only);
+        let r = builder.get(at(&w, path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "h1 only: {h1_only}");
+        assert_eq!(header(&r, "docker-content-digest"), private.digest);
+    }
+    assert!(
+        w.log().contains("user=cert:builder"),
+        "the access log says who"
+    );
+}
+
+#[tokio::test]
+async fn bad_tls_files_stop_wharf_at_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.install_server(dir.path());
+    let (_, other_key) = ca.issue("other", true);
+    let mismatched = dir.path().join("other.key");
+    std::fs::write(&mismatched, other_key).unwrap();
+    let junk = dir.path().join("junk.crt");
+    std::fs::write(&junk, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let cases = [
+        (dir.path().join("missing.crt"), key.clone(), "missing.crt"),
+        (cert.clone(), dir.path().join("missing.key"), "missing.key"),
+        (cert.clone(), mismatched, "other.key"),
+        (junk, key.clone(), "junk.crt"),
+    ];
+    for (i, (c, k, named)) in cases.into_iter().enumerate() {
+        let conf = dir.path().join(format!("{i}.toml"));
+        std::fs::write(
+            &conf,
+            tls_config(&c, &k, "").replace("{plain}", "127.0.0.1:0"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "http://127.0.0.1:9",
+            ])
+            .arg("--config")
+            .arg(&conf)
+            .arg("--data")
+            .arg(dir.path().join(format!("data{i}")))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{named}: {stderr}");
+        assert!(stderr.contains(named), "the error names {named}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
