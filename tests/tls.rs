@@ -318,3 +318,58 @@ async fn bad_tls_files_stop_wharf_at_start_naming_the_file() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A client that opens a connection and never finishes its handshake is a connection like any
+/// other: it has `header_timeout`, counts against `max_connections`, and is the one closed
+/// when a newcomer needs its place.
+#[tokio::test]
+async fn an_unfinished_handshake_is_bounded_like_any_connection() {
+    use tokio::io::AsyncReadExt;
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.install_server(dir.path());
+    let extra = "max_connections = 2\nheader_timeout = \"3s\"\n";
+    let conf = format!("{extra}{}", tls_config(&cert, &key, ""));
+    let w = Wharf::start(&hub.url(), &conf).await;
+    let tls_addr = w.tls.clone().unwrap();
+    let silent = || async {
+        let s = tokio::net::TcpStream::connect(&tls_addr).await.unwrap();
+        let started = std::time::Instant::now();
+        (s, started)
+    };
+    let closed_within = |(mut s, started): (tokio::net::TcpStream, std::time::Instant), secs| async move {
+        let mut buf = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(secs), s.read(&mut buf)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "a silent connection is closed within {secs} s"
+        );
+        started.elapsed()
+    };
+    // alone, it is closed at header_timeout
+    let took = closed_within(silent().await, 10).await;
+    assert!(
+        took >= Duration::from_secs(2),
+        "not before header_timeout: {took:?}"
+    );
+
+    // two fill the bound; a client that completes its handshake takes the place of one
+    let (a, b) = (silent().await, silent().await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = https(&ca, None, true)
+        .get(at(&w, "/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ((a, ta), (b, tb)) = (a, b);
+    let first = tokio::select! {
+        t = closed_within((a, ta), 2) => t,
+        t = closed_within((b, tb), 2) => t,
+    };
+    assert!(
+        first < Duration::from_secs(2),
+        "made room at once: {first:?}"
+    );
+}

@@ -45,6 +45,9 @@ pub struct Front {
     access: Arc<Access>,
     connections: Arc<Connections>,
     timeouts: Timeouts,
+    /// TLS on this listener: the handshake is the connection's first step, under its bound
+    /// and its `header_timeout` (Pingora's own listener gives it a minute, uncounted).
+    tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
 }
 
 /// Per-request state, for the access log.
@@ -77,8 +80,35 @@ impl ServerApp for Front {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let Some(conn) = self.connections.open() else {
-            refuse(stream).await;
+            if self.tls.is_none() {
+                refuse(stream).await;
+            } // a TLS client cannot be told anything before a handshake it is not worth
             return None;
+        };
+        let stream = match &self.tls {
+            None => stream,
+            Some(tls) => {
+                // the listener is plain TCP: its streams are Pingora's L4 streams
+                let Ok(tcp) = stream
+                    .into_any()
+                    .downcast::<pingora::protocols::l4::stream::Stream>()
+                else {
+                    return None;
+                };
+                let waiting = conn.waiting();
+                tokio::select! {
+                    biased;
+                    done = tokio::time::timeout(self.timeouts.header, tls.tls_handshake(*tcp)) => match done {
+                        Ok(Ok(s)) => Box::new(s) as Stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!("TLS handshake failed: {e}");
+                            return None;
+                        }
+                        Err(_) => return None,
+                    },
+                    _ = waiting.closed() => return None,
+                }
+            }
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             self.h2(stream, conn, shutdown).await;
@@ -657,32 +687,37 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = pingora::services::listening::Service::new(
-        "wharf".into(),
-        Front {
-            mirror: mirror.clone(),
-            access: access.clone(),
-            connections: Connections::new(max_connections),
-            timeouts: Timeouts {
-                idle: config.idle_timeout,
-                header: config.header_timeout,
-            },
+    let connections = Connections::new(max_connections);
+    let front = |tls| Front {
+        mirror: mirror.clone(),
+        access: access.clone(),
+        connections: connections.clone(),
+        timeouts: Timeouts {
+            idle: config.idle_timeout,
+            header: config.header_timeout,
         },
-    );
-    match &config.tls {
+        tls,
+    };
+    let (tls, plain) = match &config.tls {
         Some(t) => {
             let (settings, cert) = tls::settings(t)?;
             cert.watch()?;
-            service.add_tls_with_settings(&config.listen, None, settings);
-            if let Some(plain) = &t.plain_listen {
-                std::net::TcpListener::bind(plain)
-                    .map_err(|e| format!("cannot listen on {plain} (plain_listen): {e}"))?;
-                service.add_tcp(plain);
-            }
+            (Some(Arc::new(settings.build())), t.plain_listen.as_deref())
         }
-        None => service.add_tcp(&config.listen),
-    }
+        None => (None, None),
+    };
+    let mut service = pingora::services::listening::Service::new("wharf".into(), front(tls));
+    service.add_tcp(&config.listen);
     server.add_service(service);
+    if let Some(plain) = plain {
+        std::net::TcpListener::bind(plain)
+            .map_err(|e| format!("cannot listen on {plain} (plain_listen): {e}"))?;
+        let mut service =
+            pingora::services::listening::Service::new("wharf-plain".into(), front(None));
+        service.threads = Some(1);
+        service.add_tcp(plain);
+        server.add_service(service);
+    }
     if let Some(addr) = &config.admin {
         std::net::TcpListener::bind(addr)
             .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;

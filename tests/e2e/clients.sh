@@ -8,6 +8,9 @@
 # mirror location carries a path prefix) pull through it:
 #   round 1  every client pulls; digests are checked (and --platform pulls of an index);
 #   round 2  the same again: no blob and no manifest is fetched from an upstream;
+#   tls      a second wharf serves TLS (a test CA made here) to who belongs: dockerd and
+#            containerd with client certificates, skopeo, podman and containerd with Basic
+#            credentials; anonymous and wrong ones are refused (tests/e2e/secure.sh);
 #   round 3  both upstreams stopped, tags past their TTL: pulls still work (stale tags);
 #   round 4  wharf restarted --offline: pulls still work; a tag never pulled fails;
 #   round 5  air gap: a cache warmed and exported (`wharf warm`, `wharf export`) while the
@@ -66,6 +69,7 @@ cleanup() {
   done
   for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
   pkill -f "containerd-shim.*$W" 2>/dev/null
+  rm -rf '/etc/docker/certs.d/[::1]:15443'
   if [[ -n ${KEEP_E2E:-} ]]; then log "kept $W"; return; fi
   grep -o "$W[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null
   rm -rf "$W" 2>/dev/null
@@ -150,7 +154,7 @@ TOML
 containerd_pull() { # REF DIGEST [ctr pull flags...]  (REF with its registry: docker.io/library/x:1)
   local ref=$1 want=$2; shift 2
   "${CTR[@]}" images rm --sync "$ref" >/dev/null 2>&1 || true
-  "${CTR[@]}" images pull --hosts-dir "$W/containerd/certs.d" "$@" "$ref" >"$W/ctr-pull.out" 2>&1 || { tail -5 "$W/ctr-pull.out" >&2; return 1; }
+  "${CTR[@]}" images pull --hosts-dir "${CTR_HOSTS:-$W/containerd/certs.d}" "$@" "$ref" >"$W/ctr-pull.out" 2>&1 || { tail -5 "$W/ctr-pull.out" >&2; return 1; }
   "${CTR[@]}" images ls 2>/dev/null | grep -F "$ref " | grep -qF "$want" || { log "ctr: $ref is not $want"; "${CTR[@]}" images ls >&2; return 1; }
 }
 
@@ -210,11 +214,12 @@ tmp_dir = "$d/tmp"
 TOML
   export CONTAINERS_REGISTRIES_CONF=$d/registries.conf CONTAINERS_STORAGE_CONF=$d/storage.conf CONTAINERS_CONF=$d/containers.conf
 }
-podman_pull() { # REF DIGEST  (REF with its registry)
-  podman rmi -f "$1" >/dev/null 2>&1 || true
-  podman pull -q "$1" >"$W/podman-pull.out" 2>&1 || { tail -5 "$W/podman-pull.out" >&2; return 1; }
-  local got; got=$(podman image inspect --format '{{.Digest}}' "$1")
-  [[ $got == "$2" ]] || { log "podman: $1 has $got, want $2"; return 1; }
+podman_pull() { # REF DIGEST [podman pull flags...]  (REF with its registry)
+  local ref=$1 want=$2; shift 2
+  podman rmi -f "$ref" >/dev/null 2>&1 || true
+  podman pull -q "$@" "$ref" >"$W/podman-pull.out" 2>&1 || { tail -5 "$W/podman-pull.out" >&2; return 1; }
+  local got; got=$(podman image inspect --format '{{.Digest}}' "$ref")
+  [[ $got == "$want" ]] || { log "podman: $ref has $got, want $want"; return 1; }
 }
 
 containerd_setup
@@ -251,6 +256,10 @@ round
 blobs2=$(upstream_blob_gets); manifests2=$(upstream_manifest_gets)
 check "fetched no blob from the upstreams" test "$blobs2" -eq "$blobs1"
 check "fetched no manifest from the upstreams" test "$manifests2" -eq "$manifests1"
+
+# ---------------------------------------------------------------- TLS, and who is asking
+# shellcheck source=tests/e2e/secure.sh
+source "$ROOT/tests/e2e/secure.sh"
 
 # ---------------------------------------------------------------- air gap, part 1: warm + export
 WHARF=("$ROOT/target/debug/wharf")
