@@ -212,3 +212,13 @@ async fn leftover_temp_files_do_not_delay_listening() {
     assert!(names.iter().all(|n| !n.starts_with("tmp.old")), "{names:?}");
     assert_eq!(std::fs::read_dir(data.join("tmp")).unwrap().count(), 0);
 }
+
+/// The tests read metrics by name: one wharf no longer exports must fail them, not read as 0.
+#[tokio::test]
+#[should_panic(expected = "wharf exports no metric wharf_fills_in_fligth")]
+async fn a_metric_wharf_does_not_export_fails_the_test_that_reads_it() {
+    let hub = FakeHub::start().await;
+    let w = Wharf::start(&hub.url(), "").await;
+    assert_eq!(w.metric("wharf_fills_in_flight").await, 0.0);
+    w.metric("wharf_fills_in_fligth").await;
+}

@@ -177,8 +177,9 @@ impl Wharf {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The value of one metric sample, e.g. `wharf_cache_requests_total{outcome="miss"}`
-    /// (0 when absent).
+    /// The value of one metric sample, e.g. `wharf_cache_requests_total{outcome="miss"}`: 0
+    /// when wharf exports the metric but not that sample (a label not seen yet); a metric
+    /// wharf does not export at all (renamed, say) fails the test.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = client()
             .get(format!("http://{}/metrics", self.admin))
@@ -188,6 +189,14 @@ impl Wharf {
             .text()
             .await
             .unwrap();
+        let family = sample.split('{').next().unwrap_or(sample);
+        assert!(
+            text.lines().any(|l| l
+                .strip_prefix("# TYPE ")
+                .and_then(|t| t.strip_prefix(family))
+                .is_some_and(|t| t.starts_with(' '))),
+            "wharf exports no metric {family}"
+        );
         text.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
