@@ -552,6 +552,38 @@ async fn writes_and_bad_input_are_refused_with_oci_errors() {
 }
 
 #[tokio::test]
+async fn clients_asking_for_an_expired_tag_at_once_share_one_revalidation() {
+    let hub = FakeHub::start().await;
+    let v1 = hub.add_image("library/t", "latest", 14, &[10]);
+    let w = Wharf::start(&hub.url(), "tag_ttl = \"1s\"\n").await;
+    let c = client();
+    let get = || async {
+        let r = c
+            .get(w.url("/v2/library/t/manifests/latest"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        header(&r, "docker-content-digest").to_owned()
+    };
+    assert_eq!(get().await, v1.digest);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // the upstream takes its time to answer: every client arrives while the HEAD is out
+    hub.set_faults(Faults {
+        manifest_delay: Some(Duration::from_millis(500)),
+        ..Default::default()
+    });
+    let all = futures_util::future::join_all((0..20).map(|_| get())).await;
+    assert!(all.iter().all(|d| *d == v1.digest));
+    let n = hub.counters();
+    assert_eq!(
+        (n.manifest_gets, n.manifest_heads),
+        (1, 1),
+        "one HEAD for 20 clients: {n:?}"
+    );
+}
+
+#[tokio::test]
 async fn tag_ttl_then_head_revalidation_then_new_digest() {
     let hub = FakeHub::start().await;
     let v1 = hub.add_image("library/t", "latest", 12, &[10]);

@@ -293,11 +293,11 @@ impl Mirror {
                 let e = RegistryError::bad_gateway("the upstream failed moments ago");
                 return self.stale(name, tag, fallback, e).await;
             } else {
-                let digest = entry.digest;
-                match self.revalidate(up, name, tag, accept, &digest).await {
+                match self
+                    .revalidate_once(up, name, tag, accept, key, entry)
+                    .await
+                {
                     Ok(true) => {
-                        let fresh = TagEntry::new(&digest, &entry.media_type);
-                        self.put_tag(up, name, tag, key, fresh).await;
                         if let Some(found) = self.tagged_local(entry).await? {
                             return Ok(found);
                         }
@@ -389,6 +389,47 @@ impl Mirror {
             self.missing_tags.insert(key, ());
         }
         error
+    }
+
+    /// Whether the mapping `key` of `tag` still holds, asked of the upstream once however
+    /// many clients wait for the answer; a mapping that holds is fresh again. With too many
+    /// revalidations in flight the upstream counts as one that cannot be asked.
+    async fn revalidate_once(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        tag: &Tag,
+        accept: &Accept,
+        key: &str,
+        entry: &TagEntry,
+    ) -> Result<bool, RegistryError> {
+        let flight = format!("{}/{name}:{tag}#{key}@{}", up.registry, entry.digest);
+        let (me, up, name, tag, accept, key, entry) = (
+            self.clone(),
+            up.clone(),
+            name.clone(),
+            tag.clone(),
+            accept.clone(),
+            key.to_owned(),
+            entry.clone(),
+        );
+        let work = || async move {
+            let holds = me
+                .revalidate(&up, &name, &tag, &accept, &entry.digest)
+                .await;
+            if matches!(holds, Ok(true)) {
+                let fresh = TagEntry::new(&entry.digest, &entry.media_type);
+                me.put_tag(&up, &name, &tag, &key, fresh).await;
+            }
+            holds
+        };
+        match self.revalidations.run(flight, work).await {
+            Ok((Some(holds), _)) => holds,
+            Ok((None, _)) => Err(RegistryError::bad_gateway("the tag's revalidation failed")),
+            Err(Full(n)) => Err(RegistryError::bad_gateway(format!(
+                "wharf is revalidating {n} tags already (max_manifest_fetches)"
+            ))),
+        }
     }
 
     /// Ask the upstream (HEAD) whether `tag` still points at `digest`. The answer is optional

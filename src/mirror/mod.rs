@@ -167,6 +167,8 @@ pub struct Mirror {
     sizes: moka::sync::Cache<(String, Digest), u64>,
     limits: BlobLimits,
     manifest_fetches: Flights<String, manifests::ManifestResult>,
+    /// Tag revalidations (HEADs) in flight: one per tag mapping, shared by all who wait.
+    revalidations: Flights<String, Result<bool, RegistryError>>,
     /// Upstreams by the registry host they stand for.
     upstreams: HashMap<String, Arc<Upstream>>,
     freshness: Freshness,
@@ -268,6 +270,7 @@ impl Mirror {
             sizes: moka::sync::Cache::new(200_000),
             limits,
             manifest_fetches: Flights::new(limits.max_manifest_fetches),
+            revalidations: Flights::new(limits.max_manifest_fetches),
             upstreams,
             missing_tags: moka::sync::Cache::builder()
                 .max_capacity(100_000)

@@ -77,6 +77,8 @@ pub struct Faults {
     pub fail_next: usize,
     /// Never answer registry requests (hold them for a minute).
     pub hang: bool,
+    /// Take this long to answer each manifest request (GET or HEAD).
+    pub manifest_delay: Option<Duration>,
 }
 
 pub struct Image {
@@ -601,6 +603,10 @@ async fn registry_handler(State(st): State<Arc<HubState>>, req: Request) -> Resp
                     .get(&d)
                     .map(|(t, b)| (d.clone(), t.clone(), b.clone()))
             });
+            let delay = st.faults.lock().unwrap().manifest_delay;
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
             {
                 let mut c = st.counters.lock().unwrap();
                 c.manifest_accepts.push(accept.join(", "));
