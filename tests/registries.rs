@@ -331,6 +331,62 @@ async fn a_client_only_gets_manifest_types_it_accepts() {
     assert_eq!(any.1, OCI_INDEX);
 }
 
+/// ECR authenticates with Basic: credentials it refuses send wharf back to the helper, as a
+/// token service's refusal does, instead of being reused until the helper's answer expires.
+#[tokio::test]
+async fn a_basic_upstream_refusing_a_helpers_credentials_asks_the_helper_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let hub = FakeHub::start_with(HubOptions {
+        user: Some(("AWS".into(), "today".into())),
+        basic_only: true,
+        ..Default::default()
+    })
+    .await;
+    hub.add_image("team/ecr", "1", 16, &[10]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "yesterday").unwrap();
+    let helper = dir.path().join("docker-credential-wharfecr");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\nprintf '{{\"Username\":\"AWS\",\"Secret\":\"%s\"}}' \"$(cat {})\"\n",
+            secret.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let w = common::Wharf::start_env(
+        &hub.url(),
+        "[upstreams.\"docker.io\"]\ncredential_helper = \"wharfecr\"\n",
+        &[("PATH", &path)],
+    )
+    .await;
+    let c = client();
+    let r = c
+        .get(w.url("/v2/team/ecr/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_client_error(),
+        "yesterday's password is refused"
+    );
+    // the helper has today's now
+    std::fs::write(&secret, "today").unwrap();
+    let r = c
+        .get(w.url("/v2/team/ecr/manifests/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", w.log());
+}
+
 #[tokio::test]
 async fn password_file_and_credential_helper_with_an_identity_token() {
     use std::os::unix::fs::PermissionsExt;

@@ -123,9 +123,13 @@ impl Auth {
         self.credentials.is_some()
     }
 
-    /// Remember what the upstream demands (from a 401), and drop the token that was refused
-    /// for `scope`: upstreams revoke tokens before they expire.
+    /// Remember what the upstream demands (from a 401), and drop what it refused: the token
+    /// for `scope` (upstreams revoke tokens before they expire), or, from a Basic upstream
+    /// (ECR), the credentials themselves: a helper is asked again.
     pub fn learn(&self, challenge: Challenge, scope: &str) {
+        if let (Challenge::Basic, Some(src)) = (&challenge, &self.credentials) {
+            src.rejected();
+        }
         let mut st = self.state.lock().expect("auth state");
         st.challenge = Some(challenge);
         st.tokens.remove(scope);
