@@ -229,3 +229,36 @@ async fn a_cache_from_before_links_gets_them_from_its_tags() {
         w.log()
     );
 }
+
+/// A manifest says what its repository holds only through the fields its type defines: an
+/// image manifest that also lists another repository's manifest and layer under `manifests`
+/// (an upstream stores the bytes as pushed) makes its repository hold neither.
+#[tokio::test]
+async fn a_manifest_cannot_claim_what_its_type_does_not_list() {
+    let hub = scoped_hub(None).await;
+    let secret = hub.add_image("teamb/secret", "1", 7, &[30_000]);
+    let mine = hub.add_image("teama/x", "plain", 8, &[100]);
+    let (layer, _) = &secret.blobs[1];
+    // team A's own image, with team B's manifest and layer smuggled in
+    let mut m: serde_json::Value = serde_json::from_slice(&mine.manifest).unwrap();
+    m["manifests"] = serde_json::json!([
+        {"mediaType": secret.media_type, "digest": secret.digest, "size": secret.manifest.len()},
+        {"mediaType": "application/octet-stream", "digest": layer, "size": 30_000},
+    ]);
+    let body = bytes::Bytes::from(serde_json::to_vec(&m).unwrap());
+    hub.add_manifest("teama/x", Some("smuggled"), &mine.media_type, body);
+    let w = Wharf::start(&hub.url(), "").await;
+    // team B's content is cached, pulled the way team B pulls it
+    assert_eq!(get(&w, "/v2/teamb/secret/manifests/1").await.0, 200);
+    assert_eq!(
+        get(&w, &format!("/v2/teamb/secret/blobs/{layer}")).await.0,
+        200
+    );
+    assert_eq!(get(&w, "/v2/teama/x/manifests/smuggled").await.0, 200);
+    for path in [
+        format!("/v2/teama/x/blobs/{layer}"),
+        format!("/v2/teama/x/manifests/{}", secret.digest),
+    ] {
+        assert_eq!(get(&w, &path).await.0, 404, "{path}");
+    }
+}

@@ -42,6 +42,9 @@ struct Descriptor {
     size: u64,
     #[serde(default)]
     platform: Option<PlatformJson>,
+    /// Where a foreign (non-distributable) layer lives instead of the registry.
+    #[serde(default)]
+    urls: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -71,13 +74,23 @@ pub struct Refs {
     pub blobs: Vec<(Digest, u64)>,
 }
 
-/// Read what `body` (a manifest of `media_type`) refers to. Unknown digests are skipped.
+/// Read what `body` (a manifest of `media_type`) refers to: an index its manifests, an image
+/// manifest its config and layers, and nothing else. What a manifest lists here is taken to
+/// be in its repository (see `Mirror::link_manifest`), so fields its type does not define are
+/// never read (an image manifest with a `manifests` list could otherwise claim anything), nor
+/// are foreign layers (with `urls`: the registry does not hold them). A type that is not
+/// given (OCI allows that) is told by the fields. Unknown digests are skipped.
 pub fn refs(media_type: &str, body: &[u8]) -> Result<Refs, String> {
     let m: ManifestJson =
         serde_json::from_slice(body).map_err(|e| format!("not a manifest: {e}"))?;
     let digest = |d: &Descriptor| Digest::parse(&d.digest).ok();
     let mut out = Refs::default();
-    if media::is_index(media_type) || !m.manifests.is_empty() {
+    let index = if media::is_manifest_type(media_type) {
+        media::is_index(media_type)
+    } else {
+        m.config.is_none() && !m.manifests.is_empty()
+    };
+    if index {
         for d in &m.manifests {
             if let Some(dg) = digest(d) {
                 let p = d.platform.as_ref().map(|p| Platform {
@@ -88,9 +101,10 @@ pub fn refs(media_type: &str, body: &[u8]) -> Result<Refs, String> {
                 out.manifests.push((dg, p));
             }
         }
+        return Ok(out);
     }
     for d in m.config.iter().chain(&m.layers) {
-        if let Some(dg) = digest(d) {
+        if let Some(dg) = digest(d).filter(|_| d.urls.is_empty()) {
             out.blobs.push((dg, d.size));
         }
     }
@@ -146,5 +160,32 @@ mod tests {
         assert_eq!(r.blobs.len(), 2);
         assert_eq!(r.blobs[1].1, 7);
         assert!(Platform::parse("linux").is_err());
+    }
+
+    #[test]
+    fn a_manifest_refers_only_to_what_its_type_defines() {
+        let (a, b, c) = (
+            format!("sha256:{}", "a".repeat(64)),
+            format!("sha256:{}", "b".repeat(64)),
+            format!("sha256:{}", "c".repeat(64)),
+        );
+        // an image manifest smuggling a `manifests` list, and a foreign layer
+        let image = format!(
+            r#"{{"config":{{"digest":"{a}","size":5}},"layers":[{{"digest":"{b}","size":7,"urls":["https://x/b"]}}],"manifests":[{{"digest":"{c}","size":1}}]}}"#
+        );
+        for t in [media::OCI_MANIFEST, media::DOCKER_MANIFEST, ""] {
+            let r = refs(t, image.as_bytes()).unwrap();
+            assert!(r.manifests.is_empty(), "{t}: {r:?}");
+            assert_eq!(r.blobs, vec![(Digest::parse(&a).unwrap(), 5)], "{t}");
+        }
+        // an index with layers of its own
+        let index = format!(
+            r#"{{"manifests":[{{"digest":"{c}","size":1}}],"layers":[{{"digest":"{b}","size":7}}]}}"#
+        );
+        for t in [media::OCI_INDEX, ""] {
+            let r = refs(t, index.as_bytes()).unwrap();
+            assert_eq!(r.manifests.len(), 1, "{t}");
+            assert!(r.blobs.is_empty(), "{t}: {r:?}");
+        }
     }
 }
