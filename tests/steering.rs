@@ -72,6 +72,25 @@ async fn credentials_go_only_to_a_realm_on_https_or_the_upstreams_own_host() {
     );
 }
 
+/// What to authenticate with is learnt per request from the upstream: a challenge wharf could
+/// not answer (its token service down, say) fails that request, not every later one.
+#[tokio::test]
+async fn a_challenge_that_cannot_be_answered_is_not_kept() {
+    let upstream = Liar::start().await;
+    upstream.add_image("private/app", "1", &[pseudo_random(3, 10)], Lie::Honest);
+    *upstream.state.tokens.lock().unwrap() = Some(None);
+    // the token service it names first is down
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = dead.local_addr().unwrap();
+    drop(dead);
+    *upstream.state.realm.lock().unwrap() = Some(format!("http://{gone}/token"));
+    let w = Wharf::start(&upstream.url(), CREDENTIALS).await;
+    assert_eq!(status(&w, "/v2/private/app/manifests/1").await, 502);
+    // the upstream names a working one now
+    *upstream.state.realm.lock().unwrap() = None;
+    assert_eq!(status(&w, "/v2/private/app/manifests/1").await, 200, "{}", w.log());
+}
+
 #[tokio::test]
 async fn redirects_are_followed_for_blobs_only_and_never_into_another_hosts_service() {
     let layer = pseudo_random(2, 5000);

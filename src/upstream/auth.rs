@@ -135,6 +135,11 @@ impl Auth {
         st.tokens.remove(scope);
     }
 
+    /// Forget what the upstream demanded: the next request goes without, and learns anew.
+    pub fn forget_challenge(&self) {
+        self.state.lock().expect("auth state").challenge = None;
+    }
+
     fn cached_token(&self, scope: &str) -> Option<String> {
         let st = self.state.lock().expect("auth state");
         st.tokens

@@ -2,10 +2,12 @@
 //! targets itself, so without rules it could have wharf hand over its password to any host,
 //! or fetch from wharf's own internal network and cache the answer under a digest.
 //!
-//! - Credentials go to a token realm only over HTTPS, or on the upstream's own host, or on a
-//!   host listed for it (`auth_hosts`).
-//! - Blob requests follow redirects to HTTPS or to the upstream's own host; everything else
-//!   (manifests, tag lists, referrers, tokens) only within the same origin.
+//! - Credentials go to a token realm only over HTTPS, or on a host listed for the upstream
+//!   (`auth_hosts`), or on the upstream's own host when the upstream itself is plain HTTP (an
+//!   HTTPS upstream never has them sent in the clear).
+//! - Blob requests follow redirects to HTTPS, or to plain HTTP on the upstream's own host when
+//!   it is plain HTTP itself; everything else (manifests, tag lists, referrers, tokens) only
+//!   within the same origin.
 //! - No host but the upstream's own (and those listed) is reached at a loopback, private,
 //!   link-local or otherwise internal address — whether it is named by an IP or resolves to one
 //!   — unless the upstream itself is at one (an internal registry may send wharf to its own
@@ -23,6 +25,8 @@ use url::Url;
 pub struct Egress {
     /// The upstream's own host.
     home: String,
+    /// Whether the upstream itself is reached over plain HTTP.
+    home_plain: bool,
     /// Hosts listed for it in the config: trusted as its own.
     listed: Vec<String>,
     /// Whether the upstream itself is at an internal address (known from an IP in its URL,
@@ -39,6 +43,7 @@ impl Egress {
         };
         Egress {
             home: host_of(upstream),
+            home_plain: upstream.scheme() == "http",
             listed: listed.iter().map(|h| h.to_ascii_lowercase()).collect(),
             home_internal: AtomicBool::new(home_internal),
         }
@@ -53,14 +58,19 @@ impl Egress {
         host == self.home || self.listed.iter().any(|l| l == host)
     }
 
+    /// Whether plain HTTP to `host` is no worse than what the upstream asked for itself.
+    fn plain_ok(&self, host: &str) -> bool {
+        (self.home_plain && host == self.home) || self.listed.iter().any(|l| l == host)
+    }
+
     /// Whether wharf's credentials for this upstream may go to `realm`; `Err` says why not.
     pub fn may_send_credentials(&self, realm: &Url) -> Result<(), String> {
         let host = host_of(realm);
-        if realm.scheme() == "https" || self.trusted(&host) {
+        if realm.scheme() == "https" || self.plain_ok(&host) {
             return Ok(());
         }
         Err(format!(
-            "the token realm {realm} is plain HTTP on {host}, which is neither the upstream's host ({}) nor listed in its auth_hosts",
+            "the token realm {realm} is plain HTTP on {host}, which is neither a plain-HTTP upstream's own host ({}) nor listed in its auth_hosts",
             self.home
         ))
     }
@@ -86,8 +96,7 @@ impl Egress {
 
     /// Whether a request that began at `first` may follow a redirect to `next`.
     pub fn may_follow(&self, first: &Url, next: &Url) -> Result<(), String> {
-        let is_blob = first.path().contains("/blobs/");
-        if !is_blob {
+        if !is_blob_path(first.path()) {
             let same = first.scheme() == next.scheme()
                 && host_of(first) == host_of(next)
                 && first.port_or_known_default() == next.port_or_known_default();
@@ -99,9 +108,9 @@ impl Egress {
                 )),
             };
         }
-        if next.scheme() != "https" && host_of(next) != self.home {
+        if next.scheme() != "https" && !self.plain_ok(&host_of(next)) {
             return Err(format!(
-                "a redirect of a blob to plain HTTP on {}, which is not the upstream's host",
+                "a redirect of a blob to plain HTTP on {}, which is not a plain-HTTP upstream's own host",
                 host_of(next)
             ));
         }
@@ -134,6 +143,15 @@ impl Egress {
     }
 }
 
+/// Whether `path` asks for a blob: `/v2/<name>/blobs/sha256:<hex>` (a repository may have
+/// a component named `blobs`: `/v2/x/blobs/manifests/1` is a manifest).
+fn is_blob_path(path: &str) -> bool {
+    path.rsplit_once("/blobs/").is_some_and(|(_, d)| {
+        d.strip_prefix("sha256:")
+            .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    })
+}
+
 /// A URL's host, lower case, without the brackets of an IPv6 address.
 fn host_of(url: &Url) -> String {
     match url.host() {
@@ -143,8 +161,10 @@ fn host_of(url: &Url) -> String {
     }
 }
 
-/// Loopback, private, link-local, shared (CGNAT), unspecified, broadcast or multicast: an
-/// address inside someone's network, not on the internet.
+/// Loopback, private, link-local, shared (CGNAT), benchmarking, documentation, reserved,
+/// unspecified, broadcast or multicast — and IPv6 forms that carry such an IPv4 address
+/// (mapped, compatible, NAT64, 6to4), site-local and unique-local: an address inside someone's
+/// network, not on the internet.
 pub fn is_internal(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -156,18 +176,40 @@ pub fn is_internal(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || o[0] == 0
+                || o[0] >= 240
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || (o[0] == 192 && o[1] == 0 && (o[2] == 0 || o[2] == 2))
+                || (o[0] == 198 && o[1] == 51 && o[2] == 100)
+                || (o[0] == 203 && o[1] == 0 && o[2] == 113)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
             let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
+            let o = v6.octets();
+            let v4 = |at: usize| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    o[at],
+                    o[at + 1],
+                    o[at + 2],
+                    o[at + 3],
+                ))
+            };
+            if v6.to_ipv4_mapped().is_some() || s[..6] == [0; 6] {
+                // ::ffff:a.b.c.d, and the old compatible ::a.b.c.d (:: and ::1 among them)
+                return v6.is_unspecified() || v6.is_loopback() || is_internal(v4(12));
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_internal(v4(12)); // NAT64
+            }
+            if s[0] == 0x2002 {
+                return is_internal(v4(2)); // 6to4
+            }
+            v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || s[..4] == [0x100, 0, 0, 0]
         }
     }
 }
@@ -223,12 +265,72 @@ mod tests {
         assert!(e
             .may_send_credentials(&url("http://evil.example/token"))
             .is_err());
+        // an HTTPS upstream never has them sent in the clear, not even to its own host
+        let hub = Egress::new(&url("https://registry.example"), &[]);
+        assert!(hub
+            .may_send_credentials(&url("http://registry.example:6666/token"))
+            .is_err());
+        assert!(hub
+            .may_send_credentials(&url("https://registry.example:6666/token"))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_blob_is_what_asks_for_a_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert!(is_blob_path(&format!("/v2/library/a/blobs/{d}")));
+        assert!(is_blob_path(&format!("/v2/x/blobs/y/blobs/{d}")));
+        assert!(!is_blob_path("/v2/redirman/blobs/manifests/latest"));
+        assert!(!is_blob_path("/v2/x/blobs/tags/list"));
+        assert!(!is_blob_path(&format!("/v2/x/blobs/{d}/more")));
+    }
+
+    #[test]
+    fn internal_addresses_in_every_form() {
+        for inside in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "198.18.0.1",
+            "192.0.2.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "::7f00:1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "fd00::1",
+            "fe80::1",
+            "fec0::1",
+            "2001:db8::1",
+            "ff02::1",
+        ] {
+            assert!(is_internal(inside.parse().unwrap()), "{inside}");
+        }
+        for outside in [
+            "1.1.1.1",
+            "104.18.0.1",
+            "2606:4700::1111",
+            "64:ff9b::101:101",
+            "2002:101:101::",
+        ] {
+            assert!(!is_internal(outside.parse().unwrap()), "{outside}");
+        }
     }
 
     #[test]
     fn redirects_move_blobs_only_and_never_inside() {
         let e = Egress::new(&url("https://registry-1.docker.io"), &[]);
-        let blob = url("https://registry-1.docker.io/v2/library/a/blobs/sha256:00");
+        let blob = url(&format!(
+            "https://registry-1.docker.io/v2/library/a/blobs/sha256:{}",
+            "0".repeat(64)
+        ));
         let manifest = url("https://registry-1.docker.io/v2/library/a/manifests/1");
         let cdn = url("https://production.cloudflare.docker.com/x?sig=1");
         assert!(e.may_follow(&blob, &cdn).is_ok());
@@ -237,6 +339,11 @@ mod tests {
             .may_follow(&manifest, &url("https://registry-1.docker.io/v2/x"))
             .is_ok());
         assert!(e.may_follow(&blob, &url("http://cdn.example/x")).is_err());
+        assert!(
+            e.may_follow(&blob, &url("http://registry-1.docker.io:6379/x"))
+                .is_err(),
+            "an HTTPS upstream's blob is not moved to plain HTTP"
+        );
         for inside in [
             "https://127.0.0.1/x",
             "https://10.1.2.3/x",
@@ -250,7 +357,10 @@ mod tests {
         }
         // an upstream inside may redirect inside: to its own host, or over HTTPS
         let lab = Egress::new(&url("http://127.0.0.1:5010"), &[]);
-        let blob = url("http://127.0.0.1:5010/v2/a/blobs/sha256:00");
+        let blob = url(&format!(
+            "http://127.0.0.1:5010/v2/a/blobs/sha256:{}",
+            "0".repeat(64)
+        ));
         assert!(lab
             .may_follow(&blob, &url("http://127.0.0.1:5012/data"))
             .is_ok());

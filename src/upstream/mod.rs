@@ -249,7 +249,10 @@ impl Upstream {
         not_found: ErrorCode,
     ) -> Result<reqwest::Response, RegistryError> {
         let mut resp = self.attempt(method, url, scope, accept).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        // what to authenticate with is learnt from the upstream itself, not from where it
+        // redirected wharf (a CDN's 401 names no realm of the upstream's)
+        if resp.status() == StatusCode::UNAUTHORIZED && resp.url().as_str().starts_with(&self.base)
+        {
             let challenge = header_str(&resp, header::WWW_AUTHENTICATE).and_then(Challenge::parse);
             if let Some(c) = challenge {
                 self.auth.learn(c, scope);
@@ -278,8 +281,15 @@ impl Upstream {
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
         }
-        if let Some(auth) = self.auth.header_for(&self.http, scope).await? {
-            req = req.header(header::AUTHORIZATION, auth);
+        match self.auth.header_for(&self.http, scope).await {
+            Ok(Some(auth)) => req = req.header(header::AUTHORIZATION, auth),
+            Ok(None) => {}
+            Err(e) => {
+                // a challenge that cannot be answered is not kept: the next request asks the
+                // upstream again, so one bad answer does not fail it until a restart
+                self.auth.forget_challenge();
+                return Err(e);
+            }
         }
         match tokio::time::timeout(self.read_timeout, req.send()).await {
             Err(_) => Err(RegistryError::gateway_timeout(format!(

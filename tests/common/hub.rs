@@ -180,7 +180,10 @@ impl FakeHub {
         let reg = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let cdn = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (registry, cdn_addr) = (reg.local_addr().unwrap(), cdn.local_addr().unwrap());
-        *state.cdn_base.lock().unwrap() = format!("http://{cdn_addr}");
+        // with TLS the CDN is HTTPS too, as Docker Hub's is: wharf never moves an HTTPS
+        // upstream's blob to plain HTTP
+        let cdn_scheme = if opts.tls { "https" } else { "http" };
+        *state.cdn_base.lock().unwrap() = format!("{cdn_scheme}://{cdn_addr}");
         let reg_app = Router::new()
             .fallback(registry_handler)
             .with_state(state.clone());
@@ -188,8 +191,8 @@ impl FakeHub {
             .fallback(cdn_handler)
             .with_state(state.clone());
         let tasks = vec![
-            tokio::spawn(serve(reg, reg_app, Some(state.clone()), acceptor)),
-            tokio::spawn(serve(cdn, cdn_app, None, None)),
+            tokio::spawn(serve(reg, reg_app, Some(state.clone()), acceptor.clone())),
+            tokio::spawn(serve(cdn, cdn_app, None, acceptor)),
         ];
         FakeHub {
             registry,
