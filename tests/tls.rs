@@ -373,3 +373,53 @@ async fn an_unfinished_handshake_is_bounded_like_any_connection() {
         "made room at once: {first:?}"
     );
 }
+
+/// An HTTP/2 stream holds what a connection does, so it counts as one: past
+/// `max_connections`, a stream gets a 503 to retry rather than a hundred per connection.
+#[tokio::test]
+async fn http2_streams_count_against_the_connection_bound() {
+    let hub = FakeHub::start().await;
+    let image = hub.add_image("library/slow", "1", 3, &[1 << 20]);
+    hub.set_faults(common::Faults {
+        slow_chunk: Some(Duration::from_millis(100)),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("ca");
+    let (cert, key) = ca.install_server(dir.path());
+    let conf = format!("max_connections = 4\n{}", tls_config(&cert, &key, ""));
+    let w = Wharf::start(&hub.url(), &conf).await;
+    let h2 = https(&ca, None, false);
+    let (layer, bytes) = &image.blobs[1];
+    let url = at(&w, &format!("/v2/library/slow/blobs/{layer}"));
+    // one connection, made first: the requests below are its streams
+    assert_eq!(h2.get(at(&w, "/v2/")).send().await.unwrap().status(), 200);
+    let gets = (0..10).map(|_| async {
+        let r = h2.get(&url).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        let status = r.status().as_u16();
+        let retry = header(&r, "retry-after").to_owned();
+        let body = r.bytes().await.unwrap();
+        (status, retry, body)
+    });
+    let answers = futures_util::future::join_all(gets).await;
+    let served = answers
+        .iter()
+        .filter(|(s, _, b)| *s == 200 && b == bytes)
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|(s, r, _)| *s == 503 && r == "1")
+        .count();
+    assert_eq!(
+        served + busy,
+        10,
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert!(
+        busy >= 6,
+        "one connection's streams are held to the bound: {busy} refused"
+    );
+    assert!(served >= 1);
+}

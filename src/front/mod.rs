@@ -171,8 +171,10 @@ impl ServerApp for Front {
 
 impl Front {
     /// An HTTP/2 connection (TLS with ALPN h2): each stream is a request, answered on a task
-    /// of its own. A connection with no stream open for `idle_timeout` is closed, and is one
-    /// a newcomer may close at the connection bound meanwhile.
+    /// of its own, and counts against `max_connections` as a connection would (it holds as
+    /// much: headers, a chunk in flight), beyond which it gets a 503 to retry. A connection
+    /// with no stream open for `idle_timeout` is closed, and is one a newcomer may close at
+    /// the connection bound meanwhile.
     async fn h2(
         self: &Arc<Self>,
         stream: Stream,
@@ -185,7 +187,10 @@ impl Front {
             proxy_digest: stream.get_proxy_digest(),
             socket_digest: stream.get_socket_digest(),
         });
-        let handshake = pingora::protocols::http::v2::server::handshake(stream, None);
+        let mut options = pingora::protocols::http::v2::server::default_h2_options();
+        options.max_concurrent_streams(H2_STREAMS);
+        options.max_header_list_size(H2_HEADERS);
+        let handshake = pingora::protocols::http::v2::server::handshake(stream, Some(options));
         let Ok(Ok(mut h2)) = tokio::time::timeout(self.timeouts.header, handshake).await else {
             return;
         };
@@ -214,13 +219,37 @@ impl Front {
             open.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let mut session = ServerSession::new_http2(session);
-                if me.request(&mut session, &shutdown).await.is_some() {
-                    let _ = session.finish().await;
+                match me.connections.open() {
+                    Some(_slot) => {
+                        if me.request(&mut session, &shutdown).await.is_some() {
+                            let _ = session.finish().await;
+                        }
+                    }
+                    None => {
+                        let _ = send(&mut session, Reply::error(busy()), false, me.timeouts.header)
+                            .await;
+                    }
                 }
                 open.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
+}
+
+/// Streams one HTTP/2 connection may have open at once.
+const H2_STREAMS: u32 = 32;
+/// Most bytes of (decoded) headers one HTTP/2 request may carry.
+const H2_HEADERS: u32 = 64 << 10;
+
+/// The answer to a request over the connection bound.
+fn busy() -> RegistryError {
+    let mut e = RegistryError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        "wharf is serving max_connections clients; try again shortly",
+    );
+    e.retry_after = Some("1".into());
+    e
 }
 
 /// Turn away a connection over the bound with a 503 it may retry, once its request is in (an
@@ -238,16 +267,10 @@ async fn refuse(stream: Stream) {
             return;
         }
         session.set_keepalive(None);
-        let mut busy = RegistryError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "wharf is serving max_connections clients; try again shortly",
-        );
-        busy.retry_after = Some("1".into());
         let head = session.req_header().method == Method::HEAD;
         let _ = send(
             &mut session,
-            Reply::error(busy),
+            Reply::error(busy()),
             head,
             std::time::Duration::from_secs(1),
         )
