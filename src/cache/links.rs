@@ -7,7 +7,9 @@
 //!
 //! On disk, each repository's links are one append-only file of digests,
 //! `links/<registry>/<repository>/_links` (a torn last line is skipped on reading). In memory
-//! a repository's set is loaded on first use and kept.
+//! a repository's set is loaded on first use and kept, for [`MAX_LOADED`] repositories at
+//! most (clients may ask under any number of made-up names); past that all are dropped and
+//! loaded again as they are used.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
@@ -18,6 +20,9 @@ use std::sync::{Arc, RwLock};
 use crate::registry::{Digest, RepoName};
 
 type Set = Arc<RwLock<HashSet<Digest>>>;
+
+/// Most repositories whose links are kept in memory at once.
+pub const MAX_LOADED: usize = 100_000;
 
 pub struct RepoLinks {
     root: PathBuf,
@@ -79,6 +84,9 @@ impl RepoLinks {
             .filter_map(|l| Digest::parse(l.trim()).ok())
             .collect();
         let mut loaded = self.loaded.write().expect("links");
+        if loaded.values().map(HashMap::len).sum::<usize>() >= MAX_LOADED {
+            loaded.clear();
+        }
         loaded
             .entry(registry.to_owned())
             .or_default()
@@ -195,5 +203,29 @@ mod tests {
         let all = again.all();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].2.len(), 3);
+    }
+
+    #[test]
+    fn made_up_names_do_not_fill_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let links = RepoLinks::open(dir.path()).unwrap();
+        let (a, real) = (Digest::of(b"a"), RepoName::parse("real/one").unwrap());
+        links.add("docker.io", &real, &[a]).unwrap();
+        for i in 0..=MAX_LOADED {
+            let made_up = RepoName::parse(&format!("made/up{i}")).unwrap();
+            assert!(!links.has("docker.io", &made_up, &a));
+        }
+        let kept: usize = links
+            .loaded
+            .read()
+            .unwrap()
+            .values()
+            .map(HashMap::len)
+            .sum();
+        assert!(kept <= MAX_LOADED, "{kept} sets in memory");
+        assert!(
+            links.has("docker.io", &real, &a),
+            "read again from its file"
+        );
     }
 }
