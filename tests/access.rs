@@ -154,3 +154,69 @@ async fn with_credentials_upstream_and_no_access_wharf_says_so_at_start() {
     let w = Wharf::start(&hub.url(), "").await;
     assert!(!w.log().contains("anyone who can reach wharf"));
 }
+
+/// A user taken out of the htpasswd file is out within a second or two, although their
+/// credentials were checked moments before; and a line wharf cannot read on a reload is left
+/// out (with a warning), not a reason to keep the users the file had before.
+#[tokio::test]
+async fn a_user_taken_out_of_the_file_is_out_at_once() {
+    let hub = FakeHub::start().await;
+    hub.add_image("library/pub", "1", 4, &[10]);
+    let dir = tempfile::tempdir().unwrap();
+    let w = Wharf::start(&hub.url(), &config(dir.path(), "")).await;
+    let (bob, carol) = (basic("bob", "bobs-pw"), basic("carol", "carols-pw"));
+    let path = "/v2/library/pub/manifests/1";
+    assert_eq!(ask(&w, path, Some(&bob)).await.status(), 200);
+    assert_eq!(ask(&w, path, Some(&carol)).await.status(), 200);
+    // bob is removed, and someone leaves a typo behind
+    let file = dir.path().join("htpasswd");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let carol_line = text.lines().find(|l| l.starts_with("carol:")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20)); // a new modification time
+    std::fs::write(&file, format!("{carol_line}\nthis line is a typo\n")).unwrap();
+    common::eventually(5, "bob is refused", || async {
+        ask(&w, path, Some(&bob)).await.status() == 401
+    })
+    .await;
+    assert_eq!(ask(&w, path, Some(&carol)).await.status(), 200);
+    assert!(w.log().contains("line left out"), "{}", w.log());
+}
+
+/// Guessing passwords cannot hold requests without end: verifications wait in a bounded queue,
+/// past which a guess gets a 503 to retry at once.
+#[tokio::test]
+async fn password_guesses_wait_in_a_bounded_queue() {
+    let hub = FakeHub::start().await;
+    hub.add_image("library/pub", "1", 5, &[10]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    std::fs::write(
+        &file,
+        format!("bob:{}\n", bcrypt::hash("bobs-pw", 10).unwrap()),
+    )
+    .unwrap();
+    let conf = format!("[access]\nhtpasswd = {:?}\n", file.display().to_string());
+    let w = Wharf::start(&hub.url(), &conf).await;
+    let started = std::time::Instant::now();
+    let guesses = (0..120).map(|i| {
+        let w = &w;
+        async move {
+            let r = ask(
+                w,
+                "/v2/library/pub/manifests/1",
+                Some(&basic("bob", &format!("guess{i}"))),
+            )
+            .await;
+            (r.status().as_u16(), header(&r, "retry-after").to_owned())
+        }
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let busy = answers
+        .iter()
+        .filter(|(s, r)| *s == 503 && r == "1")
+        .count();
+    let wrong = answers.iter().filter(|(s, _)| *s == 401).count();
+    assert_eq!(busy + wrong, 120, "{answers:?}");
+    assert!(busy > 0, "past the queue's bound a guess is turned away");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -8,13 +8,17 @@
 //! fetched for it.
 //!
 //! bcrypt is slow on purpose (tens of milliseconds): a verified pair of credentials is kept
-//! (hashed) for a few minutes, wrong ones too, and at most two verifications run at once, on
-//! the blocking pool, so that guessing passwords cannot take the server's threads.
+//! (hashed) for a few minutes, wrong ones too, until the htpasswd file changes (looked at once
+//! a second at most); at most two verifications run at once, on the blocking pool, with a
+//! bounded queue before them, so that guessing passwords cannot take the server's threads nor
+//! hold requests without end. An unknown user costs a verification too (against a stand-in
+//! hash of the same cost), so answers take as long whether the user exists or not.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use http::StatusCode;
@@ -80,13 +84,21 @@ pub struct Access {
     on: bool,
     htpasswd: Option<Arc<Htpasswd>>,
     rules: Vec<Rule>,
-    /// sha256(user:password) of credentials checked lately: whether they were right.
-    checked: moka::sync::Cache<[u8; 32], bool>,
+    /// sha256(user:password) of credentials checked lately: whether they were right, as of
+    /// which generation of the htpasswd file.
+    checked: moka::sync::Cache<[u8; 32], (bool, u64)>,
     verifying: tokio::sync::Semaphore,
+    /// Requests waiting for a verification slot, or in one.
+    queued: AtomicUsize,
 }
 
-/// How long a checked pair of credentials is believed, right or wrong.
+/// How long a checked pair of credentials is believed, right or wrong (unless the htpasswd
+/// file changes meanwhile).
 const CHECKED_FOR: Duration = Duration::from_secs(300);
+/// Most requests waiting to have a password verified; past it, a 503 to retry.
+const MAX_QUEUED: usize = 64;
+/// Longest a request waits for its password to be verified.
+const VERIFY_WITHIN: Duration = Duration::from_secs(10);
 
 impl Access {
     /// `certificates`: whether TLS client certificates are checked (a `client_ca`), which
@@ -112,6 +124,7 @@ impl Access {
                 .time_to_live(CHECKED_FOR)
                 .build(),
             verifying: tokio::sync::Semaphore::new(2),
+            queued: AtomicUsize::new(0),
         })
     }
 
@@ -157,22 +170,30 @@ impl Access {
         let text = String::from_utf8(decoded).map_err(|_| wrong())?;
         let (user, password) = text.split_once(':').ok_or_else(wrong)?;
         let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        if let Some(right) = self.checked.get(&key) {
+        if htpasswd.due() {
+            let file = htpasswd.clone();
+            let _ = tokio::task::spawn_blocking(move || file.refresh()).await;
+        }
+        let generation = htpasswd.generation();
+        if let Some((right, _)) = self.checked.get(&key).filter(|(_, g)| *g == generation) {
             return if right {
                 Ok(user.to_owned())
             } else {
                 Err(wrong())
             };
         }
-        let _slot = self.verifying.acquire().await.expect("never closed");
+        let _queued = Queued::join(&self.queued).ok_or_else(|| {
+            busy("too many passwords are being checked at once; try again shortly")
+        })?;
+        let _slot = tokio::time::timeout(VERIFY_WITHIN, self.verifying.acquire())
+            .await
+            .map_err(|_| busy("passwords are being checked slowly; try again shortly"))?
+            .expect("never closed");
         let (file, name, password) = (htpasswd.clone(), user.to_owned(), password.to_owned());
-        let right = tokio::task::spawn_blocking(move || match file.hash_of(&name) {
-            Some(hash) => bcrypt::verify(password, &hash).unwrap_or(false),
-            None => false,
-        })
-        .await
-        .unwrap_or(false);
-        self.checked.insert(key, right);
+        let right = tokio::task::spawn_blocking(move || file.verify(&name, &password))
+            .await
+            .unwrap_or(false);
+        self.checked.insert(key, (right, generation));
         if right {
             Ok(user.to_owned())
         } else {
@@ -209,6 +230,32 @@ impl Access {
     }
 }
 
+/// A place in the queue for a verification, given back when dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn join(queued: &'a AtomicUsize) -> Option<Queued<'a>> {
+        if queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Queued(queued))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A 503 to retry: the password cannot be checked now.
+fn busy(why: &str) -> RegistryError {
+    let mut e = RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why);
+    e.retry_after = Some("1".into());
+    e
+}
+
 /// A 401 that asks for Basic credentials.
 fn challenge(why: &str) -> RegistryError {
     let mut e = RegistryError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, why);
@@ -222,61 +269,132 @@ pub const CHALLENGE: &str = "Basic realm=\"wharf\"";
 /// User names and their bcrypt hashes, as read at a file's modification time.
 type Entries = (Option<SystemTime>, Arc<HashMap<String, String>>);
 
-/// An htpasswd file of bcrypt entries, re-read when its modification time changes.
+/// An htpasswd file of bcrypt entries, re-read when its modification time changes (looked
+/// at once a second at most). Each reading is a generation: what was checked against an
+/// older one is checked again.
 struct Htpasswd {
     path: PathBuf,
     entries: Mutex<Entries>,
+    generation: AtomicU64,
+    /// When the file was last looked at.
+    looked: Mutex<Instant>,
+    /// A hash of no password, of the cost the file's use: what an unknown user is checked
+    /// against, so that an answer does not tell whether the user exists.
+    stand_in: String,
 }
+
+/// How often the htpasswd file is looked at for changes, at most.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 impl Htpasswd {
     fn load(path: &Path) -> Result<Htpasswd, String> {
-        let (mtime, entries) = read_htpasswd(path)?;
+        let (mtime, text) = read_htpasswd(path)?;
+        let entries = parse_htpasswd(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+        let cost = entries
+            .values()
+            .filter_map(|h| h.get(4..6)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let stand_in = bcrypt::hash(rand::random::<u64>().to_string(), cost.clamp(4, 31))
+            .map_err(|e| format!("cannot make a bcrypt hash: {e}"))?;
         Ok(Htpasswd {
             path: path.to_owned(),
             entries: Mutex::new((mtime, Arc::new(entries))),
+            generation: AtomicU64::new(0),
+            looked: Mutex::new(Instant::now()),
+            stand_in,
         })
     }
 
-    /// The bcrypt hash of `user`, from the file as it is now. Blocking (a stat, and a read when
-    /// the file changed); a file that became unreadable keeps its last good entries.
-    fn hash_of(&self, user: &str) -> Option<String> {
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the file is due for a look.
+    fn due(&self) -> bool {
+        self.looked.lock().expect("htpasswd").elapsed() >= LOOK_EVERY
+    }
+
+    /// Read the file again if it changed. Blocking (a stat, and a read when it changed). A
+    /// line that cannot be read is left out, with a warning (the others stand: a typo must
+    /// not keep a user the file no longer has); a file that cannot be read at all keeps the
+    /// entries read before.
+    fn refresh(&self) {
+        *self.looked.lock().expect("htpasswd") = Instant::now();
         let now = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
         let mut e = self.entries.lock().expect("htpasswd");
-        if now.is_some() && now != e.0 {
-            match read_htpasswd(&self.path) {
-                Ok((mtime, entries)) => *e = (mtime, Arc::new(entries)),
-                Err(why) => tracing::warn!("keeping the htpasswd entries read before: {why}"),
+        if now.is_none() || now == e.0 {
+            return;
+        }
+        match read_htpasswd(&self.path) {
+            Ok((mtime, text)) => {
+                let (entries, bad) = htpasswd_entries(&text);
+                for why in bad {
+                    tracing::warn!("{}:{why}: line left out", self.path.display());
+                }
+                *e = (mtime, Arc::new(entries));
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(why) => tracing::error!("keeping the htpasswd entries read before: {why}"),
+        }
+    }
+
+    /// Whether `password` is `user`'s. Blocking (bcrypt, tens of milliseconds).
+    fn verify(&self, user: &str, password: &str) -> bool {
+        self.refresh();
+        let hash = self.entries.lock().expect("htpasswd").1.get(user).cloned();
+        match hash {
+            Some(h) => bcrypt::verify(password, &h).unwrap_or(false),
+            None => {
+                let _ = bcrypt::verify(password, &self.stand_in);
+                false
             }
         }
-        e.1.get(user).cloned()
     }
 }
 
-fn read_htpasswd(path: &Path) -> Result<(Option<SystemTime>, HashMap<String, String>), String> {
+fn read_htpasswd(path: &Path) -> Result<(Option<SystemTime>, String), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the htpasswd file {}: {e}", path.display()))?;
     let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    Ok((mtime, text))
+}
+
+/// The user names and bcrypt hashes of an htpasswd file's text: `user:hash` lines, blank lines
+/// and `#` comments. A line that is neither, or a hash that is not bcrypt, is an error that
+/// starts with its line number (`3: …`).
+pub fn parse_htpasswd(text: &str) -> Result<HashMap<String, String>, String> {
+    match htpasswd_entries(text) {
+        (entries, bad) if bad.is_empty() => Ok(entries),
+        (_, mut bad) => Err(bad.swap_remove(0)),
+    }
+}
+
+/// The entries of the lines that can be read, and why the others cannot.
+fn htpasswd_entries(text: &str) -> (HashMap<String, String>, Vec<String>) {
     let mut entries = HashMap::new();
+    let mut bad = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (user, hash) = line
-            .split_once(':')
-            .ok_or_else(|| format!("{}:{}: not user:hash", path.display(), n + 1))?;
+        let Some((user, hash)) = line.split_once(':') else {
+            bad.push(format!("{}: not user:hash", n + 1));
+            continue;
+        };
         if !(hash.starts_with("$2y$") || hash.starts_with("$2b$") || hash.starts_with("$2a$")) {
-            return Err(format!(
-                "{}:{}: the hash of {user:?} is not bcrypt (make it with htpasswd -B)",
-                path.display(),
+            bad.push(format!(
+                "{}: the hash of {user:?} is not bcrypt (make it with htpasswd -B)",
                 n + 1
             ));
+            continue;
         }
         entries.insert(user.to_owned(), hash.to_owned());
     }
-    Ok((mtime, entries))
+    (entries, bad)
 }
 
 #[cfg(test)]
