@@ -19,7 +19,8 @@
 # time the client and the fan-out of 3.2 GB to 50 local clients, not how a mirror uses its
 # upstream. Distribution's fetch count in 5 is taken on loopback (its ~50 fetches through the
 # link would take a minute).
-# Logs are off for wharf (WHARF_LOG=warn) and nginx (access_log off) alike.
+# Logs are off for wharf (WHARF_LOG=warn) and nginx (access_log off) alike, but for one
+# figure that measures what wharf's access log (on by default) costs.
 # usage: benches/run.sh   (as root: installs docker-registry, skopeo, nginx-light, wrk if missing)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -84,9 +85,9 @@ wait_http "http://$NGINX/"
 start link python3 "$ROOT/benches/uplink.py" "${LINK##*:}" "${UP##*:}" 50 20
 wait_http "http://$LINK/v2/"
 
-fresh_wharf() { # [UPSTREAM]
+fresh_wharf() { # [UPSTREAM]   (WHARF_LOG=info fresh_wharf: with the access log on)
   stop wharf; rm -rf "$W/wharf"
-  start wharf env WHARF_LOG=warn "$BIN" serve --listen "$WHARF" --data "$W/wharf" --upstream "http://${1:-$UP}" --config /dev/null
+  start wharf env WHARF_LOG="${WHARF_LOG:-warn}" "$BIN" serve --listen "$WHARF" --data "$W/wharf" --upstream "http://${1:-$UP}" --config /dev/null
   wait_http "http://$WHARF/v2/"
 }
 fresh_dist() { # [UPSTREAM]
@@ -174,6 +175,18 @@ for what in manifests/$SMALL_M blobs/$SMALL; do
   row "2 warm $label, p50 | p99 ms (wharf)" "$wp50" "$wp99" "" "target p99 <= 2 ms"
   row "2 warm $label, p50 | p99 ms (nginx)" "$np50" "$np99" "" ""
 done
+
+# the access log is on by default: what it costs, manifest by digest, best of three each
+log "2: the access log's cost"
+for _ in 1 2 3; do
+  for logging in info warn; do
+    WHARF_LOG=$logging fresh_wharf
+    curl -s -o /dev/null "http://$WHARF/v2/bench/small/manifests/$SMALL_M"
+    best_wrk "log-$logging" "http://$WHARF/v2/bench/small/manifests/$SMALL_M"
+  done
+done
+on=${BEST[log-info]} off=${BEST[log-warn]}
+row "2 warm manifest by digest, req/s (access log on | off)" "$(printf '%.0f' "$on")" "$(printf '%.0f' "$off")" "$(ratio "$on" "$off")" "target >= 0.95"
 
 # ---------------------------------------------------------------- 3: cold 256 MiB
 log "3: cold 256 MiB blob"
