@@ -88,7 +88,12 @@ async fn a_challenge_that_cannot_be_answered_is_not_kept() {
     assert_eq!(status(&w, "/v2/private/app/manifests/1").await, 502);
     // the upstream names a working one now
     *upstream.state.realm.lock().unwrap() = None;
-    assert_eq!(status(&w, "/v2/private/app/manifests/1").await, 200, "{}", w.log());
+    assert_eq!(
+        status(&w, "/v2/private/app/manifests/1").await,
+        200,
+        "{}",
+        w.log()
+    );
 }
 
 #[tokio::test]

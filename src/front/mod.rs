@@ -226,8 +226,13 @@ impl Front {
                         }
                     }
                     None => {
-                        let _ = send(&mut session, Reply::error(busy()), false, me.timeouts.header)
-                            .await;
+                        let _ = send(
+                            &mut session,
+                            Reply::error(busy()),
+                            false,
+                            me.timeouts.header,
+                        )
+                        .await;
                     }
                 }
                 open.fetch_sub(1, Ordering::Relaxed);
