@@ -18,6 +18,7 @@ use crate::cache::store::read_at;
 use crate::cache::{Fill, FillReader, Fills, Joined, Kind};
 use crate::metrics::METRICS;
 use crate::registry::media;
+use crate::registry::range::{parse_range, RangeAnswer};
 use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
 use crate::upstream::{header_str, transport_error, Upstream};
 
@@ -449,56 +450,6 @@ fn blob_headers(digest: &Digest) -> Headers {
     headers
 }
 
-/// A byte range request against a blob of `len` bytes.
-#[derive(Debug, PartialEq, Eq)]
-enum RangeAnswer {
-    /// No usable range: send everything (multi-range requests are answered this way too).
-    Full,
-    /// Inclusive `start..=end`.
-    Part(u64, u64),
-    /// 416.
-    Unsatisfiable,
-}
-
-fn parse_range(header: Option<&str>, len: u64) -> RangeAnswer {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
-        return RangeAnswer::Full;
-    };
-    if spec.contains(',') {
-        return RangeAnswer::Full;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeAnswer::Full;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
-    match (a.is_empty(), b.is_empty()) {
-        (true, false) => match parse(b) {
-            Some(0) => RangeAnswer::Unsatisfiable,
-            Some(n) if len > 0 => RangeAnswer::Part(len.saturating_sub(n), len - 1),
-            Some(_) => RangeAnswer::Unsatisfiable,
-            None => RangeAnswer::Full,
-        },
-        (false, _) => {
-            let Some(start) = parse(a) else {
-                return RangeAnswer::Full;
-            };
-            let end = if b.is_empty() {
-                Some(u64::MAX)
-            } else {
-                parse(b)
-            };
-            match end {
-                None => RangeAnswer::Full,
-                Some(end) if end < start => RangeAnswer::Full,
-                Some(_) if start >= len => RangeAnswer::Unsatisfiable,
-                Some(end) => RangeAnswer::Part(start, end.min(len - 1)),
-            }
-        }
-        (true, true) => RangeAnswer::Full,
-    }
-}
-
 /// Status, extra headers and the `(offset, len)` to send for a possibly ranged blob reply.
 fn ranged(
     digest: &Digest,
@@ -568,27 +519,5 @@ fn file_reply(
             outcome,
         },
         Err(r) => r,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        use RangeAnswer::*;
-        assert_eq!(parse_range(None, 10), Full);
-        assert_eq!(parse_range(Some("bytes=0-4"), 10), Part(0, 4));
-        assert_eq!(parse_range(Some("bytes=5-"), 10), Part(5, 9));
-        assert_eq!(parse_range(Some("bytes=5-100"), 10), Part(5, 9));
-        assert_eq!(parse_range(Some("bytes=-3"), 10), Part(7, 9));
-        assert_eq!(parse_range(Some("bytes=-30"), 10), Part(0, 9));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
-        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Full);
-        assert_eq!(parse_range(Some("items=0-1"), 10), Full);
-        assert_eq!(parse_range(Some("bytes=4-2"), 10), Full);
-        assert_eq!(parse_range(Some("bytes=0-0"), 0), Unsatisfiable);
     }
 }

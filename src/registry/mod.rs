@@ -1,9 +1,11 @@
 //! The registry protocol: what clients may ask (routes), how things are named (references), what
-//! a manifest is (media types) and how failures are told (OCI error JSON).
+//! a manifest is (media types), which bytes of a blob a client wants (ranges) and how failures
+//! are told (OCI error JSON).
 
 pub mod error;
 pub mod image;
 pub mod media;
+pub mod range;
 pub mod reference;
 pub mod route;
 

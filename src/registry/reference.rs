@@ -255,6 +255,10 @@ impl ImageRef {
         let mut name = RepoName::parse(path)?;
         if registry == "docker.io" {
             name = name.with_library_prefix();
+            // still a name: it is written out (archives) and read back
+            if name.0.len() > 255 {
+                return Err(RegistryError::name_invalid(path));
+            }
         }
         Ok(ImageRef {
             registry,
@@ -297,6 +301,19 @@ mod tests {
         );
         assert!(ImageRef::parse("Reg.io/x").is_err());
         assert!(ImageRef::parse("a:b:c").is_err());
+    }
+
+    /// Found by the property tests (tests/parsers.rs): `library/` made a long Hub name longer
+    /// than a name may be, so the image reference did not parse back from how it is shown.
+    #[test]
+    fn hub_names_stay_names_with_their_library_prefix() {
+        let longest = "a".repeat(255 - "library/".len());
+        let image = ImageRef::parse(&longest).unwrap();
+        assert_eq!(ImageRef::parse(&image.to_string()).unwrap(), image);
+        assert!(ImageRef::parse(&format!("{longest}a")).is_err());
+        assert!(ImageRef::parse(&format!("docker.io/{longest}a:1")).is_err());
+        // elsewhere a one-component name keeps the whole length
+        assert!(ImageRef::parse(&format!("ghcr.io/{}", "a".repeat(255))).is_ok());
     }
 
     #[test]

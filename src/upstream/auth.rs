@@ -41,7 +41,9 @@ impl Challenge {
     }
 }
 
-/// `k="v", k2=v2` with commas allowed inside quotes (scopes carry them).
+/// `k="v", k2=v2` with commas allowed inside quotes (scopes carry them). A quoted value may
+/// escape any character with a backslash (RFC 9110's quoted-pair); a bare one ends at the next comma,
+/// the blanks before it not included.
 fn parse_params(s: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = s.trim();
@@ -56,20 +58,33 @@ fn parse_params(s: &str) -> HashMap<String, String> {
             .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(q) = after.strip_prefix('"') {
-            match q.find('"') {
-                Some(end) => (&q[..end], &q[end + 1..]),
-                None => (q, ""),
-            }
+            quoted_string(q)
         } else {
-            match after.find(',') {
-                Some(end) => (&after[..end], &after[end..]),
-                None => (after, ""),
-            }
+            let (v, r) = after.split_at(after.find(',').unwrap_or(after.len()));
+            (v.trim_end().to_owned(), r)
         };
-        out.insert(key, value.to_owned());
+        out.insert(key, value);
         rest = remaining.trim_start().trim_start_matches(',').trim_start();
     }
     out
+}
+
+/// The rest of a quoted-string whose opening quote has been read: its unescaped content, and
+/// what follows the closing quote (nothing when it is missing).
+fn quoted_string(s: &str) -> (String, &str) {
+    let mut value = String::new();
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return (value, &s[i + 1..]),
+            '\\' => match chars.next() {
+                Some((_, escaped)) => value.push(escaped),
+                None => break,
+            },
+            c => value.push(c),
+        }
+    }
+    (value, "")
 }
 
 #[derive(Deserialize)]
@@ -352,5 +367,31 @@ mod tests {
         );
         assert_eq!(Challenge::parse("Negotiate"), None);
         assert_eq!(Challenge::parse("Bearer service=x"), None);
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/www_authenticate.rs): an escaped quote ended the
+    /// value, and the escapes were kept. And found writing the property tests
+    /// (tests/parsers.rs): a bare value kept the blanks before the next comma.
+    #[test]
+    fn quoted_pairs_and_blanks() {
+        let bearer = |realm: &str, service: Option<&str>| {
+            Some(Challenge::Bearer {
+                realm: realm.into(),
+                service: service.map(Into::into),
+            })
+        };
+        assert_eq!(
+            Challenge::parse(r#"Bearer realm="https://a.example/\"t\"",service="s\\x""#),
+            bearer(r#"https://a.example/"t""#, Some(r"s\x"))
+        );
+        assert_eq!(
+            Challenge::parse("Bearer realm=https://a.example/t , service=reg ,scope=x"),
+            bearer("https://a.example/t", Some("reg"))
+        );
+        // an unterminated quote or escape takes what there is
+        assert_eq!(
+            Challenge::parse(r#"Bearer realm="https://a.example/t\"#),
+            bearer("https://a.example/t", None)
+        );
     }
 }
