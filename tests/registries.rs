@@ -335,7 +335,6 @@ async fn a_client_only_gets_manifest_types_it_accepts() {
 /// token service's refusal does, instead of being reused until the helper's answer expires.
 #[tokio::test]
 async fn a_basic_upstream_refusing_a_helpers_credentials_asks_the_helper_again() {
-    use std::os::unix::fs::PermissionsExt;
     let hub = FakeHub::start_with(HubOptions {
         user: Some(("AWS".into(), "today".into())),
         basic_only: true,
@@ -346,25 +345,11 @@ async fn a_basic_upstream_refusing_a_helpers_credentials_asks_the_helper_again()
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "yesterday").unwrap();
-    let helper = dir.path().join("docker-credential-wharfecr");
-    std::fs::write(
-        &helper,
-        format!(
+    let w = with_helper(&hub, dir.path(), "wharfecr",
+        &format!(
             "#!/bin/sh\nread server\nprintf '{{\"Username\":\"AWS\",\"Secret\":\"%s\"}}' \"$(cat {})\"\n",
             secret.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        dir.path().display(),
-        std::env::var("PATH").unwrap()
-    );
-    let w = common::Wharf::start_env(
-        &hub.url(),
-        "[upstreams.\"docker.io\"]\ncredential_helper = \"wharfecr\"\n",
-        &[("PATH", &path)],
     )
     .await;
     let c = client();
@@ -389,7 +374,6 @@ async fn a_basic_upstream_refusing_a_helpers_credentials_asks_the_helper_again()
 
 #[tokio::test]
 async fn password_file_and_credential_helper_with_an_identity_token() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     // password_file, re-read on use
     let hub = FakeHub::start_with(HubOptions {
@@ -420,22 +404,8 @@ async fn password_file_and_credential_helper_with_an_identity_token() {
     })
     .await;
     hub.add_image("team/b", "1", 13, &[10]);
-    let helper = dir.path().join("docker-credential-wharftest");
-    std::fs::write(
-        &helper,
+    let w = with_helper(&hub, dir.path(), "wharftest",
         "#!/bin/sh\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"<token>\",\"Secret\":\"rt-123\"}' \"$server\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!(
-        "{}:{}",
-        dir.path().display(),
-        std::env::var("PATH").unwrap()
-    );
-    let w = common::Wharf::start_env(
-        &hub.url(),
-        "[upstreams.\"docker.io\"]\ncredential_helper = \"wharftest\"\n",
-        &[("PATH", &path)],
     )
     .await;
     let r = c.get(w.url("/v2/team/b/manifests/1")).send().await.unwrap();
@@ -556,4 +526,16 @@ async fn a_hung_upstream_is_asked_once_then_spared_while_stale_tags_are_served()
         before + 1,
         "the upstream just failed: no second wait for it"
     );
+}
+
+/// A wharf whose docker.io credentials come from `docker-credential-<name>`, a shell script
+/// written into `dir` (put first on wharf's PATH).
+async fn with_helper(hub: &FakeHub, dir: &std::path::Path, name: &str, script: &str) -> Wharf {
+    use std::os::unix::fs::PermissionsExt;
+    let helper = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(&helper, script).unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap());
+    let config = format!("[upstreams.\"docker.io\"]\ncredential_helper = \"{name}\"\n");
+    Wharf::start_env(&hub.url(), &config, &[("PATH", &path)]).await
 }

@@ -78,11 +78,7 @@ impl RepoLinks {
         {
             return s.clone();
         }
-        let read = fs::read_to_string(self.file(registry, repo)).unwrap_or_default();
-        let set: HashSet<Digest> = read
-            .lines()
-            .filter_map(|l| Digest::parse(l.trim()).ok())
-            .collect();
+        let set = read_links(&self.file(registry, repo));
         let mut loaded = self.loaded.write().expect("links");
         if loaded.values().map(HashMap::len).sum::<usize>() >= MAX_LOADED {
             loaded.clear();
@@ -128,42 +124,27 @@ impl RepoLinks {
 
     /// Every link on disk, as (registry, repository, digests). Blocking.
     pub fn all(&self) -> Vec<(String, RepoName, Vec<Digest>)> {
-        fn walk(dir: &Path, repo: &str, out: &mut Vec<(String, PathBuf)>) {
-            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if name == "_links" && !is_dir {
-                    out.push((repo.to_owned(), entry.path()));
-                } else if is_dir {
-                    let sub = if repo.is_empty() {
-                        name
-                    } else {
-                        format!("{repo}/{name}")
-                    };
-                    walk(&entry.path(), &sub, out);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        for reg in fs::read_dir(&self.root).into_iter().flatten().flatten() {
-            let registry = reg.file_name().to_string_lossy().into_owned();
-            let mut files = Vec::new();
-            walk(&reg.path(), "", &mut files);
-            for (repo, path) in files {
-                let Ok(repo) = RepoName::parse(&repo) else {
-                    continue;
-                };
-                let digests = fs::read_to_string(path)
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| Digest::parse(l.trim()).ok())
+        let mut out: Vec<_> = super::repositories(&self.root, "_links")
+            .into_iter()
+            .map(|(registry, repo)| {
+                let digests = read_links(&self.file(&registry, &repo))
+                    .into_iter()
                     .collect();
-                out.push((registry.clone(), repo, digests));
-            }
-        }
+                (registry, repo, digests)
+            })
+            .collect();
         out.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
         out
     }
+}
+
+/// The digests of a links file (none if it is missing; a torn line is skipped).
+fn read_links(path: &Path) -> HashSet<Digest> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| Digest::parse(l.trim()).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -144,39 +144,12 @@ impl TagIndex {
 
     /// Every tag recorded, as (registry, repository, tag, record), sorted. Blocking.
     pub fn all(&self) -> Vec<(String, RepoName, Tag, Arc<TagRecord>)> {
-        /// Repository names under `dir`: every directory path that holds a `_tags` directory.
-        fn walk(dir: &Path, repo: &str, out: &mut Vec<String>) {
-            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                if name == "_tags" {
-                    out.push(repo.to_owned());
-                } else {
-                    let sub = if repo.is_empty() {
-                        name
-                    } else {
-                        format!("{repo}/{name}")
-                    };
-                    walk(&entry.path(), &sub, out);
-                }
-            }
-        }
         let mut out = Vec::new();
-        for reg in fs::read_dir(&self.root).into_iter().flatten().flatten() {
-            let registry = reg.file_name().to_string_lossy().into_owned();
-            let mut repos = Vec::new();
-            walk(&reg.path(), "", &mut repos);
-            for repo in repos {
-                let Ok(repo) = RepoName::parse(&repo) else {
-                    continue;
-                };
-                for t in self.list(&registry, &repo) {
-                    let Ok(tag) = Tag::parse(&t) else { continue };
-                    if let Some(record) = self.get(&registry, &repo, &tag) {
-                        out.push((registry.clone(), repo.clone(), tag, record));
-                    }
+        for (registry, repo) in super::repositories(&self.root, "_tags") {
+            for t in self.list(&registry, &repo) {
+                let Ok(tag) = Tag::parse(&t) else { continue };
+                if let Some(record) = self.get(&registry, &repo, &tag) {
+                    out.push((registry.clone(), repo.clone(), tag, record));
                 }
             }
         }

@@ -183,11 +183,16 @@ impl Access {
             };
         }
         let _queued = Queued::join(&self.queued).ok_or_else(|| {
-            busy("too many passwords are being checked at once; try again shortly")
+            RegistryError::busy(
+                "too many passwords are being checked at once; try again shortly",
+                1,
+            )
         })?;
         let _slot = tokio::time::timeout(VERIFY_WITHIN, self.verifying.acquire())
             .await
-            .map_err(|_| busy("passwords are being checked slowly; try again shortly"))?
+            .map_err(|_| {
+                RegistryError::busy("passwords are being checked slowly; try again shortly", 1)
+            })?
             .expect("never closed");
         let (file, name, password) = (htpasswd.clone(), user.to_owned(), password.to_owned());
         let right = tokio::task::spawn_blocking(move || file.verify(&name, &password))
@@ -247,13 +252,6 @@ impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// A 503 to retry: the password cannot be checked now.
-fn busy(why: &str) -> RegistryError {
-    let mut e = RegistryError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, why);
-    e.retry_after = Some("1".into());
-    e
 }
 
 /// A 401 that asks for Basic credentials.
@@ -341,7 +339,8 @@ impl Htpasswd {
         }
     }
 
-    /// Whether `password` is `user`'s. Blocking (bcrypt, tens of milliseconds).
+    /// Whether `password` is `user`'s, by the file as it is now (a user just added is known at
+    /// once). Blocking (a stat, and bcrypt: tens of milliseconds).
     fn verify(&self, user: &str, password: &str) -> bool {
         self.refresh();
         let hash = self.entries.lock().expect("htpasswd").1.get(user).cloned();

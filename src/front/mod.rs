@@ -248,13 +248,10 @@ const H2_HEADERS: u32 = 64 << 10;
 
 /// The answer to a request over the connection bound.
 fn busy() -> RegistryError {
-    let mut e = RegistryError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::Unavailable,
+    RegistryError::busy(
         "wharf is serving max_connections clients; try again shortly",
-    );
-    e.retry_after = Some("1".into());
-    e
+        1,
+    )
 }
 
 /// Turn away a connection over the bound with a 503 it may retry, once its request is in (an

@@ -92,13 +92,10 @@ impl Mirror {
             .fills
             .join_or_start(&self.store, digest)
             .map_err(|Busy(n)| {
-                let mut e = RegistryError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
+                RegistryError::busy(
                     format!("wharf is fetching {n} blobs already (max_fills); try again shortly"),
-                );
-                e.retry_after = Some(BUSY_RETRY_AFTER.into());
-                e
+                    BUSY_RETRY_AFTER,
+                )
             })?;
         Ok(match joined {
             Joined::Stored => None,
@@ -437,7 +434,7 @@ impl Mirror {
 }
 
 /// How long a client refused for `max_fills` is told to wait.
-const BUSY_RETRY_AFTER: &str = "5";
+const BUSY_RETRY_AFTER: u32 = 5;
 
 /// What an orphan fill must bring per read timeout not to count as stalled.
 const STALL_BYTES: u64 = 64 << 10;

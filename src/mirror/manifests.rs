@@ -167,15 +167,12 @@ impl Mirror {
             .run(key, || work)
             .await
             .map_err(|Full(n)| {
-                let mut e = RegistryError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::Unavailable,
+                RegistryError::busy(
                     format!(
                         "wharf is fetching {n} manifests already (max_manifest_fetches); try again shortly"
                     ),
-                );
-                e.retry_after = Some("1".into());
-                e
+                    1,
+                )
             })?;
         let m = result.unwrap_or_else(|| Err(RegistryError::internal("manifest fetch failed")))?;
         Ok((

@@ -133,6 +133,17 @@ impl RegistryError {
         Self::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable, message)
     }
 
+    /// wharf is at one of its bounds: a 503 the client may retry after `seconds`.
+    pub fn busy(message: impl Into<String>, seconds: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            message,
+        );
+        e.retry_after = Some(seconds.to_string());
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
