@@ -35,8 +35,18 @@ async fn timed_hit(w: &Wharf, path: &str, want: &[u8]) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hits_are_served_at_once_behind_six_hundred_slow_fills() {
-    common::more_files();
+async fn hits_are_served_at_once_behind_hundreds_of_slow_fills() {
+    // 600 slow fills take ~1,200 sockets in this process and 8 files each in wharf's budget; a
+    // lower hard limit (not root) makes the crowd smaller rather than the test wrong
+    let files = common::more_files(8192);
+    let crowd = 600.min(files.saturating_sub(200) / 8);
+    assert!(
+        crowd >= 100,
+        "an open-file limit of {files} is too low for this test"
+    );
+    if crowd < 600 {
+        eprintln!("an open-file limit of {files}: {crowd} slow fills, not 600");
+    }
     let liar = Liar::start().await;
     // every blob it does not know trickles one byte a second, forever
     *liar.state.unknown_blobs.lock().unwrap() = Some(Lie::Trickle(Duration::from_secs(1)));
@@ -57,7 +67,7 @@ async fn hits_are_served_at_once_behind_six_hundred_slow_fills() {
     .await;
 
     let mut slow = Vec::new();
-    for i in 0..600 {
+    for i in 0..crowd {
         slow.push(
             waiting_client(
                 &w.addr,
@@ -66,8 +76,8 @@ async fn hits_are_served_at_once_behind_six_hundred_slow_fills() {
             .await,
         );
     }
-    eventually(30, "600 fills in flight", || async {
-        w.metric("wharf_fills_in_flight").await == 600.0
+    eventually(30, &format!("{crowd} fills in flight"), || async {
+        w.metric("wharf_fills_in_flight").await == crowd as f64
     })
     .await;
     // (a debug build on two shared cores: the bounds are loose, a hang is not)
@@ -78,16 +88,16 @@ async fn hits_are_served_at_once_behind_six_hundred_slow_fills() {
     took.sort();
     assert!(
         took[2] < Duration::from_millis(500) && took[4] < Duration::from_secs(5),
-        "hits behind 600 slow fills took {took:?}"
+        "hits behind {crowd} slow fills took {took:?}"
     );
-    // every client leaves: 600 orphans that bring nothing are given up after the read timeout
+    // every client leaves: the orphans that bring nothing are given up after the read timeout
     drop(slow);
     eventually(30, "the stalled orphans are given up", || async {
         w.metric("wharf_fills_in_flight").await == 0.0
     })
     .await;
     let ab = w.metric("wharf_fills_abandoned_total").await;
-    assert!(ab >= 600.0, "{ab} given up");
+    assert!(ab >= crowd as f64, "{ab} given up");
     let took = timed_hit(&w, &path, &cached).await;
     assert!(took < Duration::from_secs(2), "{took:?}");
     eventually(10, "no temp files left", || async {

@@ -160,7 +160,7 @@ async fn idle_silent_and_slowloris_connections_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eleven_hundred_idle_sockets_against_a_limit_of_1024_lock_nobody_out() {
-    common::more_files();
+    common::more_files(4096);
     let hub = FakeHub::start().await;
     let img = hub.add_image("library/crowd", "1", 31, &[3 << 20]);
     let w = Wharf::start_with_files(&hub.url(), "", 1024, 1024).await;

@@ -227,8 +227,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Raise this process's open-file limit to its hard limit: the tests hold many sockets.
-pub fn more_files() {
+/// Raise this process's open-file limit (and so that of the wharf it starts) to `want`, or as
+/// near as it may go; the limit it got. The tests hold many sockets.
+pub fn more_files(want: u64) -> u64 {
     let mut l = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -236,9 +237,21 @@ pub fn more_files() {
     // SAFETY: plain rlimit calls on a valid struct.
     unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        // raising the hard limit takes root (CI is); otherwise the soft one goes up to it
+        if l.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
+            }
+        }
         l.rlim_cur = l.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
     }
+    l.rlim_cur
 }
 
 /// An HTTP client for tests: plain HTTP on loopback, no redirects, a timeout so a hang fails.
