@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::mirror::Outcome;
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -105,18 +106,9 @@ impl Activity {
     /// Record the counters now (the admin listener calls this every [`SAMPLE_EVERY`]).
     pub fn sample(&self) {
         let m = &*METRICS;
-        let hits = ["hit-memory", "hit-disk", "stale"]
-            .iter()
-            .map(|o| m.outcomes.with_label_values(&[o]).get())
-            .sum();
-        let misses = ["miss", "coalesced"]
-            .iter()
-            .map(|o| m.outcomes.with_label_values(&[o]).get())
-            .sum();
-        let bytes_from_cache = ["hit-memory", "hit-disk", "stale"]
-            .iter()
-            .map(|o| m.bytes_served.with_label_values(&[o]).get())
-            .sum();
+        let hits = by_outcome(&m.outcomes, Outcome::is_hit);
+        let misses = by_outcome(&m.outcomes, Outcome::is_miss);
+        let bytes_from_cache = by_outcome(&m.bytes_served, Outcome::is_hit);
         let at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -259,6 +251,15 @@ impl Metrics {
     }
 }
 
+/// The sum of an outcome-labelled counter over the outcomes `pick` chooses.
+pub fn by_outcome(counters: &IntCounterVec, pick: fn(Outcome) -> bool) -> u64 {
+    Outcome::ALL
+        .into_iter()
+        .filter(|o| pick(*o))
+        .map(|o| counters.with_label_values(&[o.as_str()]).get())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,3 +278,4 @@ mod tests {
         assert!(text.contains("# HELP wharf_fills_in_flight"));
     }
 }
+

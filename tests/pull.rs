@@ -658,8 +658,37 @@ async fn tags_list_passes_through() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-wharf-cache"), "upstream");
     let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(v["tags"], serde_json::json!(["a", "b"]));
+}
+
+#[tokio::test]
+async fn every_response_says_how_it_was_answered() {
+    let hub = FakeHub::start().await;
+    let w = Wharf::start(&hub.url(), "").await;
+    let c = client();
+    let r = c.get(w.url("/v2/")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-wharf-cache")),
+        (200, "local")
+    );
+    let r = c.get(w.url("/v2/x/nonsense")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-wharf-cache")),
+        (404, "local")
+    );
+    let r = c.delete(w.url("/v2/x/manifests/1")).send().await.unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "local");
+    let r = c
+        .get(w.url("/v2/x/manifests/1?ns=elsewhere.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), header(&r, "x-wharf-cache")),
+        (403, "local")
+    );
 }
 
 #[tokio::test]

@@ -14,8 +14,8 @@ use pingora::protocols::http::ServerSession;
 
 use crate::cache::store::free_space;
 use crate::commands::human_bytes;
-use crate::metrics::{Sample, ACTIVITY, METRICS};
-use crate::mirror::Mirror;
+use crate::metrics::{by_outcome, Sample, ACTIVITY, METRICS};
+use crate::mirror::{Mirror, Outcome};
 
 pub struct Admin {
     /// Where the store writes temp files: ready means a file can be created there.
@@ -136,16 +136,14 @@ fn status_page(mirror: &Mirror) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let outcome = |o: &str| METRICS.outcomes.with_label_values(&[o]).get();
-    let hits = outcome("hit-memory") + outcome("hit-disk") + outcome("stale");
-    let misses = outcome("miss") + outcome("coalesced");
+    let hits = by_outcome(&METRICS.outcomes, Outcome::is_hit);
+    let misses = by_outcome(&METRICS.outcomes, Outcome::is_miss);
     let ratio = if hits + misses == 0 {
         "no pulls yet".to_owned()
     } else {
         format!("{:.1}%", 100.0 * hits as f64 / (hits + misses) as f64)
     };
-    let served = |o: &str| METRICS.bytes_served.with_label_values(&[o]).get();
-    let saved = served("hit-memory") + served("hit-disk") + served("stale");
+    let saved = by_outcome(&METRICS.bytes_served, Outcome::is_hit);
     let used = mirror.quota.used();
     let quota = match mirror.quota.max() {
         Some(max) => format!(

@@ -463,6 +463,8 @@ impl Drop for Transfer {
 }
 
 const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+/// How the request was answered (an [`Outcome`]), on every response.
+const WHARF_CACHE: HeaderName = HeaderName::from_static("x-wharf-cache");
 
 /// The common name of the client's TLS certificate, if it sent one.
 fn client_cn(session: &ServerSession) -> Option<String> {
@@ -526,6 +528,10 @@ async fn send(
     parts.headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    parts.headers.insert(
+        WHARF_CACHE,
+        HeaderValue::from_static(reply.outcome.as_str()),
     );
     for (k, v) in reply.headers {
         parts.headers.insert(k, v);

@@ -11,7 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use http::{header, HeaderValue, Method, StatusCode};
 use tokio::sync::mpsc;
 
-use super::{cache_header, digest_headers, Body, Headers, Mirror, Outcome, Reply};
+use super::{digest_headers, Body, Headers, Mirror, Outcome, Reply};
 use crate::cache::fill::Busy;
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::store::read_at;
@@ -71,7 +71,6 @@ impl Mirror {
         if let Some(t) = total {
             headers.push((header::CONTENT_LENGTH, HeaderValue::from(t)));
         }
-        headers.push(cache_header(outcome));
         Ok(Reply {
             status: StatusCode::OK,
             headers,
@@ -206,7 +205,6 @@ impl Mirror {
         if let Some(n) = len {
             headers.push((header::CONTENT_LENGTH, HeaderValue::from(n)));
         }
-        headers.push(cache_header(Outcome::Upstream));
         Ok(Reply {
             status: StatusCode::OK,
             headers,
@@ -455,7 +453,6 @@ fn ranged(
     outcome: Outcome,
 ) -> Result<(StatusCode, Headers, u64, u64), Reply> {
     let mut headers = blob_headers(digest);
-    headers.push(cache_header(outcome));
     match parse_range(range, len) {
         RangeAnswer::Full => {
             headers.push((header::CONTENT_LENGTH, HeaderValue::from(len)));
@@ -480,6 +477,7 @@ fn ranged(
                 header::CONTENT_RANGE,
                 super::text_value(format!("bytes */{len}")),
             ));
+            r.outcome = outcome;
             Err(r)
         }
     }

@@ -8,9 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
-use super::{
-    cache_header, digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply,
-};
+use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply};
 use crate::cache::flight::Full;
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::{Kind, MemoryTier, TagEntry, TagRecord};
@@ -53,7 +51,6 @@ pub(super) fn manifest_reply(m: Manifest, outcome: Outcome) -> Reply {
     headers.push((header::CONTENT_TYPE, text_value(&*m.media_type)));
     headers.push((header::CONTENT_LENGTH, HeaderValue::from(m.bytes.len())));
     headers.extend(digest_headers(&m.digest));
-    headers.push(cache_header(outcome));
     if outcome == Outcome::Stale {
         headers.push((
             header::WARNING,

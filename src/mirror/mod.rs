@@ -52,6 +52,26 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::HitMemory,
+        Outcome::HitDisk,
+        Outcome::Miss,
+        Outcome::Coalesced,
+        Outcome::Stale,
+        Outcome::Upstream,
+        Outcome::Local,
+    ];
+
+    /// Answered from the cache, without the upstream.
+    pub fn is_hit(self) -> bool {
+        matches!(self, Outcome::HitMemory | Outcome::HitDisk | Outcome::Stale)
+    }
+
+    /// Answered by fetching into the cache.
+    pub fn is_miss(self) -> bool {
+        matches!(self, Outcome::Miss | Outcome::Coalesced)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::HitMemory => "hit-memory",
@@ -521,14 +541,5 @@ fn local_tags_list(name: &RepoName, mut tags: Vec<String>, query: &str) -> Reply
         tags.truncate(n);
     }
     let body = serde_json::json!({ "name": name.as_str(), "tags": tags }).to_string();
-    let mut reply = Reply::json(StatusCode::OK, Bytes::from(body), Outcome::Stale);
-    reply.headers.push(cache_header(Outcome::Stale));
-    reply
-}
-
-fn cache_header(outcome: Outcome) -> (header::HeaderName, HeaderValue) {
-    (
-        header::HeaderName::from_static("x-wharf-cache"),
-        HeaderValue::from_static(outcome.as_str()),
-    )
+    Reply::json(StatusCode::OK, Bytes::from(body), Outcome::Stale)
 }

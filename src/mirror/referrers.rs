@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
-use super::{cache_header, is_unavailable, Body, Mirror, Outcome, Reply};
+use super::{is_unavailable, Body, Mirror, Outcome, Reply};
 use crate::registry::media::{self, OCI_INDEX};
 use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
 use crate::upstream::Upstream;
@@ -100,7 +100,6 @@ fn reply(r: Referrers, outcome: Outcome) -> Reply {
     let mut headers = vec![
         (header::CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX)),
         (header::CONTENT_LENGTH, HeaderValue::from(r.body.len())),
-        cache_header(outcome),
     ];
     if r.filtered {
         headers.push((
