@@ -393,6 +393,8 @@ impl Limits {
 pub struct Fills {
     map: Mutex<HashMap<Digest, Arc<Fill>>>,
     limits: Arc<Limits>,
+    /// Fills ended so far: one that ends may have put a blob in the store.
+    ended: std::sync::atomic::AtomicU64,
 }
 
 /// `max_fills` are running: a new one must wait for the client's retry.
@@ -404,28 +406,51 @@ impl Fills {
         Fills {
             map: Mutex::default(),
             limits: Arc::new(limits),
+            ended: Default::default(),
         }
     }
 
     /// Join the running fill for `digest`, or start one unless the store has the blob by now
-    /// or `max_fills` are running. The store is checked under the lock, so a fill that commits
-    /// between a caller's own check and this call is not started twice.
-    pub fn join_or_start(&self, store: &BlobStore, digest: &Digest) -> Result<Joined, Busy> {
-        let mut map = self.map.lock().expect("fill map");
-        if let Some(f) = map.get(digest) {
-            return Ok(Joined::Existing(f.reader()));
+    /// or `max_fills` are running. The store is looked at off the event loop (a stat can
+    /// block), outside the lock; a fill that ended meanwhile may have just committed the blob,
+    /// so then it is looked at again rather than fetched twice.
+    pub async fn join_or_start(
+        &self,
+        store: &Arc<BlobStore>,
+        digest: &Digest,
+    ) -> Result<Joined, Busy> {
+        for last in [false, false, true] {
+            let ended = {
+                let map = self.map.lock().expect("fill map");
+                if let Some(f) = map.get(digest) {
+                    return Ok(Joined::Existing(f.reader()));
+                }
+                self.ended.load(std::sync::atomic::Ordering::Acquire)
+            };
+            let (s, d) = (store.clone(), *digest);
+            let stored = tokio::task::spawn_blocking(move || s.contains(Kind::Blob, &d))
+                .await
+                .unwrap_or(false);
+            if stored {
+                return Ok(Joined::Stored);
+            }
+            let mut map = self.map.lock().expect("fill map");
+            if let Some(f) = map.get(digest) {
+                return Ok(Joined::Existing(f.reader()));
+            }
+            // fills that keep ending around this one: at worst a blob is written twice
+            if last || self.ended.load(std::sync::atomic::Ordering::Acquire) == ended {
+                if map.len() >= self.limits.max_fills {
+                    METRICS.fills_refused.inc();
+                    return Err(Busy(self.limits.max_fills));
+                }
+                let fill = Arc::new(Fill::new(*digest, self.limits.clone()));
+                map.insert(*digest, fill.clone());
+                let reader = fill.reader();
+                return Ok(Joined::New(fill, reader));
+            }
         }
-        if store.contains(Kind::Blob, digest) {
-            return Ok(Joined::Stored);
-        }
-        if map.len() >= self.limits.max_fills {
-            METRICS.fills_refused.inc();
-            return Err(Busy(self.limits.max_fills));
-        }
-        let fill = Arc::new(Fill::new(*digest, self.limits.clone()));
-        map.insert(*digest, fill.clone());
-        let reader = fill.reader();
-        Ok(Joined::New(fill, reader))
+        unreachable!("the last round starts a fill")
     }
 
     /// The running fill for `digest`, if any.
@@ -436,6 +461,7 @@ impl Fills {
     /// Forget a fill once it is committed (or failed), so later requests go to the store.
     pub fn remove(&self, digest: &Digest) {
         self.map.lock().expect("fill map").remove(digest);
+        self.ended.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// Promise `fill` room for `size` bytes (if known) on a disk with `free` bytes, keeping
@@ -584,11 +610,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn readers_get_every_byte_only_after_verification() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
         let io = FillIo::new(1).unwrap();
         let body = b"hello, wharf".to_vec();
         let digest = Digest::of(&body);
-        let Ok(Joined::New(fill, first)) = fills().join_or_start(&store, &digest) else {
+        let Ok(Joined::New(fill, first)) = fills().join_or_start(&store, &digest).await else {
             panic!("expected a new fill")
         };
         fill.create_file(&store).unwrap();
@@ -616,7 +642,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(BlobStore::open(dir.path()).unwrap());
         let io = FillIo::new(1).unwrap();
-        let Ok(Joined::New(fill, _r)) = fills().join_or_start(&store, &Digest::of(b"x")) else {
+        let Ok(Joined::New(fill, _r)) = fills().join_or_start(&store, &Digest::of(b"x")).await else {
             panic!()
         };
         fill.create_file(&store).unwrap();
@@ -635,15 +661,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_fill_cuts_readers_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
         let digest = Digest::of(b"x");
         let fills = fills();
-        let Ok(Joined::New(fill, first)) = fills.join_or_start(&store, &digest) else {
+        let Ok(Joined::New(fill, first)) = fills.join_or_start(&store, &digest).await else {
             panic!()
         };
         fill.create_file(&store).unwrap();
         assert!(matches!(
-            fills.join_or_start(&store, &digest),
+            fills.join_or_start(&store, &digest).await,
             Ok(Joined::Existing(_))
         ));
         let reader = tokio::spawn(drain(first));
@@ -657,15 +683,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn room_on_disk_is_promised_once() {
+    #[tokio::test]
+    async fn room_on_disk_is_promised_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
         let fills = Fills::new(Limits::new(4, 4));
-        let Ok(Joined::New(a, _ra)) = fills.join_or_start(&store, &Digest::of(b"a")) else {
+        let Ok(Joined::New(a, _ra)) = fills.join_or_start(&store, &Digest::of(b"a")).await else {
             panic!()
         };
-        let Ok(Joined::New(b, _rb)) = fills.join_or_start(&store, &Digest::of(b"b")) else {
+        let Ok(Joined::New(b, _rb)) = fills.join_or_start(&store, &Digest::of(b"b")).await else {
             panic!()
         };
         // 10 bytes free, 2 to keep: a takes 5 before either has started streaming
@@ -677,21 +703,21 @@ mod tests {
         assert_eq!(fills.reserve(&b, None, 6, 2), Err(5));
     }
 
-    #[test]
-    fn fills_are_bounded_and_orphans_too() {
+    #[tokio::test]
+    async fn fills_are_bounded_and_orphans_too() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
         let fills = fills(); // 2 fills, 1 orphan
         let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
-        let Ok(Joined::New(fa, ra)) = fills.join_or_start(&store, &a) else {
+        let Ok(Joined::New(fa, ra)) = fills.join_or_start(&store, &a).await else {
             panic!()
         };
-        let Ok(Joined::New(fb, rb)) = fills.join_or_start(&store, &b) else {
+        let Ok(Joined::New(fb, rb)) = fills.join_or_start(&store, &b).await else {
             panic!()
         };
-        assert!(matches!(fills.join_or_start(&store, &c), Err(Busy(2))));
+        assert!(matches!(fills.join_or_start(&store, &c).await, Err(Busy(2))));
         // joining a running fill is no new fill
-        let Ok(Joined::Existing(ra2)) = fills.join_or_start(&store, &a) else {
+        let Ok(Joined::Existing(ra2)) = fills.join_or_start(&store, &a).await else {
             panic!()
         };
         drop(ra);
@@ -705,12 +731,12 @@ mod tests {
         futures_util::pin_mut!(told);
         assert!(futures_util::FutureExt::now_or_never(&mut told).is_some());
         // a client coming back adopts the orphan
-        let Ok(Joined::Existing(_again)) = fills.join_or_start(&store, &a) else {
+        let Ok(Joined::Existing(_again)) = fills.join_or_start(&store, &a).await else {
             panic!()
         };
         assert!(!fa.is_orphaned());
         // ...and one told to give up while orphaned is not given up once adopted
-        let Ok(Joined::Existing(b_again)) = fills.join_or_start(&store, &b) else {
+        let Ok(Joined::Existing(b_again)) = fills.join_or_start(&store, &b).await else {
             panic!()
         };
         let told = fb.abandoned();
@@ -719,7 +745,7 @@ mod tests {
         drop(b_again);
         fills.remove(&a);
         assert!(matches!(
-            fills.join_or_start(&store, &c),
+            fills.join_or_start(&store, &c).await,
             Ok(Joined::New(..))
         ));
     }

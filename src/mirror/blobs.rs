@@ -38,7 +38,7 @@ impl Mirror {
         if head || up.offline {
             return self.blob_head_upstream(up, name, &digest).await;
         }
-        let (mut reader, outcome) = match self.join_fill(up, name, &digest)? {
+        let (mut reader, outcome) = match self.join_fill(up, name, &digest).await? {
             Some(joined) => joined,
             None => {
                 let reply = self
@@ -81,7 +81,7 @@ impl Mirror {
 
     /// Read along the fill for `digest`, starting it if none runs: `None` if the blob is in
     /// the store by now. Past `max_fills` a new fill is refused with a 503 to retry.
-    fn join_fill(
+    async fn join_fill(
         self: &Arc<Self>,
         up: &Arc<Upstream>,
         name: &RepoName,
@@ -90,6 +90,7 @@ impl Mirror {
         let joined = self
             .fills
             .join_or_start(&self.store, digest)
+            .await
             .map_err(|Busy(n)| {
                 RegistryError::busy(
                     format!("wharf is fetching {n} blobs already (max_fills); try again shortly"),
@@ -124,7 +125,7 @@ impl Mirror {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<(u64, Outcome), RegistryError> {
-        match self.join_fill(up, name, digest)? {
+        match self.join_fill(up, name, digest).await? {
             Some((mut reader, outcome)) => Ok((reader.stored().await?, outcome)),
             None => {
                 let (store, d) = (self.store.clone(), *digest);
