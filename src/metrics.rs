@@ -278,4 +278,3 @@ mod tests {
         assert!(text.contains("# HELP wharf_fills_in_flight"));
     }
 }
-

@@ -441,6 +441,45 @@ async fn upstream_down_serves_cache_and_fails_cold_misses_fast() {
 }
 
 #[tokio::test]
+async fn a_broken_cache_is_reported_as_wharfs_failure_not_the_upstreams() {
+    let mut hub = FakeHub::start().await;
+    let img = hub.add_image("library/broken", "1", 12, &[10]);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let c = client();
+    {
+        let w = Wharf::start_at(&hub.url(), "tag_ttl = \"1s\"\n", data.clone()).await;
+        let r = c
+            .get(w.url("/v2/library/broken/manifests/1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // the stored manifest can no longer be read: a directory stands where its file was
+    let hex = img.digest.strip_prefix("sha256:").unwrap();
+    let stored = data.join("manifests/sha256").join(hex);
+    std::fs::remove_file(&stored).unwrap();
+    std::fs::create_dir(&stored).unwrap();
+    hub.stop();
+    let w = Wharf::start_at(&hub.url(), "tag_ttl = \"1s\"\n", data.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // the tag is past its TTL and the upstream is down: the stale path reads the cache
+    for path in [
+        "/v2/library/broken/manifests/1".to_owned(),
+        format!("/v2/library/broken/manifests/{}", img.digest),
+    ] {
+        let r = c.get(w.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 500, "{path}");
+        let body = r.text().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["errors"][0]["code"], "UNKNOWN", "{body}");
+        let message = v["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("cannot read cached manifest"), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn upstream_errors_become_oci_errors() {
     let hub = FakeHub::start().await;
     hub.add_image("library/x", "1", 11, &[10]);

@@ -267,7 +267,7 @@ impl Fill {
 }
 
 fn abandoned() -> RegistryError {
-    RegistryError::internal("the fill for this blob stopped unexpectedly")
+    RegistryError::local("the fill for this blob stopped unexpectedly")
 }
 
 /// A client's view of a fill: the bytes written so far, never the last one before verification.
@@ -314,7 +314,7 @@ impl FillReader {
         match (&s.phase, s.stored) {
             (Phase::Failed(e), _) => Err(e.clone()),
             (_, Some(true)) => Ok(s.written),
-            _ => Err(RegistryError::internal(format!(
+            _ => Err(RegistryError::local(format!(
                 "blob {digest} was verified but could not be stored"
             ))),
         }
@@ -340,7 +340,11 @@ impl FillReader {
             };
             if self.pos < readable {
                 let len = (readable - self.pos).min(max as u64) as usize;
-                let chunk = read_at(self.fill.file(), self.pos, len).await?;
+                let chunk = read_at(self.fill.file(), self.pos, len)
+                    .await
+                    .map_err(|e| {
+                        RegistryError::local(format!("cannot read the blob being filled: {e}"))
+                    })?;
                 self.pos += len as u64;
                 return Ok(Some(chunk));
             }
@@ -461,7 +465,8 @@ impl Fills {
     /// Forget a fill once it is committed (or failed), so later requests go to the store.
     pub fn remove(&self, digest: &Digest) {
         self.map.lock().expect("fill map").remove(digest);
-        self.ended.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.ended
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     /// Promise `fill` room for `size` bytes (if known) on a disk with `free` bytes, keeping
@@ -642,7 +647,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(BlobStore::open(dir.path()).unwrap());
         let io = FillIo::new(1).unwrap();
-        let Ok(Joined::New(fill, _r)) = fills().join_or_start(&store, &Digest::of(b"x")).await else {
+        let Ok(Joined::New(fill, _r)) = fills().join_or_start(&store, &Digest::of(b"x")).await
+        else {
             panic!()
         };
         fill.create_file(&store).unwrap();
@@ -674,7 +680,7 @@ mod tests {
         ));
         let reader = tokio::spawn(drain(first));
         fill.start(Some(10));
-        fill.fail(RegistryError::bad_gateway("digest mismatch"));
+        fill.fail(RegistryError::upstream_failed("digest mismatch"));
         assert!(reader.await.unwrap().is_err());
         assert!(!store.contains(Kind::Blob, &digest));
         assert_eq!(
@@ -715,7 +721,10 @@ mod tests {
         let Ok(Joined::New(fb, rb)) = fills.join_or_start(&store, &b).await else {
             panic!()
         };
-        assert!(matches!(fills.join_or_start(&store, &c).await, Err(Busy(2))));
+        assert!(matches!(
+            fills.join_or_start(&store, &c).await,
+            Err(Busy(2))
+        ));
         // joining a running fill is no new fill
         let Ok(Joined::Existing(ra2)) = fills.join_or_start(&store, &a).await else {
             panic!()

@@ -21,12 +21,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use http::StatusCode;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::mirror::freshness::glob;
-use crate::registry::{ErrorCode, RegistryError};
+use crate::registry::{Cause, ErrorCode, RegistryError};
 
 /// `[access]` in the configuration.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -226,11 +225,7 @@ impl Access {
     pub fn refusal(&self, who: &Identity, what: &str) -> RegistryError {
         match who {
             Identity::Anonymous => challenge(&format!("{what} needs credentials")),
-            id => RegistryError::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::Denied,
-                format!("{} may not read {what}", id.name()),
-            ),
+            id => RegistryError::denied(format!("{} may not read {what}", id.name())),
         }
     }
 }
@@ -256,7 +251,7 @@ impl Drop for Queued<'_> {
 
 /// A 401 that asks for Basic credentials.
 fn challenge(why: &str) -> RegistryError {
-    let mut e = RegistryError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, why);
+    let mut e = RegistryError::new(Cause::Unauthenticated, ErrorCode::Unauthorized, why);
     e.challenge = Some(CHALLENGE.into());
     e
 }
@@ -445,8 +440,11 @@ mod tests {
         assert!(!a.may_read(&bob, Some("docker.io/private/app")));
         assert!(a.may_read(&bob, Some("quay.io/x")));
         assert!(!a.may_read(&bob, Some("docker.io/library/busybox")));
-        assert_eq!(a.refusal(&anon, "x").status, StatusCode::UNAUTHORIZED);
-        assert_eq!(a.refusal(&bob, "x").status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            a.refusal(&anon, "x").status(),
+            http::StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(a.refusal(&bob, "x").status(), http::StatusCode::FORBIDDEN);
         // off: everyone reads everything
         let off = Access::new(None, false).unwrap();
         assert!(off.may_read(&anon, Some("docker.io/private/app")));
@@ -479,7 +477,7 @@ mod tests {
             "Bearer x".into(),
         ] {
             let e = a.identify(Some(wrong.as_bytes()), None).await.unwrap_err();
-            assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{wrong}");
+            assert_eq!(e.status(), http::StatusCode::UNAUTHORIZED, "{wrong}");
             assert_eq!(e.challenge.as_deref(), Some(CHALLENGE));
         }
         assert_eq!(a.identify(None, None).await.unwrap(), Identity::Anonymous);

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use http::{header, HeaderName, HeaderValue, Method};
 use pingora::apps::ServerApp;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
@@ -37,7 +37,7 @@ use crate::metrics::{ACTIVITY, METRICS, SAMPLE_EVERY};
 use crate::mirror::{chunk_size, Body, Mirror, Outcome, Reply};
 use crate::registry::media::Accept;
 use crate::registry::route::{check_method, namespace};
-use crate::registry::{ErrorCode, RegistryError, Route};
+use crate::registry::{Cause, ErrorCode, RegistryError, Route};
 
 /// The registry API service.
 pub struct Front {
@@ -143,7 +143,7 @@ impl ServerApp for Front {
                 Ok(Err(e)) => {
                     if e.etype == InvalidHTTPHeader {
                         let bad = RegistryError::new(
-                            StatusCode::BAD_REQUEST,
+                            Cause::Invalid,
                             ErrorCode::Unsupported,
                             "malformed HTTP request",
                         );
@@ -566,9 +566,9 @@ async fn send(
             let mut pos = offset;
             while pos < end {
                 let n = (end - pos).min(transfer.chunk() as u64) as usize;
-                let chunk = read_at(file.clone(), pos, n)
-                    .await
-                    .map_err(|e| Error::explain(InternalError, e.message))?;
+                let chunk = read_at(file.clone(), pos, n).await.map_err(|e| {
+                    Error::explain(InternalError, format!("cannot read cached data: {e}"))
+                })?;
                 pos += n as u64;
                 within(stall, session.write_response_body(chunk, pos == end)).await?;
             }
@@ -635,7 +635,7 @@ async fn frame_unknown_length(
         biased;
         len = reader.finished() => len?,
         _ = client_gone(session) => {
-            return Err(RegistryError::internal("the client left before the blob was verified"));
+            return Err(RegistryError::local("the client left before the blob was verified"));
         }
     };
     headers.push((header::CONTENT_LENGTH, HeaderValue::from(len)));

@@ -19,7 +19,7 @@ use crate::cache::{Fill, FillReader, Fills, Joined, Kind};
 use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::range::{parse_range, RangeAnswer};
-use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
+use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
 use crate::upstream::{header_str, transport_error, Upstream};
 
 impl Mirror {
@@ -44,7 +44,7 @@ impl Mirror {
                 let reply = self
                     .local_blob(&digest, head, range)
                     .await?
-                    .ok_or_else(|| RegistryError::internal("blob vanished from the cache"))?;
+                    .ok_or_else(|| RegistryError::local("blob vanished from the cache"))?;
                 self.vouch(up, name, Kind::Blob, &digest).await?;
                 return Ok(reply);
             }
@@ -160,9 +160,9 @@ impl Mirror {
         let opened =
             tokio::task::spawn_blocking(move || me.store.open_object(Kind::Blob, &d, TOUCH_AFTER))
                 .await
-                .map_err(|e| RegistryError::internal(format!("cache task failed: {e}")))?
+                .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
                 .map_err(|e| {
-                    RegistryError::internal(format!("cannot open cached blob {digest}: {e}"))
+                    RegistryError::local(format!("cannot open cached blob {digest}: {e}"))
                 })?;
         let Some((file, len)) = opened else {
             return Ok(None);
@@ -170,7 +170,9 @@ impl Mirror {
         self.quota.touched(Kind::Blob, digest);
         let file = Arc::new(file);
         if !head && self.memory.admits(len) {
-            let bytes = read_at(file, 0, len as usize).await?;
+            let bytes = read_at(file, 0, len as usize).await.map_err(|e| {
+                RegistryError::local(format!("cannot read cached blob {digest}: {e}"))
+            })?;
             self.memory.insert(Kind::Blob, *digest, bytes.clone(), None);
             return Ok(Some(bytes_reply(digest, bytes, range, Outcome::HitDisk)));
         }
@@ -223,7 +225,7 @@ impl Mirror {
             let result = AssertUnwindSafe(me.run_fill(&up, &name, &fill))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|_| Err(RegistryError::internal("blob fill panicked")));
+                .unwrap_or_else(|_| Err(RegistryError::local("blob fill panicked")));
             if let Err(e) = result {
                 tracing::warn!("fill of {name}@{digest} failed: {e}");
                 let f = fill.clone();
@@ -258,7 +260,7 @@ impl Mirror {
             .await?;
         if resp.status() != StatusCode::OK {
             // a 204 or a 206 is no whole blob, whatever its length says
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "upstream answered {} for blob {digest}, where the whole blob (200) was due",
                 resp.status()
             )));
@@ -266,7 +268,7 @@ impl Mirror {
         let declared = resp.content_length();
         if let (Some(d), Some(n)) = (declared, described) {
             if d != n {
-                return Err(RegistryError::bad_gateway(format!(
+                return Err(RegistryError::upstream_failed(format!(
                     "upstream announces {d} bytes for blob {digest}, but its manifest says {n}"
                 )));
             }
@@ -275,7 +277,7 @@ impl Mirror {
         // No last byte to hold back: an empty body would reach the client whole before it is
         // found wrong. Only the empty blob is empty.
         if total == Some(0) && digest != Digest::of(b"") {
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "upstream announces an empty body for blob {digest}, which is not the empty blob"
             )));
         }
@@ -286,7 +288,7 @@ impl Mirror {
         self.fill_io
             .run(move || f.create_file(&store))
             .await
-            .map_err(|e| RegistryError::internal(format!("cannot start a cache file: {e}")))?;
+            .map_err(|e| RegistryError::local(format!("cannot start a cache file: {e}")))?;
         fill.start(total);
         let limit = total.unwrap_or(self.limits.max_blob_size);
 
@@ -311,14 +313,14 @@ impl Mirror {
                     c = body.next() => c,
                     _ = &mut abandoned => {
                         METRICS.fills_abandoned.inc();
-                        return Err(RegistryError::bad_gateway(format!(
+                        return Err(RegistryError::upstream_failed(format!(
                             "gave up blob {digest}: no client waits for it, and too many fills are in that case"
                         )));
                     }
                     _ = watch.tick() => {
                         if fill.is_orphaned() && received - at_last_look < STALL_BYTES {
                             METRICS.fills_abandoned.inc();
-                            return Err(RegistryError::gateway_timeout(format!(
+                            return Err(RegistryError::upstream_timed_out(format!(
                                 "gave up blob {digest}: no client waits for it, and the upstream sent {} bytes in {:?}",
                                 received - at_last_look, up.read_timeout()
                             )));
@@ -330,7 +332,7 @@ impl Mirror {
                 match chunk {
                     None => return Ok(received),
                     Some(Err(e)) => {
-                        return Err(RegistryError::bad_gateway(format!(
+                        return Err(RegistryError::upstream_failed(format!(
                             "upstream broke off blob {digest} after {received} bytes: {}",
                             transport_error(&e).message
                         )))
@@ -338,7 +340,7 @@ impl Mirror {
                     Some(Ok(b)) => {
                         received += b.len() as u64;
                         if received > limit {
-                            return Err(RegistryError::bad_gateway(match total {
+                            return Err(RegistryError::upstream_failed(match total {
                                 Some(t) => format!(
                                     "upstream sent more than the {t} bytes of blob {digest}"
                                 ),
@@ -370,18 +372,18 @@ impl Mirror {
         let writing = Fills::write_body(&self.fill_io, fill, rx, &self.store, keep);
         let (read, written) = tokio::join!(read, writing);
         let (got, len) = written.map_err(|e| {
-            RegistryError::internal(format!("cannot write blob {digest} to the cache: {e}"))
+            RegistryError::local(format!("cannot write blob {digest} to the cache: {e}"))
         })?;
         read?;
         if let Some(t) = total.filter(|&t| t != len) {
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "upstream sent {len} of {t} bytes of blob {digest}"
             )));
         }
         METRICS.bytes_fetched.inc_by(len);
         if got != digest {
             METRICS.verification_failures.inc();
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "upstream bytes for blob {digest} hash to {got}; not cached"
             )));
         }
@@ -404,10 +406,7 @@ impl Mirror {
     async fn room_for(&self, fill: &Fill, size: Option<u64>) -> Result<(), RegistryError> {
         let (digest, max) = (fill.digest, self.limits.max_blob_size);
         if let Some(n) = size.filter(|&n| n > max) {
-            return Err(RegistryError::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::Denied,
-                format!("blob {digest} is {n} bytes, more than this mirror's max_blob_size ({max}); not fetched"),
+            return Err(RegistryError::denied(format!("blob {digest} is {n} bytes, more than this mirror's max_blob_size ({max}); not fetched"),
             ));
         }
         let store = self.store.clone();
@@ -421,7 +420,7 @@ impl Mirror {
         let keep = self.limits.min_free_space;
         self.fills.reserve(fill, size, free, keep).map_err(|promised| {
             RegistryError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
+                Cause::NoRoom,
                 ErrorCode::Unavailable,
                 format!(
                     "no room for blob {digest}{}: {free} bytes free on the data directory, {promised} promised to fills in flight, min_free_space {keep}",
@@ -467,7 +466,7 @@ fn ranged(
         }
         RangeAnswer::Unsatisfiable => {
             let mut r = Reply::error(RegistryError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
+                Cause::RangeUnsatisfiable,
                 ErrorCode::RangeInvalid,
                 format!(
                     "range {} is outside the blob's {len} bytes",

@@ -8,13 +8,13 @@
 
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
+use http::Method;
 
 use super::Mirror;
 use crate::cache::Kind;
 use crate::registry::image;
 use crate::registry::media::Accept;
-use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
+use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
 use crate::upstream::Upstream;
 
 impl Mirror {
@@ -114,7 +114,7 @@ impl Mirror {
                 Ok(())
             }
             Err(e) => {
-                if e.status == StatusCode::NOT_FOUND {
+                if e.cause == Cause::NotFound {
                     self.unheld.insert(key, ());
                 }
                 Err(e)

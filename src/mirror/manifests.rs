@@ -15,7 +15,7 @@ use crate::cache::{Kind, MemoryTier, TagEntry, TagRecord};
 use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
-use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
+use crate::registry::{Cause, Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
 use crate::upstream::{header_str, Upstream};
 
 /// A manifest with what a client needs to know about it.
@@ -171,7 +171,7 @@ impl Mirror {
                     1,
                 )
             })?;
-        let m = result.unwrap_or_else(|| Err(RegistryError::internal("manifest fetch failed")))?;
+        let m = result.unwrap_or_else(|| Err(RegistryError::local("manifest fetch failed")))?;
         Ok((
             m,
             if joined {
@@ -200,10 +200,8 @@ impl Mirror {
             Ok(Some(Bytes::from(buf)))
         })
         .await
-        .map_err(|e| RegistryError::internal(format!("cache task failed: {e}")))?
-        .map_err(|e| {
-            RegistryError::internal(format!("cannot read cached manifest {digest}: {e}"))
-        })?;
+        .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
+        .map_err(|e| RegistryError::local(format!("cannot read cached manifest {digest}: {e}")))?;
         let Some(bytes) = opened else {
             return Ok(None);
         };
@@ -284,7 +282,7 @@ impl Mirror {
                     return Ok(found);
                 }
             } else if up.recently_failed() {
-                let e = RegistryError::bad_gateway("the upstream failed moments ago");
+                let e = RegistryError::upstream_failed("the upstream failed moments ago");
                 return self.stale(name, tag, fallback, e).await;
             } else {
                 match self
@@ -378,7 +376,7 @@ impl Mirror {
         tag: &Tag,
         error: RegistryError,
     ) -> RegistryError {
-        if error.status == StatusCode::NOT_FOUND {
+        if error.cause == Cause::NotFound {
             let key = (up.registry.clone(), name.to_string(), tag.to_string());
             self.missing_tags.insert(key, ());
         }
@@ -419,10 +417,11 @@ impl Mirror {
         };
         match self.revalidations.run(flight, work).await {
             Ok((Some(holds), _)) => holds,
-            Ok((None, _)) => Err(RegistryError::bad_gateway("the tag's revalidation failed")),
-            Err(Full(n)) => Err(RegistryError::bad_gateway(format!(
-                "wharf is revalidating {n} tags already (max_manifest_fetches)"
-            ))),
+            Ok((None, _)) => Err(RegistryError::local("the tag's revalidation failed")),
+            Err(Full(n)) => Err(RegistryError::busy(
+                format!("wharf is revalidating {n} tags already (max_manifest_fetches)"),
+                1,
+            )),
         }
     }
 
@@ -449,7 +448,7 @@ impl Mirror {
             Ok(r) => r?,
             Err(_) => {
                 up.note_failure();
-                return Err(RegistryError::gateway_timeout(format!(
+                return Err(RegistryError::upstream_timed_out(format!(
                     "the upstream did not confirm {name}:{tag} within {REVALIDATE_TIMEOUT:?}"
                 )));
             }
@@ -507,7 +506,7 @@ impl Mirror {
         METRICS.bytes_fetched.inc_by(bytes.len() as u64);
         let mismatch = |claimed: &str| {
             METRICS.verification_failures.inc();
-            RegistryError::bad_gateway(format!(
+            RegistryError::upstream_failed(format!(
                 "upstream manifest {name}:{reference} hashes to {digest}, not {claimed}; not cached"
             ))
         };
@@ -525,13 +524,13 @@ impl Mirror {
         // body gives itself (served as the Content-Type from wharf's own origin).
         let content_type = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
         if let Some(t) = content_type.filter(|t| !media::is_manifest_type(t)) {
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "upstream answered {name}:{reference} as {t:?}, which is no manifest type; not cached"
             )));
         }
         let m = Manifest::from_bytes(digest, bytes, content_type);
         if !media::is_manifest_type(&m.media_type) {
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "upstream manifest {name}:{reference} calls itself {:?}, which is no manifest type; not cached",
                 m.media_type
             )));

@@ -134,6 +134,7 @@ pub enum Body {
 
 impl Reply {
     pub fn error(e: RegistryError) -> Reply {
+        let status = e.status();
         let body = Bytes::from(e.body());
         let mut headers = vec![
             (header::CONTENT_TYPE, JSON),
@@ -146,7 +147,7 @@ impl Reply {
             headers.push((header::WWW_AUTHENTICATE, text_value(c)));
         }
         Reply {
-            status: e.status,
+            status,
             headers,
             body: Body::Bytes(body),
             outcome: Outcome::Local,
@@ -352,11 +353,7 @@ impl Mirror {
                 h => h,
             };
             let up = self.upstreams.get(host).ok_or_else(|| {
-                RegistryError::new(
-                    StatusCode::FORBIDDEN,
-                    ErrorCode::Denied,
-                    format!("registry {ns:?} is not mirrored here"),
-                )
+                RegistryError::denied(format!("registry {ns:?} is not mirrored here"))
             })?;
             let path = match prefixed {
                 Some((p, stripped)) if p.registry == up.registry => stripped,
@@ -524,7 +521,7 @@ fn upstream_name_ref<'n>(up: &Upstream, name: &'n RepoName) -> Cow<'n, RepoName>
 
 /// The upstream could not answer (down, failing, or rate limiting): cached data may stand in.
 fn is_unavailable(e: &RegistryError) -> bool {
-    e.code == ErrorCode::Unavailable || e.code == ErrorCode::TooManyRequests
+    e.cause.upstream_unavailable()
 }
 
 /// A tag list from the tag index, paginated by `n` and `last` as the spec says.

@@ -2,7 +2,9 @@
 //! `{"errors":[{"code":…,"message":…}]}`.
 //!
 //! Every failure wharf answers — bad input, a missing object, an upstream that is down — is a
-//! `RegistryError`, so no client ever sees an HTML page or an empty 500.
+//! `RegistryError`, so no client ever sees an HTML page or an empty 500. An error says what
+//! went wrong ([`Cause`]) where it happened; the status it is answered with follows from that
+//! here, in one place, and so does whether cached data may stand in for the upstream.
 
 use std::fmt;
 
@@ -23,8 +25,10 @@ pub enum ErrorCode {
     Denied,
     Unsupported,
     TooManyRequests,
-    /// Not a spec code: the upstream failed or could not be reached.
+    /// Not a spec code: the upstream failed or could not be reached, or wharf is busy.
     Unavailable,
+    /// Not a spec code (distribution's for its own failures): wharf itself failed.
+    Unknown,
 }
 
 impl ErrorCode {
@@ -43,6 +47,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Unknown => "UNKNOWN",
         }
     }
 
@@ -65,10 +70,79 @@ impl ErrorCode {
     }
 }
 
+/// What went wrong, where it happened. The HTTP status a client gets follows from it (and
+/// only from it: [`Cause::status`]); so does whether cached data may stand in for the
+/// upstream's answer ([`Cause::upstream_unavailable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// The request is malformed: a bad name, tag, digest or query.
+    Invalid,
+    /// Something a pull-through mirror does not do (a push, a delete).
+    Unsupported,
+    /// The object is neither cached nor upstream.
+    NotFound,
+    /// The range asked for is outside the blob.
+    RangeUnsatisfiable,
+    /// The client has not said who it is, or said it wrong.
+    Unauthenticated,
+    /// The client may not have this (or the mirror will not fetch it).
+    Denied,
+    /// wharf is at one of its bounds; the client may retry.
+    Busy,
+    /// The data directory has no room for what would be written.
+    NoRoom,
+    /// wharf's own disk, files or tasks failed.
+    Local,
+    /// The upstream could not be reached, failed, or answered wrong.
+    UpstreamFailed,
+    /// The upstream did not answer in time.
+    UpstreamTimedOut,
+    /// The upstream refused wharf's credentials.
+    UpstreamRefused,
+    /// The upstream is rate limiting wharf.
+    UpstreamRateLimited,
+    /// The upstream answered this client error, which is passed on.
+    UpstreamRejected(StatusCode),
+}
+
+impl Cause {
+    /// The HTTP status a client is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Cause::Invalid => StatusCode::BAD_REQUEST,
+            Cause::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
+            Cause::NotFound => StatusCode::NOT_FOUND,
+            Cause::RangeUnsatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
+            Cause::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Cause::Denied | Cause::UpstreamRefused => StatusCode::FORBIDDEN,
+            Cause::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Cause::NoRoom => StatusCode::INSUFFICIENT_STORAGE,
+            Cause::Local => StatusCode::INTERNAL_SERVER_ERROR,
+            Cause::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            Cause::UpstreamTimedOut => StatusCode::GATEWAY_TIMEOUT,
+            Cause::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Cause::UpstreamRejected(s) => s,
+        }
+    }
+
+    /// The upstream cannot answer now (down, failing, slow, rate limiting) or wharf cannot
+    /// ask it now (at a bound): what is cached may stand in. Never a local failure, and never
+    /// an answer the upstream did give (a 404, a refusal).
+    pub fn upstream_unavailable(self) -> bool {
+        matches!(
+            self,
+            Cause::UpstreamFailed
+                | Cause::UpstreamTimedOut
+                | Cause::UpstreamRateLimited
+                | Cause::Busy
+        )
+    }
+}
+
 /// A failure to answer a registry request, ready to be sent to the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryError {
-    pub status: StatusCode,
+    pub cause: Cause,
     pub code: ErrorCode,
     pub message: String,
     /// `Retry-After` to pass on (from an upstream's 429 or 503).
@@ -78,9 +152,9 @@ pub struct RegistryError {
 }
 
 impl RegistryError {
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn new(cause: Cause, code: ErrorCode, message: impl Into<String>) -> Self {
         RegistryError {
-            status,
+            cause,
             code,
             message: message.into(),
             retry_after: None,
@@ -88,9 +162,14 @@ impl RegistryError {
         }
     }
 
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> StatusCode {
+        self.cause.status()
+    }
+
     pub fn name_invalid(name: &str) -> Self {
         Self::new(
-            StatusCode::BAD_REQUEST,
+            Cause::Invalid,
             ErrorCode::NameInvalid,
             format!("invalid repository name {name:?}"),
         )
@@ -98,7 +177,7 @@ impl RegistryError {
 
     pub fn tag_invalid(tag: &str) -> Self {
         Self::new(
-            StatusCode::BAD_REQUEST,
+            Cause::Invalid,
             ErrorCode::TagInvalid,
             format!("invalid tag {tag:?}"),
         )
@@ -106,50 +185,44 @@ impl RegistryError {
 
     pub fn digest_invalid(digest: &str, why: &str) -> Self {
         Self::new(
-            StatusCode::BAD_REQUEST,
+            Cause::Invalid,
             ErrorCode::DigestInvalid,
             format!("invalid digest {digest:?}: {why}"),
         )
     }
 
     pub fn unsupported(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::Unsupported,
-            message,
-        )
+        Self::new(Cause::Unsupported, ErrorCode::Unsupported, message)
     }
 
     pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, code, message)
+        Self::new(Cause::NotFound, code, message)
     }
 
-    /// The upstream could not be reached or failed (502), or timed out (504).
-    pub fn bad_gateway(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, message)
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(Cause::Denied, ErrorCode::Denied, message)
     }
 
-    pub fn gateway_timeout(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable, message)
+    /// The upstream could not be reached, failed, or answered what cannot be right.
+    pub fn upstream_failed(message: impl Into<String>) -> Self {
+        Self::new(Cause::UpstreamFailed, ErrorCode::Unavailable, message)
+    }
+
+    pub fn upstream_timed_out(message: impl Into<String>) -> Self {
+        Self::new(Cause::UpstreamTimedOut, ErrorCode::Unavailable, message)
     }
 
     /// wharf is at one of its bounds: a 503 the client may retry after `seconds`.
     pub fn busy(message: impl Into<String>, seconds: u32) -> Self {
-        let mut e = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            message,
-        );
+        let mut e = Self::new(Cause::Busy, ErrorCode::Unavailable, message);
         e.retry_after = Some(seconds.to_string());
         e
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Unavailable,
-            message,
-        )
+    /// wharf's own disk, files or tasks failed: not the upstream's doing, and not something
+    /// cached data may paper over.
+    pub fn local(message: impl Into<String>) -> Self {
+        Self::new(Cause::Local, ErrorCode::Unknown, message)
     }
 
     /// The OCI error JSON body.
@@ -166,7 +239,7 @@ impl fmt::Display for RegistryError {
         write!(
             f,
             "{} {}: {}",
-            self.status.as_u16(),
+            self.status().as_u16(),
             self.code.as_str(),
             self.message
         )
@@ -185,6 +258,25 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(v["errors"][0]["code"], "UNSUPPORTED");
         assert_eq!(v["errors"][0]["message"], "wharf is a pull-through mirror");
-        assert_eq!(e.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(e.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[test]
+    fn a_local_failure_is_no_upstream_outage() {
+        let local = RegistryError::local("cannot read cached manifest: I/O error");
+        assert!(!local.cause.upstream_unavailable());
+        assert_eq!(
+            (local.status().as_u16(), local.code.as_str()),
+            (500, "UNKNOWN")
+        );
+        for e in [
+            RegistryError::upstream_failed("connection refused"),
+            RegistryError::upstream_timed_out("no answer"),
+            RegistryError::busy("max_fills", 5),
+        ] {
+            assert!(e.cause.upstream_unavailable(), "{e}");
+        }
+        let gone = RegistryError::not_found(ErrorCode::ManifestUnknown, "not upstream");
+        assert!(!gone.cause.upstream_unavailable());
     }
 }

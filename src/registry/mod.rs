@@ -9,6 +9,6 @@ pub mod range;
 pub mod reference;
 pub mod route;
 
-pub use error::{ErrorCode, RegistryError};
+pub use error::{Cause, ErrorCode, RegistryError};
 pub use reference::{Digest, ImageRef, Reference, RepoName, Tag};
 pub use route::Route;

@@ -5,7 +5,7 @@
 
 use http::Method;
 
-use super::error::{ErrorCode, RegistryError};
+use super::error::{Cause, ErrorCode, RegistryError};
 use super::reference::{Digest, Reference, RepoName};
 
 /// A parsed pull request (method already checked to be GET or HEAD).
@@ -133,7 +133,7 @@ fn artifact_type(query: &str) -> Result<Option<String>, RegistryError> {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-/".contains(&b));
     if !ok {
         return Err(RegistryError::new(
-            http::StatusCode::BAD_REQUEST,
+            Cause::Invalid,
             ErrorCode::Unsupported,
             format!("artifactType {v:?} is not a media type"),
         ));
@@ -207,13 +207,16 @@ mod tests {
         // not a tag: no such manifest (404), as the conformance tests expect
         let e = get("/v2/a/manifests/.INVALID_MANIFEST_NAME").unwrap_err();
         assert_eq!(
-            (e.status.as_u16(), e.code),
+            (e.status().as_u16(), e.code),
             (404, ErrorCode::ManifestUnknown)
         );
         assert_eq!(code("/v2/a/manifests/-bad"), ErrorCode::ManifestUnknown);
         // a malformed digest stays a bad request
         let e = get("/v2/a/manifests/sha256:abc").unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (400, ErrorCode::DigestInvalid));
+        assert_eq!(
+            (e.status().as_u16(), e.code),
+            (400, ErrorCode::DigestInvalid)
+        );
         assert_eq!(code("/v2/a/blobs/sha256:xyz"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/a/blobs/latest"), ErrorCode::DigestInvalid);
         assert_eq!(code("/v2/../etc/manifests/x"), ErrorCode::NameInvalid);
@@ -222,7 +225,7 @@ mod tests {
         for m in [Method::PUT, Method::POST, Method::PATCH, Method::DELETE] {
             let e = Route::parse(&m, "/v2/a/blobs/uploads/", None).unwrap_err();
             assert_eq!(e.code, ErrorCode::Unsupported);
-            assert_eq!(e.status.as_u16(), 405);
+            assert_eq!(e.status().as_u16(), 405);
         }
     }
 

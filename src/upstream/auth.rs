@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::credentials::CredentialSource;
 use super::egress::Egress;
-use crate::registry::{ErrorCode, RegistryError};
+use crate::registry::{Cause, ErrorCode, RegistryError};
 
 /// What an upstream asked for in its `WWW-Authenticate` header.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,7 +190,7 @@ impl Auth {
                     tokio::time::timeout(self.deadline, fetch)
                         .await
                         .map_err(|_| {
-                            RegistryError::gateway_timeout(format!(
+                            RegistryError::upstream_timed_out(format!(
                                 "the token service at {realm} did not answer within {:?}",
                                 self.deadline
                             ))
@@ -217,7 +217,9 @@ impl Auth {
             .with_label_values(&[&self.registry, "token"])
             .inc();
         let mut url = url::Url::parse(realm).map_err(|e| {
-            RegistryError::bad_gateway(format!("upstream token realm {realm:?} is not a URL: {e}"))
+            RegistryError::upstream_failed(format!(
+                "upstream token realm {realm:?} is not a URL: {e}"
+            ))
         })?;
         {
             let mut q = url.query_pairs_mut();
@@ -227,7 +229,7 @@ impl Auth {
             q.append_pair("scope", scope);
         }
         self.egress.may_contact(&url).map_err(|why| {
-            RegistryError::bad_gateway(format!("the upstream's token realm is refused: {why}"))
+            RegistryError::upstream_failed(format!("the upstream's token realm is refused: {why}"))
         })?;
         let credentials = match &self.credentials {
             Some(src) => match self.egress.may_send_credentials(&url) {
@@ -247,7 +249,7 @@ impl Auth {
         };
         let send = |req: reqwest::RequestBuilder| async move {
             req.send().await.map_err(|e| {
-                RegistryError::bad_gateway(format!("token request to {realm} failed: {e}"))
+                RegistryError::upstream_failed(format!("token request to {realm} failed: {e}"))
             })
         };
         // The OAuth2 form, as containerd and docker send it.
@@ -308,19 +310,19 @@ impl Auth {
                 src.rejected();
             }
             return Err(RegistryError::new(
-                StatusCode::FORBIDDEN,
+                Cause::UpstreamRefused,
                 ErrorCode::Denied,
                 format!("the upstream's token service refused wharf's credentials ({status})"),
             ));
         }
         if !status.is_success() {
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "token request to {realm} answered {status}"
             )));
         }
         let body: TokenResponse = resp.json_limited().await?;
         let token = body.token.or(body.access_token).ok_or_else(|| {
-            RegistryError::bad_gateway(format!("token response from {realm} has no token"))
+            RegistryError::upstream_failed(format!("token response from {realm} has no token"))
         })?;
         // Hub's default is 60 s when absent; renew a little before the end.
         let secs = body.expires_in.unwrap_or(60).max(1);
@@ -341,7 +343,7 @@ impl JsonLimited for reqwest::Response {
     async fn json_limited<T: serde::de::DeserializeOwned>(self) -> Result<T, RegistryError> {
         let bytes = super::read_limited(self, 1 << 20).await?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| RegistryError::bad_gateway(format!("bad token response: {e}")))
+            .map_err(|e| RegistryError::upstream_failed(format!("bad token response: {e}")))
     }
 }
 

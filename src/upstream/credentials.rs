@@ -85,7 +85,7 @@ impl CredentialSource {
             CredentialSource::Fixed(c) => Ok(c.clone()),
             CredentialSource::File { username, path } => {
                 let secret = tokio::fs::read_to_string(path).await.map_err(|e| {
-                    RegistryError::internal(format!(
+                    RegistryError::local(format!(
                         "cannot read the password file {}: {e}",
                         path.display()
                     ))
@@ -121,7 +121,7 @@ impl CredentialSource {
 }
 
 async fn run_helper(program: &str, server: &str) -> Result<Credentials, RegistryError> {
-    let fail = |why: String| RegistryError::internal(format!("credential helper {program}: {why}"));
+    let fail = |why: String| RegistryError::local(format!("credential helper {program}: {why}"));
     let mut child = tokio::process::Command::new(program)
         .arg("get")
         .stdin(std::process::Stdio::piped())

@@ -21,7 +21,7 @@ pub use auth::{Auth, Challenge};
 pub use credentials::{CredentialSource, Credentials};
 
 use crate::metrics::METRICS;
-use crate::registry::{ErrorCode, RegistryError, RepoName};
+use crate::registry::{Cause, ErrorCode, RegistryError, RepoName};
 
 /// How to reach one upstream registry.
 #[derive(Debug)]
@@ -149,7 +149,7 @@ impl Upstream {
                 .send_retrying(method, repo, rest, accept, not_found)
                 .await?;
             if resp.status() != StatusCode::OK {
-                return Err(RegistryError::bad_gateway(format!(
+                return Err(RegistryError::upstream_failed(format!(
                     "upstream answered {} for {repo}/{rest}, where a whole answer (200) was due",
                     resp.status()
                 )));
@@ -170,7 +170,7 @@ impl Upstream {
             Ok(result) => result,
             Err(_) => {
                 self.note_failure();
-                Err(RegistryError::gateway_timeout(format!(
+                Err(RegistryError::upstream_timed_out(format!(
                     "upstream {} did not finish {what} within {:?} (request_timeout)",
                     self.registry, self.request_timeout
                 )))
@@ -206,7 +206,7 @@ impl Upstream {
                     pause *= 2;
                 }
                 result => {
-                    let failed = matches!(&result, Err(e) if e.code == ErrorCode::Unavailable);
+                    let failed = matches!(&result, Err(e) if matches!(e.cause, Cause::UpstreamFailed | Cause::UpstreamTimedOut));
                     *self.last_failure.lock().expect("failure time") =
                         failed.then(std::time::Instant::now);
                     return result;
@@ -292,7 +292,7 @@ impl Upstream {
             }
         }
         match tokio::time::timeout(self.read_timeout, req.send()).await {
-            Err(_) => Err(RegistryError::gateway_timeout(format!(
+            Err(_) => Err(RegistryError::upstream_timed_out(format!(
                 "upstream did not answer {method} {url} within {:?}",
                 self.read_timeout
             ))),
@@ -338,7 +338,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Worth another try: the upstream could not be reached or failed (not a timeout, not a 4xx).
 fn is_transient(e: &RegistryError) -> bool {
-    e.code == ErrorCode::Unavailable && e.status == StatusCode::BAD_GATEWAY
+    e.cause == Cause::UpstreamFailed
 }
 
 /// A response header as text, if present and printable.
@@ -350,11 +350,11 @@ pub fn header_str(resp: &reqwest::Response, name: impl header::AsHeaderName) -> 
 pub fn transport_error(e: &reqwest::Error) -> RegistryError {
     let what = error_chain(e);
     if e.is_timeout() {
-        RegistryError::gateway_timeout(format!("upstream timed out: {what}"))
+        RegistryError::upstream_timed_out(format!("upstream timed out: {what}"))
     } else if e.is_connect() {
-        RegistryError::bad_gateway(format!("cannot connect to upstream: {what}"))
+        RegistryError::upstream_failed(format!("cannot connect to upstream: {what}"))
     } else {
-        RegistryError::bad_gateway(format!("upstream request failed: {what}"))
+        RegistryError::upstream_failed(format!("upstream request failed: {what}"))
     }
 }
 
@@ -387,23 +387,23 @@ async fn upstream_error(resp: reqwest::Response, not_found: ErrorCode) -> Regist
             RegistryError::not_found(code.unwrap_or(not_found), detail("not found upstream"))
         }
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::new(
-            StatusCode::FORBIDDEN,
+            Cause::UpstreamRefused,
             ErrorCode::Denied,
             detail(&format!(
                 "the upstream refused access ({status}); check wharf's credentials for it"
             )),
         ),
         StatusCode::TOO_MANY_REQUESTS => RegistryError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+            Cause::UpstreamRateLimited,
             ErrorCode::TooManyRequests,
             detail("the upstream is rate limiting wharf"),
         ),
         s if s.is_client_error() => RegistryError::new(
-            s,
+            Cause::UpstreamRejected(s),
             code.unwrap_or(ErrorCode::Unsupported),
             detail(&format!("upstream answered {s}")),
         ),
-        s => RegistryError::bad_gateway(detail(&format!("upstream answered {s}"))),
+        s => RegistryError::upstream_failed(detail(&format!("upstream answered {s}"))),
     };
     err.retry_after = retry_after;
     err
@@ -428,7 +428,7 @@ fn first_error(body: &[u8]) -> Option<(Option<ErrorCode>, String)> {
 /// Read a whole response body that must not exceed `max` bytes.
 pub async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Bytes, RegistryError> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(RegistryError::bad_gateway(format!(
+        return Err(RegistryError::upstream_failed(format!(
             "upstream response larger than {max} bytes"
         )));
     }
@@ -437,7 +437,7 @@ pub async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Bytes, 
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| transport_error(&e))?;
         if out.len() + chunk.len() > max {
-            return Err(RegistryError::bad_gateway(format!(
+            return Err(RegistryError::upstream_failed(format!(
                 "upstream response larger than {max} bytes"
             )));
         }
