@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 use tokio::sync::mpsc;
 
 use super::{digest_headers, Body, Headers, Mirror, Outcome, Reply};
@@ -20,7 +20,7 @@ use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::range::{parse_range, RangeAnswer};
 use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
-use crate::upstream::{header_str, transport_error, Upstream};
+use crate::upstream::Upstream;
 
 impl Mirror {
     pub(super) async fn blob(
@@ -189,16 +189,7 @@ impl Mirror {
         let len = match self.fills.get(digest) {
             Some(fill) if self.holds_cached(up, name, digest) => fill.ready().await?,
             _ => {
-                let len = up
-                    .send(
-                        Method::HEAD,
-                        name,
-                        &format!("blobs/{digest}"),
-                        None,
-                        ErrorCode::BlobUnknown,
-                    )
-                    .await
-                    .map(|r| header_str(&r, header::CONTENT_LENGTH).and_then(|v| v.parse().ok()))?;
+                let len = up.blob_head(name, digest).await?.len;
                 // the upstream confirmed it for this repository
                 self.link(up, name, vec![*digest]).await;
                 len
@@ -249,23 +240,8 @@ impl Mirror {
         if let Some(n) = described {
             self.room_for(fill, Some(n)).await?;
         }
-        let resp = up
-            .send(
-                Method::GET,
-                name,
-                &format!("blobs/{digest}"),
-                None,
-                ErrorCode::BlobUnknown,
-            )
-            .await?;
-        if resp.status() != StatusCode::OK {
-            // a 204 or a 206 is no whole blob, whatever its length says
-            return Err(RegistryError::upstream_failed(format!(
-                "upstream answered {} for blob {digest}, where the whole blob (200) was due",
-                resp.status()
-            )));
-        }
-        let declared = resp.content_length();
+        let body = up.blob(name, &digest).await?;
+        let declared = body.len;
         if let (Some(d), Some(n)) = (declared, described) {
             if d != n {
                 return Err(RegistryError::upstream_failed(format!(
@@ -297,7 +273,7 @@ impl Mirror {
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         // (moves `tx` in: the writer sees the end when this is over)
         let read = async move {
-            let mut body = resp.bytes_stream();
+            let mut body = body.chunks;
             let mut received = 0u64;
             // An orphan must keep moving: one that brings less than STALL_BYTES per
             // read_timeout is given up, as is one too many (Fill::release).
@@ -334,7 +310,7 @@ impl Mirror {
                     Some(Err(e)) => {
                         return Err(RegistryError::upstream_failed(format!(
                             "upstream broke off blob {digest} after {received} bytes: {}",
-                            transport_error(&e).message
+                            e.message
                         )))
                     }
                     Some(Ok(b)) => {

@@ -8,8 +8,6 @@
 
 use std::sync::Arc;
 
-use http::Method;
-
 use super::Mirror;
 use crate::cache::Kind;
 use crate::registry::image;
@@ -78,9 +76,9 @@ impl Mirror {
         {
             return Ok(());
         }
-        let (code, what) = match kind {
-            Kind::Blob => (ErrorCode::BlobUnknown, "blobs"),
-            Kind::Manifest => (ErrorCode::ManifestUnknown, "manifests"),
+        let code = match kind {
+            Kind::Blob => ErrorCode::BlobUnknown,
+            Kind::Manifest => ErrorCode::ManifestUnknown,
         };
         let unknown = |why: &str| {
             RegistryError::not_found(
@@ -98,16 +96,13 @@ impl Mirror {
         if self.unheld.contains_key(&key) {
             return Err(unknown("the upstream said so moments ago"));
         }
-        let accept = (kind == Kind::Manifest).then(|| Accept::default().for_upstream());
-        let asked = up
-            .send(
-                Method::HEAD,
-                name,
-                &format!("{what}/{digest}"),
-                accept.as_deref(),
-                code,
-            )
-            .await;
+        let asked = match kind {
+            Kind::Blob => up.blob_head(name, digest).await,
+            Kind::Manifest => {
+                let accept = Accept::default().for_upstream();
+                up.manifest_head(name, &digest.to_string(), &accept).await
+            }
+        };
         match asked {
             Ok(_) => {
                 self.link(up, name, vec![*digest]).await;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply};
 use crate::cache::flight::Full;
@@ -16,7 +16,7 @@ use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Cause, Digest, ErrorCode, Reference, RegistryError, RepoName, Tag};
-use crate::upstream::{header_str, Upstream};
+use crate::upstream::Upstream;
 
 /// A manifest with what a client needs to know about it.
 #[derive(Clone, Debug)]
@@ -436,15 +436,9 @@ impl Mirror {
         accept: &Accept,
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
-        let (rest, accept) = (format!("manifests/{tag}"), accept.for_upstream());
-        let head = up.send(
-            Method::HEAD,
-            name,
-            &rest,
-            Some(&accept),
-            ErrorCode::ManifestUnknown,
-        );
-        let resp = match tokio::time::timeout(REVALIDATE_TIMEOUT, head).await {
+        let accept = accept.for_upstream();
+        let head = up.manifest_head(name, tag.as_str(), &accept);
+        let found = match tokio::time::timeout(REVALIDATE_TIMEOUT, head).await {
             Ok(r) => r?,
             Err(_) => {
                 up.note_failure();
@@ -453,9 +447,7 @@ impl Mirror {
                 )));
             }
         };
-        let current =
-            header_str(&resp, "docker-content-digest").and_then(|v| Digest::parse(v).ok());
-        Ok(current.as_ref() == Some(digest))
+        Ok(found.digest.as_ref() == Some(digest))
     }
 
     async fn put_tag(
@@ -489,19 +481,10 @@ impl Mirror {
         accept: &Accept,
         expected: Option<Digest>,
     ) -> ManifestResult {
-        let resp = up
-            .fetch(
-                Method::GET,
-                name,
-                &format!("manifests/{reference}"),
-                Some(&accept.for_upstream()),
-                ErrorCode::ManifestUnknown,
-                media::MAX_MANIFEST_BYTES,
-            )
-            .await?;
-        let announced = resp.header("docker-content-digest");
-        let content_type = resp.header(header::CONTENT_TYPE);
-        let bytes = resp.body.clone();
+        let answer = up.manifest(name, reference, &accept.for_upstream()).await?;
+        let announced = answer.digest.as_deref();
+        let content_type = answer.media_type.as_deref();
+        let bytes = answer.bytes.clone();
         let digest = Digest::of(&bytes);
         METRICS.bytes_fetched.inc_by(bytes.len() as u64);
         let mismatch = |claimed: &str| {

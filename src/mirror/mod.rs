@@ -12,6 +12,8 @@ pub mod freshness;
 mod holding;
 mod manifests;
 mod referrers;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 
 use crate::cache::fill::{FillIo, Limits as FillLimits};
 use crate::cache::{
@@ -28,7 +30,7 @@ use crate::cache::{
 };
 use crate::config::{Config, DEFAULT_REGISTRY};
 use crate::registry::media::Accept;
-use crate::registry::{Digest, ErrorCode, Reference, RegistryError, RepoName, Route};
+use crate::registry::{Digest, Reference, RegistryError, RepoName, Route};
 use crate::upstream::Upstream;
 
 pub use freshness::Freshness;
@@ -246,15 +248,6 @@ pub const TRANSFER_BUDGET: usize = 16 << 20;
 impl Mirror {
     /// Open the data directory and build the upstream clients `config` describes.
     pub fn open(config: &Config) -> Result<Mirror, String> {
-        let data = config.data_dir();
-        let store = BlobStore::open(&data)
-            .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
-        let tags = TagIndex::open(&data.join("tags"))
-            .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
-        let links_dir = data.join("links");
-        let links_fresh = !links_dir.exists();
-        let links = RepoLinks::open(&links_dir)
-            .map_err(|e| format!("cannot open the links in {}: {e}", data.display()))?;
         let upstreams = config
             .upstream_settings()?
             .into_iter()
@@ -264,6 +257,23 @@ impl Mirror {
                 Ok((host, Arc::new(up)))
             })
             .collect::<Result<HashMap<_, _>, String>>()?;
+        Mirror::open_with(config, upstreams)
+    }
+
+    /// Open the data directory for `upstreams`, by the registry hosts they stand for.
+    pub fn open_with(
+        config: &Config,
+        upstreams: HashMap<String, Arc<Upstream>>,
+    ) -> Result<Mirror, String> {
+        let data = config.data_dir();
+        let store = BlobStore::open(&data)
+            .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
+        let tags = TagIndex::open(&data.join("tags"))
+            .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
+        let links_dir = data.join("links");
+        let links_fresh = !links_dir.exists();
+        let links = RepoLinks::open(&links_dir)
+            .map_err(|e| format!("cannot open the links in {}: {e}", data.display()))?;
         let freshness = Freshness::new(
             config.tag_ttl,
             config.negative_ttl,
@@ -463,23 +473,8 @@ impl Mirror {
         name: &RepoName,
         query: &str,
     ) -> Result<Reply, RegistryError> {
-        let rest = if query.is_empty() {
-            "tags/list".to_owned()
-        } else {
-            format!("tags/list?{query}")
-        };
-        let resp = match up
-            .fetch(
-                Method::GET,
-                name,
-                &rest,
-                None,
-                ErrorCode::NameUnknown,
-                16 << 20,
-            )
-            .await
-        {
-            Ok(r) => r,
+        let listing = match up.tags(name, query).await {
+            Ok(l) => l,
             Err(e) if up.offline || is_unavailable(&e) => {
                 let (registry, repo) = (up.registry.clone(), name.clone());
                 let tags = self.blocking(move |m| m.tags.list(&registry, &repo)).await;
@@ -490,10 +485,8 @@ impl Mirror {
             }
             Err(e) => return Err(e),
         };
-        let link = resp.header(header::LINK).map(str::to_owned);
-        let body = resp.body;
-        let mut reply = Reply::json(StatusCode::OK, body, Outcome::Upstream);
-        if let Some(l) = link {
+        let mut reply = Reply::json(StatusCode::OK, listing.body, Outcome::Upstream);
+        if let Some(l) = listing.link {
             reply.headers.push((header::LINK, text_value(l)));
         }
         Ok(reply)

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode};
+use http::{header, HeaderValue, StatusCode};
 
 use super::{is_unavailable, Body, Mirror, Outcome, Reply};
-use crate::registry::media::{self, OCI_INDEX};
-use crate::registry::{Digest, ErrorCode, RegistryError, RepoName};
+use crate::registry::media::OCI_INDEX;
+use crate::registry::{Digest, RegistryError, RepoName};
 use crate::upstream::Upstream;
 
 /// Registry, repository, subject digest, artifactType.
@@ -58,33 +58,14 @@ impl Mirror {
                 return Ok(reply(r.clone(), Outcome::HitMemory));
             }
         }
-        let mut rest = format!("referrers/{digest}");
-        if let Some(t) = &key.3 {
-            let q: String = url::form_urlencoded::Serializer::new(String::new())
-                .append_pair("artifactType", t)
-                .finish();
-            rest = format!("{rest}?{q}");
-        }
-        let fetched = async {
-            let resp = up
-                .fetch(
-                    Method::GET,
-                    name,
-                    &rest,
-                    Some(OCI_INDEX),
-                    ErrorCode::ManifestUnknown,
-                    media::MAX_MANIFEST_BYTES,
-                )
-                .await?;
-            let filtered = resp.header("oci-filters-applied").is_some();
-            let body = resp.body;
-            Ok::<_, RegistryError>(Referrers {
-                body,
-                filtered,
+        let fetched = up
+            .referrers(name, digest, key.3.as_deref())
+            .await
+            .map(|r| Referrers {
+                body: r.body,
+                filtered: r.filtered,
                 fetched: Instant::now(),
-            })
-        }
-        .await;
+            });
         match (fetched, cached) {
             (Ok(r), _) => {
                 self.referrers.insert(key, r.clone());

@@ -341,7 +341,7 @@ trait JsonLimited {
 
 impl JsonLimited for reqwest::Response {
     async fn json_limited<T: serde::de::DeserializeOwned>(self) -> Result<T, RegistryError> {
-        let bytes = super::read_limited(self, 1 << 20).await?;
+        let bytes = super::http::read_limited(self, 1 << 20).await?;
         serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::upstream_failed(format!("bad token response: {e}")))
     }

@@ -1,27 +1,110 @@
-//! The upstream client: how wharf fetches what it does not have from the registry it mirrors.
+//! The upstream: what wharf asks of the registry it mirrors when the cache cannot answer.
 //!
-//! It speaks the registry's auth (see [`auth`]), follows blob redirects to CDNs without ever
-//! carrying `Authorization` to another host (reqwest strips it on cross-host hops), reuses
-//! connections, and turns every failure — refused, timed out, 5xx, 429 — into a prompt
-//! [`RegistryError`] instead of a hang.
+//! [`Remote`] is the seam: what a registry offers a mirror (a manifest by tag or digest, HEADs,
+//! a blob as a stream with its length, a tag list, referrers), asked in registry terms and
+//! answered with typed values. [`RegistryClient`] is the one over HTTP (URLs, `reqwest`, auth,
+//! redirects, retries: [`http`]); nothing outside this module sees a URL or a raw response. A
+//! cluster peer will be another. [`Upstream`] is what the pull policy holds for one mirrored
+//! registry: its name and settings, a remote, and a memory of its recent failures.
 
 pub mod auth;
 pub mod credentials;
 pub mod egress;
+#[cfg(test)]
+pub mod fake;
+pub mod http;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use http::{header, Method, StatusCode};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 
 pub use auth::{Auth, Challenge};
 pub use credentials::{CredentialSource, Credentials};
+pub use http::RegistryClient;
 
-use crate::metrics::METRICS;
-use crate::registry::{Cause, ErrorCode, RegistryError, RepoName};
+use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
+
+/// What a registry offers a pull-through mirror. Every failure is a [`RegistryError`] whose
+/// [`Cause`] says whose it was; a 404 is `Cause::NotFound`.
+#[async_trait]
+pub trait Remote: Send + Sync {
+    /// A manifest read whole (`reference` a tag or digest), as the `accept` list asks.
+    async fn manifest(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        accept: &str,
+    ) -> Result<ManifestBody, RegistryError>;
+
+    /// What the upstream says `reference` is now, without its body.
+    async fn manifest_head(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Head, RegistryError>;
+
+    /// Whether the repository holds a blob, and its length.
+    async fn blob_head(&self, repo: &RepoName, digest: &Digest) -> Result<Head, RegistryError>;
+
+    /// A whole blob as it arrives; its length if the upstream said it.
+    async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobBody, RegistryError>;
+
+    /// One page of the repository's tag list (`query`: the client's `n` and `last`).
+    async fn tags(&self, repo: &RepoName, query: &str) -> Result<Listing, RegistryError>;
+
+    /// The referrers index of a digest, filtered by artifact type if one is given.
+    async fn referrers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Referrers, RegistryError>;
+
+    /// Longest wait for an answer, or between two pieces of a body.
+    fn read_timeout(&self) -> Duration;
+
+    /// Whether wharf authenticates to this remote.
+    fn has_credentials(&self) -> bool;
+}
+
+/// A manifest as the upstream sent it: bytes, and what its headers claim.
+pub struct ManifestBody {
+    pub bytes: Bytes,
+    /// `Docker-Content-Digest`, as sent (checked by the caller).
+    pub digest: Option<String>,
+    /// `Content-Type`, as sent.
+    pub media_type: Option<String>,
+}
+
+/// What a HEAD says of an object.
+#[derive(Clone, Debug, Default)]
+pub struct Head {
+    pub digest: Option<Digest>,
+    pub len: Option<u64>,
+}
+
+/// A blob's body: chunks as they arrive, and the length announced for them.
+pub struct BlobBody {
+    pub len: Option<u64>,
+    pub chunks: BoxStream<'static, Result<Bytes, RegistryError>>,
+}
+
+/// A page of a tag list, with the `Link` to the next.
+pub struct Listing {
+    pub body: Bytes,
+    pub link: Option<String>,
+}
+
+/// A referrers index; `filtered` if the remote applied the artifact type filter.
+pub struct Referrers {
+    pub body: Bytes,
+    pub filtered: bool,
+}
 
 /// How to reach one upstream registry.
 #[derive(Debug)]
@@ -47,188 +130,146 @@ pub struct UpstreamSettings {
     pub offline: bool,
 }
 
+/// One mirrored registry, as the pull policy sees it.
 pub struct Upstream {
+    /// The registry host it stands for (`docker.io`).
     pub registry: String,
     pub tag_ttl: Option<Duration>,
+    /// Never contact it: answer from the cache only.
     pub offline: bool,
+    remote: Arc<dyn Remote>,
     /// When a request last failed for want of the upstream (down, timing out, 5xx).
-    last_failure: std::sync::Mutex<Option<std::time::Instant>>,
-    base: String,
-    http: reqwest::Client,
-    auth: Auth,
-    read_timeout: Duration,
-    request_timeout: Duration,
+    last_failure: std::sync::Mutex<Option<Instant>>,
 }
 
-/// A small answer read whole: a manifest, a tag list, a referrers index.
-pub struct Small {
-    pub headers: http::HeaderMap,
-    pub body: Bytes,
-}
-
-impl Small {
-    /// A header as text, if present and printable.
-    pub fn header(&self, name: impl header::AsHeaderName) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
+/// How long an upstream that failed is spared optional requests.
+const RECENT_FAILURE: Duration = Duration::from_secs(10);
 
 impl Upstream {
+    /// The upstream `s` describes, over HTTP.
     pub fn new(s: UpstreamSettings) -> Result<Self, String> {
-        let tls = tls_config(s.ca_file.as_deref())?;
-        let egress = Arc::new(egress::Egress::new(&s.url, &s.auth_hosts));
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION")))
-            .redirect(egress.redirect_policy())
-            .dns_resolver(egress.resolver())
-            .referer(false)
-            .connect_timeout(s.connect_timeout)
-            .read_timeout(s.read_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
-        let mut base = s.url.to_string();
-        if !base.ends_with('/') {
-            base.push('/');
-        }
-        let registry = s.registry;
-        Ok(Upstream {
-            registry: registry.clone(),
-            tag_ttl: s.tag_ttl,
-            offline: s.offline,
+        let (registry, tag_ttl, offline) = (s.registry.clone(), s.tag_ttl, s.offline);
+        let client = RegistryClient::new(s)?;
+        Ok(Upstream::with_remote(
+            registry,
+            tag_ttl,
+            offline,
+            Arc::new(client),
+        ))
+    }
+
+    /// An upstream for `registry` reached through `remote`.
+    pub fn with_remote(
+        registry: String,
+        tag_ttl: Option<Duration>,
+        offline: bool,
+        remote: Arc<dyn Remote>,
+    ) -> Self {
+        Upstream {
+            registry,
+            tag_ttl,
+            offline,
+            remote,
             last_failure: std::sync::Mutex::new(None),
-            base,
-            http,
-            auth: Auth::new(&registry, s.credentials, s.request_timeout, egress),
-            read_timeout: s.read_timeout,
-            request_timeout: s.request_timeout,
-        })
-    }
-
-    /// Send `method` for `/v2/<repo>/<rest>` (rest may carry a query), authenticating as the
-    /// upstream demands. Returns a 2xx response, or the error to give the client; a 404 is
-    /// reported with `not_found` unless the upstream named a code itself.
-    ///
-    /// A refused connection or a 5xx is tried again, up to three times after growing pauses
-    /// (0.1, 0.2, 0.4 s): upstreams and CDNs fail transiently. Timeouts are not retried (a hung
-    /// upstream must still be answered promptly), nor 429 or other client errors. All of it,
-    /// the token included, must be over within the upstream's `request_timeout`.
-    pub async fn send(
-        &self,
-        method: Method,
-        repo: &RepoName,
-        rest: &str,
-        accept: Option<&str>,
-        not_found: ErrorCode,
-    ) -> Result<reqwest::Response, RegistryError> {
-        let what = format!("{method} {repo}/{rest}");
-        self.within_deadline(
-            &what,
-            self.send_retrying(method, repo, rest, accept, not_found),
-        )
-        .await
-    }
-
-    /// [`Upstream::send`], and read the body whole (at most `max` bytes), all within the
-    /// upstream's `request_timeout`.
-    pub async fn fetch(
-        &self,
-        method: Method,
-        repo: &RepoName,
-        rest: &str,
-        accept: Option<&str>,
-        not_found: ErrorCode,
-        max: usize,
-    ) -> Result<Small, RegistryError> {
-        let what = format!("{method} {repo}/{rest}");
-        self.within_deadline(&what, async {
-            let resp = self
-                .send_retrying(method, repo, rest, accept, not_found)
-                .await?;
-            if resp.status() != StatusCode::OK {
-                return Err(RegistryError::upstream_failed(format!(
-                    "upstream answered {} for {repo}/{rest}, where a whole answer (200) was due",
-                    resp.status()
-                )));
-            }
-            let headers = resp.headers().clone();
-            let body = read_limited(resp, max).await?;
-            Ok(Small { headers, body })
-        })
-        .await
-    }
-
-    async fn within_deadline<T>(
-        &self,
-        what: &str,
-        work: impl std::future::Future<Output = Result<T, RegistryError>>,
-    ) -> Result<T, RegistryError> {
-        match tokio::time::timeout(self.request_timeout, work).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.note_failure();
-                Err(RegistryError::upstream_timed_out(format!(
-                    "upstream {} did not finish {what} within {:?} (request_timeout)",
-                    self.registry, self.request_timeout
-                )))
-            }
         }
     }
 
-    async fn send_retrying(
+    pub async fn manifest(
         &self,
-        method: Method,
         repo: &RepoName,
-        rest: &str,
-        accept: Option<&str>,
-        not_found: ErrorCode,
-    ) -> Result<reqwest::Response, RegistryError> {
+        reference: &str,
+        accept: &str,
+    ) -> Result<ManifestBody, RegistryError> {
+        let not_cached = || format!("{repo}:{reference} is not cached");
+        self.ask(ErrorCode::ManifestUnknown, not_cached, async {
+            self.remote.manifest(repo, reference, accept).await
+        })
+        .await
+    }
+
+    pub async fn manifest_head(
+        &self,
+        repo: &RepoName,
+        reference: &str,
+        accept: &str,
+    ) -> Result<Head, RegistryError> {
+        let not_cached = || format!("{repo}:{reference} is not cached");
+        self.ask(ErrorCode::ManifestUnknown, not_cached, async {
+            self.remote.manifest_head(repo, reference, accept).await
+        })
+        .await
+    }
+
+    pub async fn blob_head(&self, repo: &RepoName, digest: &Digest) -> Result<Head, RegistryError> {
+        let not_cached = || format!("{repo}@{digest} is not cached");
+        self.ask(ErrorCode::BlobUnknown, not_cached, async {
+            self.remote.blob_head(repo, digest).await
+        })
+        .await
+    }
+
+    pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobBody, RegistryError> {
+        let not_cached = || format!("{repo}@{digest} is not cached");
+        self.ask(ErrorCode::BlobUnknown, not_cached, async {
+            self.remote.blob(repo, digest).await
+        })
+        .await
+    }
+
+    pub async fn tags(&self, repo: &RepoName, query: &str) -> Result<Listing, RegistryError> {
+        let not_cached = || format!("{repo}: its tag list is not cached");
+        self.ask(ErrorCode::NameUnknown, not_cached, async {
+            self.remote.tags(repo, query).await
+        })
+        .await
+    }
+
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Referrers, RegistryError> {
+        let not_cached = || format!("{repo}: the referrers of {digest} are not cached");
+        self.ask(ErrorCode::ManifestUnknown, not_cached, async {
+            self.remote.referrers(repo, digest, artifact_type).await
+        })
+        .await
+    }
+
+    /// Ask the remote unless wharf is offline, and remember whether it failed.
+    async fn ask<T>(
+        &self,
+        code: ErrorCode,
+        not_cached: impl FnOnce() -> String,
+        asking: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
         if self.offline {
+            let what = not_cached();
             return Err(RegistryError::not_found(
-                not_found,
-                format!("{repo}: {rest} is not cached, and wharf is offline"),
+                code,
+                format!("{what}, and wharf is offline"),
             ));
         }
-        let url = format!("{}v2/{}/{}", self.base, repo, rest);
-        let scope = format!("repository:{repo}:pull");
-        let mut pause = RETRY_PAUSE;
-        for tries_left in (0..ATTEMPTS).rev() {
-            match self
-                .send_once(&method, &url, &scope, accept, not_found)
-                .await
-            {
-                Err(e) if tries_left > 0 && is_transient(&e) => {
-                    tracing::debug!("retrying {method} {url} in {pause:?}: {e}");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                result => {
-                    let failed = matches!(&result, Err(e) if matches!(e.cause, Cause::UpstreamFailed | Cause::UpstreamTimedOut));
-                    *self.last_failure.lock().expect("failure time") =
-                        failed.then(std::time::Instant::now);
-                    return result;
-                }
-            }
-        }
-        unreachable!("the last attempt returns")
+        let result = asking.await;
+        let failed = matches!(&result, Err(e) if matches!(e.cause, Cause::UpstreamFailed | Cause::UpstreamTimedOut));
+        *self.last_failure.lock().expect("failure time") = failed.then(Instant::now);
+        result
     }
 
     /// Whether wharf has credentials for this upstream.
     pub fn has_credentials(&self) -> bool {
-        self.auth.has_credentials()
+        self.remote.has_credentials()
     }
 
     /// Longest wait for an answer, or between two reads of a body.
     pub fn read_timeout(&self) -> Duration {
-        self.read_timeout
+        self.remote.read_timeout()
     }
 
-    /// Record that the upstream failed a request made outside `send` (a caller's deadline).
+    /// Record that the upstream failed a request made outside `ask` (a caller's deadline).
     pub fn note_failure(&self) {
-        *self.last_failure.lock().expect("failure time") = Some(std::time::Instant::now());
+        *self.last_failure.lock().expect("failure time") = Some(Instant::now());
     }
 
     /// Whether the upstream just failed (in the last 10 s): optional requests, such as
@@ -239,244 +280,4 @@ impl Upstream {
             .expect("failure time")
             .is_some_and(|t| t.elapsed() < RECENT_FAILURE)
     }
-
-    async fn send_once(
-        &self,
-        method: &Method,
-        url: &str,
-        scope: &str,
-        accept: Option<&str>,
-        not_found: ErrorCode,
-    ) -> Result<reqwest::Response, RegistryError> {
-        let mut resp = self.attempt(method, url, scope, accept).await?;
-        // what to authenticate with is learnt from the upstream itself, not from where it
-        // redirected wharf (a CDN's 401 names no realm of the upstream's)
-        if resp.status() == StatusCode::UNAUTHORIZED && resp.url().as_str().starts_with(&self.base)
-        {
-            let challenge = header_str(&resp, header::WWW_AUTHENTICATE).and_then(Challenge::parse);
-            if let Some(c) = challenge {
-                self.auth.learn(c, scope);
-                resp = self.attempt(method, url, scope, accept).await?;
-            }
-        }
-        if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(upstream_error(resp, not_found).await)
-        }
-    }
-
-    async fn attempt(
-        &self,
-        method: &Method,
-        url: &str,
-        scope: &str,
-        accept: Option<&str>,
-    ) -> Result<reqwest::Response, RegistryError> {
-        METRICS
-            .upstream_requests
-            .with_label_values(&[&self.registry, request_kind(method, url)])
-            .inc();
-        let mut req = self.http.request(method.clone(), url);
-        if let Some(a) = accept {
-            req = req.header(header::ACCEPT, a);
-        }
-        match self.auth.header_for(&self.http, scope).await {
-            Ok(Some(auth)) => req = req.header(header::AUTHORIZATION, auth),
-            Ok(None) => {}
-            Err(e) => {
-                // a challenge that cannot be answered is not kept: the next request asks the
-                // upstream again, so one bad answer does not fail it until a restart
-                self.auth.forget_challenge();
-                return Err(e);
-            }
-        }
-        match tokio::time::timeout(self.read_timeout, req.send()).await {
-            Err(_) => Err(RegistryError::upstream_timed_out(format!(
-                "upstream did not answer {method} {url} within {:?}",
-                self.read_timeout
-            ))),
-            Ok(Err(e)) => Err(transport_error(&e)),
-            Ok(Ok(resp)) => {
-                // Docker Hub: "ratelimit-remaining: 76;w=21600"
-                let remaining = header_str(&resp, "ratelimit-remaining")
-                    .and_then(|v| v.split(';').next()?.trim().parse::<i64>().ok());
-                if let Some(n) = remaining {
-                    METRICS
-                        .ratelimit_remaining
-                        .with_label_values(&[&self.registry])
-                        .set(n);
-                }
-                Ok(resp)
-            }
-        }
-    }
-}
-
-/// What a request to `url` is, as metrics label it.
-fn request_kind(method: &Method, url: &str) -> &'static str {
-    let head = method == Method::HEAD;
-    let path = url.split('?').next().unwrap_or(url);
-    let kind = path.rsplit('/').nth(1).unwrap_or("");
-    match (kind, head) {
-        ("manifests", false) => "manifest",
-        ("manifests", true) => "manifest-head",
-        ("blobs", false) => "blob",
-        ("blobs", true) => "blob-head",
-        ("referrers", _) => "referrers",
-        _ if path.ends_with("/tags/list") => "tags",
-        _ => "other",
-    }
-}
-
-/// How long an upstream that failed is spared optional requests.
-const RECENT_FAILURE: Duration = Duration::from_secs(10);
-
-/// Tries per upstream request, and the pause before the first retry (doubled each time).
-const ATTEMPTS: usize = 4;
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// Worth another try: the upstream could not be reached or failed (not a timeout, not a 4xx).
-fn is_transient(e: &RegistryError) -> bool {
-    e.cause == Cause::UpstreamFailed
-}
-
-/// A response header as text, if present and printable.
-pub fn header_str(resp: &reqwest::Response, name: impl header::AsHeaderName) -> Option<&str> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok())
-}
-
-/// A transport failure as a client should see it.
-pub fn transport_error(e: &reqwest::Error) -> RegistryError {
-    let what = error_chain(e);
-    if e.is_timeout() {
-        RegistryError::upstream_timed_out(format!("upstream timed out: {what}"))
-    } else if e.is_connect() {
-        RegistryError::upstream_failed(format!("cannot connect to upstream: {what}"))
-    } else {
-        RegistryError::upstream_failed(format!("upstream request failed: {what}"))
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
-/// Turn an upstream's non-2xx answer into the error wharf gives its client.
-async fn upstream_error(resp: reqwest::Response, not_found: ErrorCode) -> RegistryError {
-    let status = resp.status();
-    let retry_after = header_str(&resp, header::RETRY_AFTER).map(str::to_owned);
-    let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
-    let (code, message) = first_error(&body).unwrap_or((None, String::new()));
-    let detail = |what: &str| {
-        if message.is_empty() {
-            what.to_owned()
-        } else {
-            format!("{what}: {message}")
-        }
-    };
-    let mut err = match status {
-        StatusCode::NOT_FOUND => {
-            RegistryError::not_found(code.unwrap_or(not_found), detail("not found upstream"))
-        }
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::new(
-            Cause::UpstreamRefused,
-            ErrorCode::Denied,
-            detail(&format!(
-                "the upstream refused access ({status}); check wharf's credentials for it"
-            )),
-        ),
-        StatusCode::TOO_MANY_REQUESTS => RegistryError::new(
-            Cause::UpstreamRateLimited,
-            ErrorCode::TooManyRequests,
-            detail("the upstream is rate limiting wharf"),
-        ),
-        s if s.is_client_error() => RegistryError::new(
-            Cause::UpstreamRejected(s),
-            code.unwrap_or(ErrorCode::Unsupported),
-            detail(&format!("upstream answered {s}")),
-        ),
-        s => RegistryError::upstream_failed(detail(&format!("upstream answered {s}"))),
-    };
-    err.retry_after = retry_after;
-    err
-}
-
-/// The first `{code, message}` of an OCI error body.
-fn first_error(body: &[u8]) -> Option<(Option<ErrorCode>, String)> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let e = v.get("errors")?.get(0)?;
-    let code = e
-        .get("code")
-        .and_then(|c| c.as_str())
-        .and_then(ErrorCode::from_upstream);
-    let message = e
-        .get("message")
-        .and_then(|m| m.as_str())
-        .unwrap_or("")
-        .to_owned();
-    Some((code, message))
-}
-
-/// Read a whole response body that must not exceed `max` bytes.
-pub async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Bytes, RegistryError> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(RegistryError::upstream_failed(format!(
-            "upstream response larger than {max} bytes"
-        )));
-    }
-    let mut out = BytesMut::new();
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| transport_error(&e))?;
-        if out.len() + chunk.len() > max {
-            return Err(RegistryError::upstream_failed(format!(
-                "upstream response larger than {max} bytes"
-            )));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out.freeze())
-}
-
-/// rustls with ring (the provider Pingora uses), the system's roots and an optional extra CA.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-        let mut n = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("unusable certificate in {}: {e}", path.display()))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(format!("CA file {} holds no certificate", path.display()));
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
 }

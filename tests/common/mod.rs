@@ -216,6 +216,15 @@ impl Wharf {
 impl Drop for Wharf {
     fn drop(&mut self) {
         self.kill();
+        // a failing test shows what wharf said (the last lines: the failure is at the end)
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- wharf's log, last lines ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
