@@ -13,7 +13,7 @@ use crate::upstream::{CredentialSource, Credentials, UpstreamSettings};
 pub const DEFAULT_TOML: &str = include_str!("../conf/wharf.toml");
 
 /// The registry clients get when they name none (what dockerd's `registry-mirrors` means).
-pub const DEFAULT_REGISTRY: &str = "docker.io";
+pub const DEFAULT_REGISTRY: &str = crate::registry::hub::DOCKER_HUB;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -109,7 +109,10 @@ async fn a_private_repository_is_read_only_by_whom_the_rules_let() {
     ] {
         assert_eq!(ask(&w, &path, None).await.status(), 401, "{path}");
     }
-    assert!(w.log().contains("user=bob"), "the access log says who");
+    common::eventually(5, "the access log says who", || async {
+        w.log().contains("user=\"bob\"")
+    })
+    .await;
 }
 
 #[tokio::test]

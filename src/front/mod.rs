@@ -11,6 +11,7 @@
 pub mod access;
 pub mod admin;
 pub mod connections;
+pub mod log;
 pub mod tls;
 
 use access::{Access, Identity};
@@ -32,9 +33,10 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 
 use crate::cache::store::read_at;
-use crate::config::{Config, DEFAULT_REGISTRY};
+use crate::config::Config;
 use crate::metrics::{ACTIVITY, METRICS, SAMPLE_EVERY};
 use crate::mirror::{chunk_size, Body, Mirror, Outcome, Reply};
+use crate::registry::hub;
 use crate::registry::media::Accept;
 use crate::registry::route::{check_method, namespace};
 use crate::registry::{Cause, ErrorCode, RegistryError, Route};
@@ -364,14 +366,9 @@ impl Front {
             Ok((up, route)) => {
                 ctx.registry.clone_from(&up.registry);
                 ctx.route = route.kind();
-                ctx.repo = route.name().map(|n| {
-                    let n = if up.registry == DEFAULT_REGISTRY {
-                        n.clone().with_library_prefix()
-                    } else {
-                        n.clone()
-                    };
-                    format!("{}/{n}", up.registry)
-                });
+                ctx.repo = route
+                    .name()
+                    .map(|n| format!("{}/{}", up.registry, hub::repository(&up.registry, n)));
                 if let Some(who) = &who {
                     if !self.access.may_read(who, ctx.repo.as_deref()) {
                         let what = ctx.repo.as_deref().unwrap_or("this mirror");
@@ -422,21 +419,24 @@ fn log(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
     let path = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let (method, ms) = (req.method.as_str(), (ms * 10.0).round() / 10.0);
     let registry = ctx.registry.as_str();
-    match (e, &ctx.who) {
-        (None, None) => tracing::info!(
-            target: "wharf::access",
-            method, path, status, bytes, outcome, ms, registry
-        ),
-        (None, Some(who)) => tracing::info!(
-            target: "wharf::access",
-            method, path, status, bytes, outcome, ms, registry, user = %who.name()
-        ),
-        (Some(e), who) => tracing::warn!(
-            target: "wharf::access",
-            method, path, status, bytes, outcome, ms, registry,
-            user = %who.as_ref().map_or("-".into(), |w| w.name()), cut = %e
-        ),
-    }
+    let Some(e) = e else {
+        let user = ctx.who.as_ref().map(|w| w.name());
+        return log::write(&log::Line {
+            method,
+            path,
+            status,
+            bytes,
+            outcome,
+            ms,
+            registry,
+            user: user.as_deref(),
+        });
+    };
+    tracing::warn!(
+        target: "wharf::access",
+        method, path, status, bytes, outcome, ms, registry,
+        user = %ctx.who.as_ref().map_or("-".into(), |w| w.name()), cut = %e
+    );
 }
 
 /// Bodies being streamed right now, which share the chunk memory budget.
@@ -644,6 +644,7 @@ async fn frame_unknown_length(
 
 /// Build the mirror from `config` and serve until a signal stops the process.
 pub fn serve(config: &Config) -> std::result::Result<(), String> {
+    log::start(config.log_format);
     let open_files = connections::raise_open_files();
     let (max_connections, max_fills) =
         connections::budget(open_files, config.max_connections, config.max_fills);

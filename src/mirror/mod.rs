@@ -6,6 +6,11 @@
 //! streamed to every waiting client while one detached [`Fill`] writes and verifies them.
 //! Tags are the only thing that can go stale; they are revalidated with a HEAD (which Docker Hub
 //! does not count against rate limits) once their TTL has passed.
+//!
+//! The upstream is reached only through [`Upstream`] and the typed [`crate::upstream::Remote`]
+//! behind it (no URLs, no HTTP responses here); the cache only through `crate::cache`'s stores.
+//! What went wrong is a [`RegistryError`] with a cause; the policy looks at causes (may a stale
+//! copy stand in?), never at status codes.
 
 mod blobs;
 pub mod freshness;
@@ -28,7 +33,8 @@ use crate::cache::fill::{FillIo, Limits as FillLimits};
 use crate::cache::{
     BlobStore, DiskQuota, FillReader, Fills, Flights, MemoryTier, RepoLinks, TagIndex,
 };
-use crate::config::{Config, DEFAULT_REGISTRY};
+use crate::config::Config;
+use crate::registry::hub;
 use crate::registry::media::Accept;
 use crate::registry::{Digest, Reference, RegistryError, RepoName, Route};
 use crate::upstream::Upstream;
@@ -358,10 +364,7 @@ impl Mirror {
             Some((up, Cow::Owned(format!("/v2/{more}"))))
         });
         if let Some(ns) = ns {
-            let host = match ns {
-                "registry-1.docker.io" | "index.docker.io" => DEFAULT_REGISTRY,
-                h => h,
-            };
+            let host = hub::canonical_host(ns);
             let up = self.upstreams.get(host).ok_or_else(|| {
                 RegistryError::denied(format!("registry {ns:?} is not mirrored here"))
             })?;
@@ -376,7 +379,7 @@ impl Mirror {
         }
         let hub = self
             .upstreams
-            .get(DEFAULT_REGISTRY)
+            .get(hub::DOCKER_HUB)
             .expect("docker.io is always configured");
         Ok((hub.clone(), Cow::Borrowed(path)))
     }
@@ -493,23 +496,13 @@ impl Mirror {
     }
 }
 
-/// Docker Hub's official images live under `library/`.
+/// The repository a client's name stands for at `up` (see [`hub::repository`]).
 fn upstream_name(up: &Upstream, name: RepoName) -> RepoName {
-    if up.registry == DEFAULT_REGISTRY {
-        name.with_library_prefix()
-    } else {
-        name
-    }
+    hub::repository(&up.registry, &name).into_owned()
 }
 
-/// [`upstream_name`] without a copy where none is needed (the hot path: clients send
-/// `library/…` themselves).
 fn upstream_name_ref<'n>(up: &Upstream, name: &'n RepoName) -> Cow<'n, RepoName> {
-    if up.registry == DEFAULT_REGISTRY && !name.as_str().contains('/') {
-        Cow::Owned(name.clone().with_library_prefix())
-    } else {
-        Cow::Borrowed(name)
-    }
+    hub::repository(&up.registry, name)
 }
 
 /// The upstream could not answer (down, failing, or rate limiting): cached data may stand in.

@@ -1,8 +1,9 @@
 //! The registry protocol: what clients may ask (routes), how things are named (references), what
 //! a manifest is (media types), which bytes of a blob a client wants (ranges) and how failures
-//! are told (OCI error JSON).
+//! are told (OCI error JSON), and what is peculiar to Docker Hub (`hub`).
 
 pub mod error;
+pub mod hub;
 pub mod image;
 pub mod media;
 pub mod range;

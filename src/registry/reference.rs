@@ -243,7 +243,7 @@ impl ImageRef {
             }
             (first.to_owned(), rest)
         } else {
-            ("docker.io".to_owned(), s)
+            (super::hub::DOCKER_HUB.to_owned(), s)
         };
         let (path, reference) = match path.split_once('@') {
             Some((p, d)) => (p, Reference::Digest(Digest::parse(d)?)),
@@ -253,8 +253,8 @@ impl ImageRef {
             },
         };
         let mut name = RepoName::parse(path)?;
-        if registry == "docker.io" {
-            name = name.with_library_prefix();
+        if registry == super::hub::DOCKER_HUB {
+            name = super::hub::repository(&registry, &name).into_owned();
             // still a name: it is written out (archives) and read back
             if name.0.len() > 255 {
                 return Err(RegistryError::name_invalid(path));

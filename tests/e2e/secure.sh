@@ -47,7 +47,7 @@ url = "http://$UP2"
 TOML
 start wharf-secure env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen "$SECURE" --data "$S/data" --config "$S/wharf.toml"
 wait_for wharf-secure curl -sf --cacert "$S/ca.crt" -u puller:pull-pw "https://$SECURE/v2/"
-pulled_by() { grep -q "user=$1" "$W/wharf-secure.log" || { log "wharf-secure's log names no user=$1"; return 1; }; }
+pulled_by() { grep -q "user=\"$1\"" "$W/wharf-secure.log" || { log "wharf-secure's log names no user=$1"; return 1; }; }
 
 ROUND=tls
 # ------------------------------------------------------------ refusals, seen with curl
