@@ -100,7 +100,7 @@ async fn health_and_metrics_follow_the_traffic() {
         .send()
         .await
         .unwrap();
-    assert!(r.bytes().await.is_err());
+    common::assert_not_served_whole(r).await;
     common::eventually(10, "failure recorded", || async {
         w.metric("wharf_verification_failures_total").await == 1.0
     })

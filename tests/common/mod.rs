@@ -274,6 +274,19 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A blob the upstream got wrong reaches the client as anything but a whole answer: a cut
+/// body if its headers went out before the fill failed, else the upstream's failure (502).
+pub async fn assert_not_served_whole(r: reqwest::Response) {
+    match r.status().as_u16() {
+        200 => assert!(
+            r.bytes().await.is_err(),
+            "a bad body must end in a cut connection, not a clean response"
+        ),
+        502 => assert_eq!(error_code(r).await, "UNAVAILABLE"),
+        s => panic!("a bad upstream body answered {s}"),
+    }
+}
+
 /// Poll `f` until it returns true (or fail after `secs`).
 pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
 where
