@@ -37,7 +37,7 @@ struct Pending {
     dropped: u64,
 }
 
-/// Bytes of lines waiting for the writer before new ones are dropped.
+/// Bytes of lines waiting for the writer past which new ones are dropped.
 const MAX_PENDING: usize = 4 << 20;
 /// How long the writer, woken by a first line, lets more gather before it writes: at most
 /// a hundred writes a second, however many requests.
@@ -84,7 +84,11 @@ fn flush(gather: Duration) {
     std::thread::sleep(gather);
     let (buf, dropped) = {
         let mut p = w.pending.lock().expect("access log");
-        (std::mem::take(&mut p.buf), std::mem::take(&mut p.dropped))
+        let fresh = Vec::with_capacity(p.buf.len().next_power_of_two());
+        (
+            std::mem::replace(&mut p.buf, fresh),
+            std::mem::take(&mut p.dropped),
+        )
     };
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(&buf);
@@ -104,18 +108,18 @@ pub fn write(line: &Line) {
     if !tracing::enabled!(target: "wharf::access", tracing::Level::INFO) {
         return;
     }
-    let mut out = Vec::with_capacity(256);
-    match w.format {
-        LogFormat::Text => text(&mut out, line),
-        LogFormat::Json => json(&mut out, line),
-    }
+    // formatted right into the shared buffer: a line is a few hundred instructions, less
+    // than a buffer of its own would cost to allocate, fill and copy
     let mut p = w.pending.lock().expect("access log");
-    if p.buf.len() + out.len() > MAX_PENDING {
+    let (at, first) = (p.buf.len(), p.buf.is_empty());
+    if at > MAX_PENDING {
         p.dropped += 1;
         return;
     }
-    let first = p.buf.is_empty();
-    p.buf.extend_from_slice(&out);
+    match w.format {
+        LogFormat::Text => text(&mut p.buf, line),
+        LogFormat::Json => json(&mut p.buf, line),
+    }
     drop(p);
     if first {
         w.wake.notify_one();
@@ -141,17 +145,20 @@ fn via_tracing(l: &Line) {
 /// As `tracing`'s text format writes an event:
 /// `<time>  INFO wharf::access: method="GET" path="/v2/…" status=200 … registry="docker.io"`.
 fn text(out: &mut Vec<u8>, l: &Line) {
-    let _ = write!(
-        out,
-        "{}  INFO wharf::access: method=",
-        humantime::format_rfc3339_micros(SystemTime::now())
-    );
+    timestamp(out);
+    out.extend_from_slice(b"  INFO wharf::access: method=");
     quoted(out, l.method);
     out.extend_from_slice(b" path=");
     quoted(out, l.path);
-    let _ = write!(out, " status={} bytes={} outcome=", l.status, l.bytes);
+    out.extend_from_slice(b" status=");
+    number(out, l.status as u64);
+    out.extend_from_slice(b" bytes=");
+    number(out, l.bytes as u64);
+    out.extend_from_slice(b" outcome=");
     quoted(out, l.outcome);
-    let _ = write!(out, " ms={} registry=", l.ms);
+    out.extend_from_slice(b" ms=");
+    tenths(out, l.ms);
+    out.extend_from_slice(b" registry=");
     quoted(out, l.registry);
     if let Some(u) = l.user {
         out.extend_from_slice(b" user=");
@@ -162,21 +169,21 @@ fn text(out: &mut Vec<u8>, l: &Line) {
 
 /// As `tracing`'s JSON format writes an event.
 fn json(out: &mut Vec<u8>, l: &Line) {
-    let _ = write!(
-        out,
-        "{{\"timestamp\":\"{}\",\"level\":\"INFO\",\"fields\":{{\"method\":",
-        humantime::format_rfc3339_micros(SystemTime::now())
-    );
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"method\":");
     quoted(out, l.method);
     out.extend_from_slice(b",\"path\":");
     quoted(out, l.path);
-    let _ = write!(
-        out,
-        ",\"status\":{},\"bytes\":{},\"outcome\":",
-        l.status, l.bytes
-    );
+    out.extend_from_slice(b",\"status\":");
+    number(out, l.status as u64);
+    out.extend_from_slice(b",\"bytes\":");
+    number(out, l.bytes as u64);
+    out.extend_from_slice(b",\"outcome\":");
     quoted(out, l.outcome);
-    let _ = write!(out, ",\"ms\":{},\"registry\":", l.ms);
+    out.extend_from_slice(b",\"ms\":");
+    tenths(out, l.ms);
+    out.extend_from_slice(b",\"registry\":");
     quoted(out, l.registry);
     if let Some(u) = l.user {
         out.extend_from_slice(b",\"user\":");
@@ -185,23 +192,77 @@ fn json(out: &mut Vec<u8>, l: &Line) {
     out.extend_from_slice(b"},\"target\":\"wharf::access\"}\n");
 }
 
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Milliseconds to a tenth, as `0.3` or `16.1`.
+fn tenths(out: &mut Vec<u8>, ms: f64) {
+    let t = (ms * 10.0).round().max(0.0) as u64;
+    number(out, t / 10);
+    out.push(b'.');
+    out.push(b'0' + (t % 10) as u8);
+}
+
+/// The time now in RFC 3339 with microseconds (`2026-12-01T15:05:57.423949Z`). The part up to
+/// the second is formatted once a second per thread.
+fn timestamp(out: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != now.as_secs() {
+            *second = now.as_secs();
+            prefix.clear();
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+            let _ = write!(prefix, "{}", humantime::format_rfc3339_seconds(whole));
+            prefix.pop(); // the 'Z'
+        }
+        out.extend_from_slice(prefix);
+    });
+    let micros = now.subsec_micros();
+    out.push(b'.');
+    let digits = itoa::Buffer::new().format(micros).len();
+    out.extend(std::iter::repeat_n(b'0', 6 - digits));
+    number(out, micros as u64);
+    out.push(b'Z');
+}
+
+/// The bytes [`quoted`] escapes: control characters, `"` and `\`.
+static ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = b < 0x20 || b == 0x7f || b == b'"' as usize || b == b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
 /// `s` in double quotes, escaped as JSON (which the text format's readers take too): a
-/// client's path or name cannot break the line or forge another.
+/// client's path or name cannot break the line or forge another. Runs that need no escape
+/// (nearly all of it) are copied whole.
 fn quoted(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    for &b in s.as_bytes() {
-        match b {
+    let mut rest = s.as_bytes();
+    while let Some(i) = rest.iter().position(|&b| ESCAPED[b as usize]) {
+        out.extend_from_slice(&rest[..i]);
+        match rest[i] {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
             b'\t' => out.extend_from_slice(b"\\t"),
-            0..=0x1f | 0x7f => {
+            b => {
                 let _ = write!(out, "\\u{b:04x}");
             }
-            _ => out.push(b),
         }
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 
@@ -227,7 +288,11 @@ mod tests {
         let mut out = Vec::new();
         text(&mut out, &line("/v2/library/a/manifests/1", Some("alice")));
         let s = String::from_utf8(out).unwrap();
-        let (_, rest) = s.split_once("  INFO wharf::access: ").unwrap();
+        let (at, rest) = s.split_once("  INFO wharf::access: ").unwrap();
+        assert_eq!((at.len(), &at[19..20]), (27, "."), "{at}");
+        let when = humantime::parse_rfc3339(at).unwrap();
+        let off = SystemTime::now().duration_since(when).unwrap();
+        assert!(off < Duration::from_secs(5), "{at}");
         assert_eq!(
             rest,
             "method=\"GET\" path=\"/v2/library/a/manifests/1\" status=200 bytes=1234 \
@@ -239,6 +304,11 @@ mod tests {
     fn json_lines_are_json_whatever_the_client_sent() {
         let mut out = Vec::new();
         json(&mut out, &line("/v2/a\"b\\c\n\u{1}", None));
+        let mut slow = line("/", None);
+        slow.ms = 1234.56;
+        tenths(&mut out, slow.ms);
+        assert!(out.ends_with(b"\n1234.6"));
+        out.truncate(out.len() - 6);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["fields"]["path"], "/v2/a\"b\\c\n\u{1}");
         assert_eq!(v["fields"]["status"], 200);
