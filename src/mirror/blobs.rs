@@ -7,15 +7,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::{header, HeaderValue, StatusCode};
-use tokio::sync::mpsc;
 
 use super::{digest_headers, Body, Headers, Mirror, Outcome, Reply};
-use crate::cache::fill::Busy;
+use crate::cache::fill::{self, Busy, Sink, Source};
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::store::read_at;
-use crate::cache::{Fill, FillReader, Fills, Joined, Kind};
+use crate::cache::{Fill, FillReader, Joined, Kind};
 use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::range::{parse_range, RangeAnswer};
@@ -260,117 +259,20 @@ impl Mirror {
         if described.is_none() {
             self.room_for(fill, total).await?;
         }
-        let (f, store) = (fill.clone(), self.store.clone());
-        self.fill_io
-            .run(move || f.create_file(&store))
-            .await
-            .map_err(|e| RegistryError::local(format!("cannot start a cache file: {e}")))?;
-        fill.start(total);
-        let limit = total.unwrap_or(self.limits.max_blob_size);
-
-        // The network is read here, the disk written on FillIo: the two overlap, and the
-        // bounded channel keeps what a fill holds in memory to a few chunks.
-        let (tx, rx) = mpsc::channel::<Bytes>(8);
-        // (moves `tx` in: the writer sees the end when this is over)
-        let read = async move {
-            let mut body = body.chunks;
-            let mut received = 0u64;
-            // An orphan must keep moving: one that brings less than STALL_BYTES per
-            // read_timeout is given up, as is one too many (Fill::release).
-            let mut watch = tokio::time::interval(up.read_timeout());
-            watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            watch.reset();
-            let mut at_last_look = 0u64;
-            let abandoned = fill.abandoned();
-            tokio::pin!(abandoned);
-            loop {
-                let chunk = tokio::select! {
-                    biased;
-                    c = body.next() => c,
-                    _ = &mut abandoned => {
-                        METRICS.fills_abandoned.inc();
-                        return Err(RegistryError::upstream_failed(format!(
-                            "gave up blob {digest}: no client waits for it, and too many fills are in that case"
-                        )));
-                    }
-                    _ = watch.tick() => {
-                        if fill.is_orphaned() && received - at_last_look < STALL_BYTES {
-                            METRICS.fills_abandoned.inc();
-                            return Err(RegistryError::upstream_timed_out(format!(
-                                "gave up blob {digest}: no client waits for it, and the upstream sent {} bytes in {:?}",
-                                received - at_last_look, up.read_timeout()
-                            )));
-                        }
-                        at_last_look = received;
-                        continue;
-                    }
-                };
-                match chunk {
-                    None => return Ok(received),
-                    Some(Err(e)) => {
-                        return Err(RegistryError::upstream_failed(format!(
-                            "upstream broke off blob {digest} after {received} bytes: {}",
-                            e.message
-                        )))
-                    }
-                    Some(Ok(b)) => {
-                        received += b.len() as u64;
-                        if received > limit {
-                            return Err(RegistryError::upstream_failed(match total {
-                                Some(t) => format!(
-                                    "upstream sent more than the {t} bytes of blob {digest}"
-                                ),
-                                None => format!(
-                                    "upstream sent more than {limit} bytes for blob {digest} (max_blob_size); not cached"
-                                ),
-                            }));
-                        }
-                        let sent = match tx.try_send(b) {
-                            Ok(()) => true,
-                            Err(mpsc::error::TrySendError::Full(b)) => {
-                                // the disk is behind: time spent waiting for it is no stall
-                                // of the upstream's
-                                let sent = tx.send(b).await.is_ok();
-                                watch.reset();
-                                at_last_look = received;
-                                sent
-                            }
-                            Err(mpsc::error::TrySendError::Closed(_)) => false,
-                        };
-                        if !sent {
-                            return Ok(received); // the writer failed; its error says why
-                        }
-                    }
-                }
-            }
+        let source = Source {
+            chunks: body.chunks,
+            total,
+            limit: self.limits.max_blob_size,
+            read_timeout: up.read_timeout(),
         };
-        let keep = self.limits.min_free_space;
-        let writing = Fills::write_body(&self.fill_io, fill, rx, &self.store, keep);
-        let (read, written) = tokio::join!(read, writing);
-        let (got, len) = written.map_err(|e| {
-            RegistryError::local(format!("cannot write blob {digest} to the cache: {e}"))
-        })?;
-        read?;
-        if let Some(t) = total.filter(|&t| t != len) {
-            return Err(RegistryError::upstream_failed(format!(
-                "upstream sent {len} of {t} bytes of blob {digest}"
-            )));
-        }
-        METRICS.bytes_fetched.inc_by(len);
-        if got != digest {
-            METRICS.verification_failures.inc();
-            return Err(RegistryError::upstream_failed(format!(
-                "upstream bytes for blob {digest} hash to {got}; not cached"
-            )));
-        }
-        fill.verified();
-        let (f, store) = (fill.clone(), self.store.clone());
-        match self.fill_io.run(move || f.commit(&store)).await {
-            Ok(()) => {
-                self.quota.added(Kind::Blob, digest, len);
-                self.link(up, name, vec![digest]).await;
-            }
-            Err(e) => tracing::error!("cannot commit blob {digest} to the cache: {e}"),
+        let sink = Sink {
+            io: &self.fill_io,
+            store: &self.store,
+            keep: self.limits.min_free_space,
+        };
+        if let Some(len) = fill::drive(fill, source, sink).await? {
+            self.quota.added(Kind::Blob, digest, len);
+            self.link(up, name, vec![digest]).await;
         }
         Ok(())
     }
@@ -409,9 +311,6 @@ impl Mirror {
 
 /// How long a client refused for `max_fills` is told to wait.
 const BUSY_RETRY_AFTER: u32 = 5;
-
-/// What an orphan fill must bring per read timeout not to count as stalled.
-const STALL_BYTES: u64 = 64 << 10;
 
 fn blob_headers(digest: &Digest) -> Headers {
     let mut headers = Vec::with_capacity(7);

@@ -11,6 +11,10 @@
 //! a flood of cold misses costs wharf nothing but the refusals. A fill's disk work (temp file,
 //! writes, hashing, fsync) runs on [`FillIo`]'s threads, never on the ones that serve hits.
 
+mod drive;
+
+pub use drive::{drive, Sink, Source};
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
