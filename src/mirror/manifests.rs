@@ -223,10 +223,7 @@ impl Mirror {
     ) -> Option<Manifest> {
         let record = self.tags.get_cached(&up.registry, name, tag)?;
         let (_, entry) = reusable(&record, accept)?;
-        let ttl = self
-            .freshness
-            .tag_ttl(&up.registry, up.tag_ttl, name.as_str(), tag.as_str());
-        if !entry.is_fresh(ttl) {
+        if !self.is_fresh(up, name, tag, entry) {
             return None;
         }
         self.memory_manifest(&entry.digest)
@@ -243,23 +240,12 @@ impl Mirror {
         tag: &Tag,
         accept: &Accept,
     ) -> Result<(Manifest, Outcome), RegistryError> {
-        let record = match self.tags.get_cached(&up.registry, name, tag) {
-            Some(r) => Some(r),
-            None => {
-                let (me, r, n, t) = (self.clone(), up.registry.clone(), name.clone(), tag.clone());
-                tokio::task::spawn_blocking(move || me.tags.get(&r, &n, &t))
-                    .await
-                    .ok()
-                    .flatten()
-            }
-        }
-        .unwrap_or_default();
+        let record = self.tag_record(up, name, tag).await;
         let reusable = reusable(&record, accept);
         // what may stand in when the upstream cannot be asked: best the exact answer
         let fallback = reusable
             .or_else(|| newest(&record, |_, e| accept.accepts(&e.media_type)))
             .map(|(_, e)| e);
-
         if up.offline {
             let found = match fallback {
                 Some(e) => self.tagged_local(e).await?,
@@ -272,37 +258,92 @@ impl Mirror {
                 )
             });
         }
+        if let Some((key, entry)) = reusable {
+            match self
+                .check_mapping(up, name, tag, accept, key, entry)
+                .await?
+            {
+                Mapping::Holds => {
+                    if let Some(found) = self.tagged_local(entry).await? {
+                        return Ok(found);
+                    }
+                }
+                Mapping::Moved => {}
+                Mapping::Unconfirmed(e) => return self.stale(name, tag, fallback, e).await,
+            }
+        }
+        match self.fetch_tag(up, name, tag, accept).await {
+            Err(e) if is_unavailable(&e) => self.stale(name, tag, fallback, e).await,
+            Err(e) => Err(self.tag_missing(up, name, tag, e)),
+            ok => ok,
+        }
+    }
 
+    /// What wharf knows of a tag: from memory, else from the tag index on disk.
+    async fn tag_record(
+        self: &Arc<Self>,
+        up: &Upstream,
+        name: &RepoName,
+        tag: &Tag,
+    ) -> Arc<TagRecord> {
+        if let Some(r) = self.tags.get_cached(&up.registry, name, tag) {
+            return r;
+        }
+        let (me, r, n, t) = (self.clone(), up.registry.clone(), name.clone(), tag.clone());
+        tokio::task::spawn_blocking(move || me.tags.get(&r, &n, &t))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The one freshness rule: a mapping is served without asking while younger than its
+    /// tag's TTL.
+    fn is_fresh(&self, up: &Upstream, name: &RepoName, tag: &Tag, entry: &TagEntry) -> bool {
         let ttl = self
             .freshness
             .tag_ttl(&up.registry, up.tag_ttl, name.as_str(), tag.as_str());
-        if let Some((key, entry)) = reusable {
-            if entry.is_fresh(ttl) {
-                if let Some(found) = self.tagged_local(entry).await? {
-                    return Ok(found);
-                }
-            } else if up.recently_failed() {
-                let e = RegistryError::upstream_failed("the upstream failed moments ago");
-                return self.stale(name, tag, fallback, e).await;
-            } else {
-                match self
-                    .revalidate_once(up, name, tag, accept, key, entry)
-                    .await
-                {
-                    Ok(true) => {
-                        if let Some(found) = self.tagged_local(entry).await? {
-                            return Ok(found);
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) if is_unavailable(&e) => {
-                        return self.stale(name, tag, fallback, e).await;
-                    }
-                    Err(e) => return Err(self.tag_missing(up, name, tag, e)),
-                }
-            }
-        }
+        entry.is_fresh(ttl)
+    }
 
+    /// Whether the mapping `key` of `tag` still holds: fresh, or confirmed by the upstream
+    /// now. An upstream that cannot be asked (or just failed) leaves it unconfirmed.
+    async fn check_mapping(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        tag: &Tag,
+        accept: &Accept,
+        key: &str,
+        entry: &TagEntry,
+    ) -> Result<Mapping, RegistryError> {
+        if self.is_fresh(up, name, tag, entry) {
+            return Ok(Mapping::Holds);
+        }
+        if up.recently_failed() {
+            let e = RegistryError::upstream_failed("the upstream failed moments ago");
+            return Ok(Mapping::Unconfirmed(e));
+        }
+        match self
+            .revalidate_once(up, name, tag, accept, key, entry)
+            .await
+        {
+            Ok(true) => Ok(Mapping::Holds),
+            Ok(false) => Ok(Mapping::Moved),
+            Err(e) if is_unavailable(&e) => Ok(Mapping::Unconfirmed(e)),
+            Err(e) => Err(self.tag_missing(up, name, tag, e)),
+        }
+    }
+
+    /// Fetch what `tag` is now for this client (one fetch however many ask), and record it;
+    /// unless the upstream said it has no such tag within `negative_ttl`.
+    async fn fetch_tag(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        tag: &Tag,
+        accept: &Accept,
+    ) -> Result<(Manifest, Outcome), RegistryError> {
         let missing_key = (up.registry.clone(), name.to_string(), tag.to_string());
         if self.missing_tags.contains_key(&missing_key) {
             return Err(RegistryError::not_found(
@@ -315,28 +356,22 @@ impl Mirror {
         }
         let accept_key = accept.key();
         let key = format!("{}/{}:{}#{}", up.registry, name, tag, accept_key);
-        let (me, up2, name2, tag2, accept2) = (
+        let (me, up, name, tag, accept) = (
             self.clone(),
             up.clone(),
             name.clone(),
             tag.clone(),
             accept.clone(),
         );
-        let fetched = self
-            .fetch_once(key, async move {
-                let m = me
-                    .fetch_manifest(&up2, &name2, tag2.as_str(), &accept2, None)
-                    .await?;
-                let entry = TagEntry::new(&m.digest, &m.media_type);
-                me.put_tag(&up2, &name2, &tag2, &accept_key, entry).await;
-                Ok(m)
-            })
-            .await;
-        match fetched {
-            Err(e) if is_unavailable(&e) => self.stale(name, tag, fallback, e).await,
-            Err(e) => Err(self.tag_missing(up, name, tag, e)),
-            ok => ok,
-        }
+        self.fetch_once(key, async move {
+            let m = me
+                .fetch_manifest(&up, &name, tag.as_str(), &accept, None)
+                .await?;
+            let entry = TagEntry::new(&m.digest, &m.media_type);
+            me.put_tag(&up, &name, &tag, &accept_key, entry).await;
+            Ok(m)
+        })
+        .await
     }
 
     /// The manifest a tag entry names, if stored.
@@ -554,4 +589,14 @@ impl Mirror {
             }
         }
     }
+}
+
+/// What a known mapping of a tag comes to.
+enum Mapping {
+    /// Fresh, or the upstream confirmed it.
+    Holds,
+    /// The upstream names another manifest now.
+    Moved,
+    /// Not fresh, and the upstream could not be asked: the reason.
+    Unconfirmed(RegistryError),
 }
