@@ -217,6 +217,71 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Content on its way somewhere, hashed as it passes: the one way wharf checks bytes against
+/// their digest while it moves them (a fill writing a download, an import, `verify`).
+pub struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl<W> Hashing<W> {
+    pub fn new(inner: W) -> Self {
+        Hashing {
+            inner,
+            hasher: sha2::Digest::new(),
+            len: 0,
+        }
+    }
+
+    /// Bytes passed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The digest and length of what passed, and the writer.
+    pub fn finish(self) -> (Digest, u64, W) {
+        let d = Digest::from_bytes(sha2::Digest::finalize(self.hasher).into());
+        (d, self.len, self.inner)
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file written at an offset that moves on with each write (`pwrite`, so that readers of
+/// the same file are not disturbed).
+pub struct FileAt {
+    pub file: Arc<File>,
+    pub offset: u64,
+}
+
+impl Write for FileAt {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::write_at(&*self.file, buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Read exactly `len` bytes of `file` at `offset`.
 ///
 /// Stored and growing files are nearly always in the page cache, where a read is a memory copy

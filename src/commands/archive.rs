@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 
+use crate::cache::store::Hashing;
 use crate::cache::{Kind, TagEntry};
 use crate::mirror::Mirror;
 use crate::registry::image::refs;
@@ -287,26 +287,14 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
         let Ok(want) = Digest::parse(&format!("sha256:{hex}")) else {
             return Ok(());
         };
-        let (mut file, tmp) = store
+        let (file, tmp) = store
             .temp_file(&want)
             .map_err(|e| format!("cannot write the store: {e}"))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .map_err(|e| format!("cannot read {name}: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            file.write_all(&buf[..n])
-                .map_err(|e| format!("cannot write the store: {e}"))?;
-            size += n as u64;
-            bar.inc(n as u64);
-        }
-        if Digest::from_bytes(hasher.finalize().into()) == want {
+        let mut out = Hashing::new(file);
+        io::copy(&mut bar.wrap_read(reader), &mut out)
+            .map_err(|e| format!("cannot copy {name} into the store: {e}"))?;
+        let (got, size, file) = out.finish();
+        if got == want {
             pending.insert(want, Pending { file, tmp, size });
         } else {
             let _ = fs::remove_file(&tmp);

@@ -2,13 +2,13 @@
 //! re-hashing everything in it.
 
 use std::fs::{self, File};
-use std::io::Read;
+use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
+use crate::cache::store::Hashing;
 use crate::cache::{DiskQuota, Kind};
 use crate::mirror::Mirror;
 use crate::registry::image::refs;
@@ -119,19 +119,11 @@ pub fn verify(mirror: &Mirror, json: bool) -> Result<Verified, String> {
     let total = objects.iter().map(|o| o.size).sum();
     let bar = super::progress(total, "verifying", json);
     let mut bad = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
     for o in &objects {
         let path = store.path(o.kind, &o.digest);
-        let mut hasher = Sha256::new();
-        let read = File::open(&path).and_then(|mut f| loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break Ok(());
-            }
-            hasher.update(&buf[..n]);
-            bar.inc(n as u64);
-        });
-        let ok = read.is_ok() && Digest::from_bytes(hasher.finalize().into()) == o.digest;
+        let mut hashed = Hashing::new(io::sink());
+        let read = File::open(&path).and_then(|f| io::copy(&mut bar.wrap_read(f), &mut hashed));
+        let ok = read.is_ok() && hashed.finish().0 == o.digest;
         if !ok {
             let _ = fs::remove_file(&path);
             bad.push(format!("{} ({})", o.digest, path.display()));

@@ -18,15 +18,14 @@ pub use drive::{drive, Sink, Source};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::store::{read_at, BlobStore, Kind};
+use super::store::{read_at, BlobStore, FileAt, Hashing, Kind};
 use crate::metrics::METRICS;
 use crate::registry::{Digest, RegistryError};
 
@@ -512,8 +511,10 @@ impl Fills {
         keep: u64,
     ) -> io::Result<(Digest, u64)> {
         let mut w = Writer {
-            hasher: Sha256::new(),
-            offset: 0,
+            out: Hashing::new(FileAt {
+                file: fill.file(),
+                offset: 0,
+            }),
             chunks,
             store: store.clone(),
             keep,
@@ -532,7 +533,8 @@ impl Fills {
                 break;
             }
         }
-        Ok((Digest::from_bytes(w.hasher.finalize().into()), w.offset))
+        let (digest, len, _) = w.out.finish();
+        Ok((digest, len))
     }
 }
 
@@ -545,8 +547,7 @@ const ROOM_CHECK: u64 = 64 << 20;
 /// A fill's body on its way to disk: the hash so far, where the next byte goes, what comes,
 /// and the free space the disk must keep.
 struct Writer {
-    hasher: Sha256,
-    offset: u64,
+    out: Hashing<FileAt>,
     chunks: mpsc::Receiver<Bytes>,
     store: Arc<BlobStore>,
     keep: u64,
@@ -575,19 +576,16 @@ impl Fill {
     /// Write `first` and whatever else has arrived meanwhile; `Ok(true)` when the body is
     /// over. Blocking: runs on [`FillIo`].
     fn write_while_ready(&self, w: &mut Writer, first: Bytes) -> io::Result<bool> {
-        let file = self.file();
         let mut chunk = first;
         let mut in_job = 0;
         loop {
-            if w.offset == 0 || w.unchecked >= ROOM_CHECK {
+            if w.out.is_empty() || w.unchecked >= ROOM_CHECK {
                 w.check_room()?;
             }
-            file.write_all_at(&chunk, w.offset)?;
-            w.hasher.update(&chunk);
-            w.offset += chunk.len() as u64;
+            w.out.write_all(&chunk)?;
             w.unchecked += chunk.len() as u64;
             in_job += chunk.len();
-            self.progress(w.offset);
+            self.progress(w.out.len());
             if in_job >= JOB_BYTES {
                 return Ok(false);
             }
