@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::cache::store::Hashing;
 use crate::cache::{Kind, TagEntry};
 use crate::mirror::Mirror;
-use crate::registry::image::refs;
+use crate::registry::image::{self, refs};
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ImageRef, Reference};
 
@@ -90,18 +90,18 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
     }
 
     // everything the entries reach (every stored object for a full export)
+    let top: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
+    let reached = image::walk(&top, |d| {
+        let (t, bytes) = manifest(d)?;
+        let r = image::refs(&t, &bytes).map_err(|e| format!("manifest {d}: {e}"))?;
+        Ok::<_, String>(Some(r))
+    })?;
     let mut objects: BTreeMap<Digest, Kind> = BTreeMap::new();
-    let mut todo: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
-    while let Some(d) = todo.pop() {
-        if objects.insert(d, Kind::Manifest).is_some() {
-            continue;
-        }
-        let (t, bytes) = manifest(&d)?;
-        let r = refs(&t, &bytes).map_err(|e| format!("manifest {d}: {e}"))?;
-        todo.extend(r.manifests.iter().map(|(c, _)| *c));
-        for (b, _) in r.blobs {
-            objects.entry(b).or_insert(Kind::Blob);
-        }
+    for d in reached.blobs {
+        objects.insert(d, Kind::Blob);
+    }
+    for d in reached.manifests {
+        objects.insert(d, Kind::Manifest);
     }
     if images.is_empty() {
         let stored = store

@@ -11,8 +11,8 @@ use serde_json::json;
 use crate::cache::store::Hashing;
 use crate::cache::{DiskQuota, Kind};
 use crate::mirror::Mirror;
-use crate::registry::image::refs;
-use crate::registry::{media, Digest};
+use crate::registry::image;
+use crate::registry::Digest;
 
 pub struct Listed {
     pub image: String,
@@ -49,27 +49,17 @@ pub fn ls(mirror: &Mirror) -> Vec<Listed> {
             }
             listed.push(top);
             let (mut size, mut last_use) = (0, SystemTime::UNIX_EPOCH);
-            let mut seen = Vec::new();
-            let mut todo = vec![(Kind::Manifest, top)];
-            while let Some((kind, d)) = todo.pop() {
-                if seen.contains(&(kind, d)) {
-                    continue;
-                }
-                seen.push((kind, d));
-                let path = store.path(kind, &d);
-                let Ok(meta) = fs::metadata(&path) else {
+            let read = |d: &Digest| fs::read(store.path(Kind::Manifest, d)).ok();
+            let Ok(reached) = image::walk(&[top], |d| {
+                Ok::<_, std::convert::Infallible>(read(d).and_then(|b| image::refs_of_bytes(&b)))
+            });
+            let manifests = reached.manifests.iter().map(|d| (Kind::Manifest, d));
+            for (kind, d) in manifests.chain(reached.blobs.iter().map(|d| (Kind::Blob, d))) {
+                let Ok(meta) = fs::metadata(store.path(kind, d)) else {
                     continue;
                 };
                 size += meta.len();
                 last_use = last_use.max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
-                if kind == Kind::Manifest {
-                    let Ok(bytes) = fs::read(&path) else { continue };
-                    let t = media::manifest_type(&bytes).unwrap_or_default();
-                    if let Ok(r) = refs(&t, &bytes) {
-                        todo.extend(r.manifests.into_iter().map(|(c, _)| (Kind::Manifest, c)));
-                        todo.extend(r.blobs.into_iter().map(|(b, _)| (Kind::Blob, b)));
-                    }
-                }
             }
             out.push(Listed {
                 image: format!("{registry}/{repo}:{tag}"),

@@ -111,29 +111,59 @@ pub fn refs(media_type: &str, body: &[u8]) -> Result<Refs, String> {
     Ok(out)
 }
 
-/// Every manifest and blob that the manifests `top` reach, `top` included; `read` gives a
-/// manifest's bytes (one it cannot read is listed, not walked).
-pub fn reach(top: &[Digest], read: impl Fn(&Digest) -> Option<Vec<u8>>) -> Vec<Digest> {
+/// What a walk of a manifest graph reached: manifests (the top ones included) and blobs, each
+/// once, in the order found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reached {
+    pub manifests: Vec<Digest>,
+    pub blobs: Vec<Digest>,
+}
+
+/// Walk the manifest graph down from `top`: `refs_of` says what a manifest refers to (`None`:
+/// it cannot be read, so it is listed but not walked; an error ends the walk). The one walk
+/// for links, `ls` and `export`.
+pub fn walk<E>(
+    top: &[Digest],
+    mut refs_of: impl FnMut(&Digest) -> Result<Option<Refs>, E>,
+) -> Result<Reached, E> {
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    let mut todo: Vec<Digest> = top.to_vec();
+    let mut out = Reached::default();
+    let mut todo: Vec<Digest> = top.iter().rev().copied().collect();
     while let Some(d) = todo.pop() {
         if !seen.insert(d) {
             continue;
         }
-        out.push(d);
-        let Some(bytes) = read(&d) else { continue };
-        let t = media::manifest_type(&bytes).unwrap_or_default();
-        if let Ok(r) = refs(&t, &bytes) {
-            todo.extend(r.manifests.iter().map(|(m, _)| *m));
-            for (b, _) in r.blobs {
-                if seen.insert(b) {
-                    out.push(b);
-                }
+        out.manifests.push(d);
+        let Some(r) = refs_of(&d)? else { continue };
+        todo.extend(r.manifests.iter().rev().map(|(m, _)| *m));
+        for (b, _) in r.blobs {
+            if seen.insert(b) {
+                out.blobs.push(b);
             }
         }
     }
-    out
+    Ok(out)
+}
+
+/// What a stored manifest refers to, read leniently: bytes that are no manifest refer to
+/// nothing.
+pub fn refs_of_bytes(bytes: &[u8]) -> Option<Refs> {
+    let t = media::manifest_type(bytes).unwrap_or_default();
+    refs(&t, bytes).ok()
+}
+
+/// Every manifest and blob that the manifests `top` reach, `top` included; `read` gives a
+/// manifest's bytes (one it cannot read is listed, not walked).
+pub fn reach(top: &[Digest], read: impl Fn(&Digest) -> Option<Vec<u8>>) -> Vec<Digest> {
+    let reached = walk(top, |d| {
+        Ok::<_, std::convert::Infallible>(read(d).and_then(|b| refs_of_bytes(&b)))
+    });
+    let Ok(Reached {
+        mut manifests,
+        blobs,
+    }) = reached;
+    manifests.extend(blobs);
+    manifests
 }
 
 #[cfg(test)]
