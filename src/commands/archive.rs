@@ -4,17 +4,18 @@
 //! reference, `org.opencontainers.image.ref.name` with the tag), so `ctr import` reads the same
 //! file. Import verifies every digest before anything is stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use indicatif::ProgressBar;
 use serde_json::{json, Value};
 
 use crate::cache::store::Hashing;
 use crate::cache::{Kind, TagEntry};
 use crate::mirror::Mirror;
-use crate::registry::image::{self, refs};
+use crate::registry::image;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ImageRef, Reference};
 
@@ -40,12 +41,39 @@ pub struct Exported {
 
 /// Write `images` (every tag and object in the cache when empty) to `out`. Blocking.
 pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Exported, String> {
-    let store = &mirror.store;
-    let manifest = |d: &Digest| -> Result<(String, Vec<u8>), String> {
-        let bytes = fs::read(store.path(Kind::Manifest, d))
-            .map_err(|e| format!("manifest {d} is not cached ({e}): run wharf warm first"))?;
-        let t = media::manifest_type(&bytes).unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
-        Ok((t, bytes))
+    let mut entries = top_entries(mirror, images)?;
+    let objects = objects_to_export(mirror, &mut entries, images.is_empty())?;
+    let files = [
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+        ("index.json", index_json(&entries).into_bytes()),
+        (LINKS_FILE, links_json(mirror, &objects).into_bytes()),
+    ];
+    let bytes = write_layout(mirror, out, &objects, &files)?;
+    Ok(Exported {
+        images: entries.iter().filter(|e| e.name.is_some()).count(),
+        objects: objects.len(),
+        bytes,
+    })
+}
+
+/// A stored manifest's media type and bytes, or why it cannot be exported.
+fn stored_manifest(mirror: &Mirror, d: &Digest) -> Result<(String, Vec<u8>), String> {
+    let bytes = fs::read(mirror.store.path(Kind::Manifest, d))
+        .map_err(|e| format!("manifest {d} is not cached ({e}): run wharf warm first"))?;
+    let t = media::manifest_type(&bytes).unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
+    Ok((t, bytes))
+}
+
+/// The index's entries: `images`, or every cached tag (its preferred manifest) when empty.
+fn top_entries(mirror: &Mirror, images: &[ImageRef]) -> Result<Vec<Entry>, String> {
+    let entry = |digest: Digest, name: ImageRef| -> Result<Entry, String> {
+        let (media_type, bytes) = stored_manifest(mirror, &digest)?;
+        Ok(Entry {
+            digest,
+            media_type,
+            size: bytes.len() as u64,
+            name: Some(name),
+        })
     };
     let mut entries = Vec::new();
     if images.is_empty() {
@@ -53,46 +81,43 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
             let Some(e) = preferred(&record.by_accept) else {
                 continue;
             };
-            let d = e.digest;
-            let Ok((t, bytes)) = manifest(&d) else {
-                continue;
-            };
             let name = ImageRef {
                 registry,
                 name: repo,
                 reference: Reference::Tag(tag),
             };
-            entries.push(Entry {
-                digest: d,
-                media_type: t,
-                size: bytes.len() as u64,
-                name: Some(name),
-            });
+            // a tag whose manifest is gone is left out of a full export
+            if let Ok(e) = entry(e.digest, name) {
+                entries.push(e);
+            }
         }
-    } else {
-        for image in images {
-            let d = match &image.reference {
-                Reference::Digest(d) => *d,
-                Reference::Tag(t) => mirror
-                    .tags
-                    .get(&image.registry, &image.name, t)
-                    .and_then(|r| preferred(&r.by_accept).map(|e| e.digest))
-                    .ok_or_else(|| format!("{image} is not cached: run wharf warm first"))?,
-            };
-            let (t, bytes) = manifest(&d)?;
-            entries.push(Entry {
-                digest: d,
-                media_type: t,
-                size: bytes.len() as u64,
-                name: Some(image.clone()),
-            });
-        }
+        return Ok(entries);
     }
+    for image in images {
+        let d = match &image.reference {
+            Reference::Digest(d) => *d,
+            Reference::Tag(t) => mirror
+                .tags
+                .get(&image.registry, &image.name, t)
+                .and_then(|r| preferred(&r.by_accept).map(|e| e.digest))
+                .ok_or_else(|| format!("{image} is not cached: run wharf warm first"))?,
+        };
+        entries.push(entry(d, image.clone())?);
+    }
+    Ok(entries)
+}
 
-    // everything the entries reach (every stored object for a full export)
+/// Everything the entries reach; for a full export (`all`) every stored object too, manifests
+/// pulled by digest only becoming entries of their own. Each must be in the store.
+fn objects_to_export(
+    mirror: &Mirror,
+    entries: &mut Vec<Entry>,
+    all: bool,
+) -> Result<BTreeMap<Digest, Kind>, String> {
+    let store = &mirror.store;
     let top: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
     let reached = image::walk(&top, |d| {
-        let (t, bytes) = manifest(d)?;
+        let (t, bytes) = stored_manifest(mirror, d)?;
         let r = image::refs(&t, &bytes).map_err(|e| format!("manifest {d}: {e}"))?;
         Ok::<_, String>(Some(r))
     })?;
@@ -103,14 +128,14 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
     for d in reached.manifests {
         objects.insert(d, Kind::Manifest);
     }
-    if images.is_empty() {
+    if all {
         let stored = store
             .list()
             .map_err(|e| format!("cannot list the store: {e}"))?;
         for o in stored {
             if o.kind == Kind::Manifest && !objects.contains_key(&o.digest) {
                 // pulled by digest only: keep it a manifest on the other side
-                let (t, bytes) = manifest(&o.digest)?;
+                let (t, bytes) = stored_manifest(mirror, &o.digest)?;
                 entries.push(Entry {
                     digest: o.digest,
                     media_type: t,
@@ -128,10 +153,18 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
             ));
         }
     }
+    Ok(objects)
+}
 
-    let index = index_json(&entries);
-    let links = links_json(mirror, &objects);
-    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+/// Write `objects` and the layout's own `files` to `out`, a directory or (`.tar`) a tar;
+/// returns the bytes of the objects.
+fn write_layout(
+    mirror: &Mirror,
+    out: &Path,
+    objects: &BTreeMap<Digest, Kind>,
+    files: &[(&str, Vec<u8>)],
+) -> Result<u64, String> {
+    let store = &mirror.store;
     let bar = super::progress(objects.len() as u64, "exporting", false);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg:30!} [{bar:30}] {pos}/{len} objects")
@@ -148,7 +181,7 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
         None
     };
     let io_err = |e: io::Error| format!("cannot write {}: {e}", out.display());
-    for (d, kind) in &objects {
+    for (d, kind) in objects {
         let src = store.path(*kind, d);
         let name = format!("blobs/sha256/{}", d.hex());
         match &mut writer {
@@ -166,31 +199,23 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
     bar.finish_and_clear();
     match writer {
         Some(mut t) => {
-            for (name, data) in [
-                ("oci-layout", &layout[..]),
-                ("index.json", index.as_bytes()),
-                (LINKS_FILE, links.as_bytes()),
-            ] {
+            for (name, data) in files {
                 let mut h = tar::Header::new_gnu();
                 h.set_size(data.len() as u64);
                 h.set_mode(0o644);
                 h.set_mtime(0);
                 h.set_cksum();
-                t.append_data(&mut h, name, data).map_err(io_err)?;
+                t.append_data(&mut h, name, &data[..]).map_err(io_err)?;
             }
             t.into_inner().and_then(|f| f.sync_all()).map_err(io_err)?;
         }
         None => {
-            fs::write(out.join("oci-layout"), layout).map_err(io_err)?;
-            fs::write(out.join("index.json"), index).map_err(io_err)?;
-            fs::write(out.join(LINKS_FILE), links).map_err(io_err)?;
+            for (name, data) in files {
+                fs::write(out.join(name), data).map_err(io_err)?;
+            }
         }
     }
-    Ok(Exported {
-        images: entries.iter().filter(|e| e.name.is_some()).count(),
-        objects: objects.len(),
-        bytes,
-    })
+    Ok(bytes)
 }
 
 /// The links of the exported objects, as [`LINKS_FILE`] holds them.
@@ -259,55 +284,47 @@ struct Pending {
 /// Load the layout at `path` (directory or `.tar`) into the store, verifying every digest, and
 /// record its tags. Blocking.
 pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
-    let store = &mirror.store;
-    let mut pending: HashMap<Digest, Pending> = HashMap::new();
-    let mut rejected = Vec::new();
-    let mut index: Option<Vec<u8>> = None;
-    let mut links: Option<Vec<u8>> = None;
+    let mut staged = Staged::default();
     let bar = super::progress(0, "importing", false);
-    let mut take = |name: &str,
-                    reader: &mut dyn Read,
-                    pending: &mut HashMap<Digest, Pending>|
-     -> Result<(), String> {
-        let name = name.trim_start_matches("./");
-        if name == "index.json" || name == LINKS_FILE {
-            let mut buf = Vec::new();
-            reader
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read {name}: {e}"))?;
-            match name {
-                "index.json" => index = Some(buf),
-                _ => links = Some(buf),
-            }
-            return Ok(());
-        }
-        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
-            return Ok(());
-        };
-        let Ok(want) = Digest::parse(&format!("sha256:{hex}")) else {
-            return Ok(());
-        };
-        let (file, tmp) = store
-            .temp_file(&want)
-            .map_err(|e| format!("cannot write the store: {e}"))?;
-        let mut out = Hashing::new(file);
-        io::copy(&mut bar.wrap_read(reader), &mut out)
-            .map_err(|e| format!("cannot copy {name} into the store: {e}"))?;
-        let (got, size, file) = out.finish();
-        if got == want {
-            pending.insert(want, Pending { file, tmp, size });
-        } else {
-            let _ = fs::remove_file(&tmp);
-            rejected.push(format!("{want}: content does not match its digest"));
-        }
-        Ok(())
-    };
     if path.is_dir() {
+        staged.read_dir(mirror, path, &bar)?;
+    } else {
+        staged.read_tar(mirror, path, &bar)?;
+    }
+    bar.finish_and_clear();
+    let index = staged.index.take().ok_or("the layout has no index.json")?;
+    let index: Value = serde_json::from_slice(&index).map_err(|e| format!("index.json: {e}"))?;
+    let top = index["manifests"].as_array().cloned().unwrap_or_default();
+    let manifests = staged.manifests(mirror, &top);
+    let (objects, bytes) = staged.commit(mirror, &manifests)?;
+    let tags = record_tags(mirror, &top)?;
+    record_links(mirror, staged.links.as_deref())?;
+    mirror.link_tagged();
+    Ok(Imported {
+        objects,
+        bytes,
+        tags,
+        rejected: staged.rejected,
+    })
+}
+
+/// What an import has read so far: verified objects in the temp directory, those that did
+/// not match their digest, and the layout's index and links.
+#[derive(Default)]
+struct Staged {
+    pending: HashMap<Digest, Pending>,
+    rejected: Vec<String>,
+    index: Option<Vec<u8>>,
+    links: Option<Vec<u8>>,
+}
+
+impl Staged {
+    fn read_dir(&mut self, mirror: &Mirror, path: &Path, bar: &ProgressBar) -> Result<(), String> {
         let mut f = File::open(path.join("index.json"))
             .map_err(|e| format!("{}: not an OCI layout ({e})", path.display()))?;
-        take("index.json", &mut f, &mut pending)?;
+        self.take(mirror, bar, "index.json", &mut f)?;
         if let Ok(mut f) = File::open(path.join(LINKS_FILE)) {
-            take(LINKS_FILE, &mut f, &mut pending)?;
+            self.take(mirror, bar, LINKS_FILE, &mut f)?;
         }
         let dir = path.join("blobs/sha256");
         for entry in
@@ -316,9 +333,12 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
             let entry = entry.map_err(|e| e.to_string())?;
             let name = format!("blobs/sha256/{}", entry.file_name().to_string_lossy());
             let mut f = File::open(entry.path()).map_err(|e| format!("cannot read {name}: {e}"))?;
-            take(&name, &mut f, &mut pending)?;
+            self.take(mirror, bar, &name, &mut f)?;
         }
-    } else {
+        Ok(())
+    }
+
+    fn read_tar(&mut self, mirror: &Mirror, path: &Path, bar: &ProgressBar) -> Result<(), String> {
         let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let mut archive = tar::Archive::new(f);
         for entry in archive
@@ -331,55 +351,112 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
                 .map_err(|e| e.to_string())?
                 .to_string_lossy()
                 .into_owned();
-            take(&name, &mut entry, &mut pending)?;
+            self.take(mirror, bar, &name, &mut entry)?;
         }
+        Ok(())
     }
-    bar.finish_and_clear();
-    let index: Value = serde_json::from_slice(&index.ok_or("the layout has no index.json")?)
-        .map_err(|e| format!("index.json: {e}"))?;
-    let top = index["manifests"].as_array().cloned().unwrap_or_default();
 
-    // what is a manifest: the index's entries and every manifest they reach
-    let read = |p: &Pending| -> Vec<u8> {
-        let mut buf = vec![0u8; p.size.min(media::MAX_MANIFEST_BYTES as u64) as usize];
-        let _ = std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, 0);
-        buf
-    };
-    let stored_manifest = |d: &Digest| fs::read(store.path(Kind::Manifest, d)).ok();
-    let mut kinds: HashMap<Digest, Kind> = HashMap::new();
-    let mut todo: Vec<Digest> = top
-        .iter()
-        .filter_map(|m| Digest::parse(m["digest"].as_str()?).ok())
-        .collect();
-    while let Some(d) = todo.pop() {
-        if kinds.insert(d, Kind::Manifest).is_some() {
-            continue;
+    /// Take one file of the layout: the index or links are kept, an object is copied into
+    /// the temp directory while hashed (and kept only if it is what its name says).
+    fn take(
+        &mut self,
+        mirror: &Mirror,
+        bar: &ProgressBar,
+        name: &str,
+        reader: &mut dyn Read,
+    ) -> Result<(), String> {
+        let name = name.trim_start_matches("./");
+        if name == "index.json" || name == LINKS_FILE {
+            let mut buf = Vec::new();
+            reader
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read {name}: {e}"))?;
+            match name {
+                "index.json" => self.index = Some(buf),
+                _ => self.links = Some(buf),
+            }
+            return Ok(());
         }
-        let Some(bytes) = pending.get(&d).map(read).or_else(|| stored_manifest(&d)) else {
-            continue;
+        let Some(hex) = name.strip_prefix("blobs/sha256/") else {
+            return Ok(());
         };
-        let t = media::manifest_type(&bytes).unwrap_or_default();
-        if let Ok(r) = refs(&t, &bytes) {
-            todo.extend(r.manifests.iter().map(|(c, _)| *c));
+        let Ok(want) = Digest::parse(&format!("sha256:{hex}")) else {
+            return Ok(());
+        };
+        let (file, tmp) = mirror
+            .store
+            .temp_file(&want)
+            .map_err(|e| format!("cannot write the store: {e}"))?;
+        let mut out = Hashing::new(file);
+        io::copy(&mut bar.wrap_read(reader), &mut out)
+            .map_err(|e| format!("cannot copy {name} into the store: {e}"))?;
+        let (got, size, file) = out.finish();
+        if got == want {
+            self.pending.insert(want, Pending { file, tmp, size });
+        } else {
+            let _ = fs::remove_file(&tmp);
+            self.rejected
+                .push(format!("{want}: content does not match its digest"));
         }
+        Ok(())
     }
-    let (mut objects, mut bytes) = (0, 0);
-    for (d, p) in pending {
-        let kind = kinds.get(&d).copied().unwrap_or(Kind::Blob);
-        if store.contains(kind, &d) {
-            let _ = fs::remove_file(&p.tmp);
-            continue;
+
+    /// Which objects are manifests: the index's entries and every manifest they reach (read
+    /// from what was staged, or from the store).
+    fn manifests(&self, mirror: &Mirror, top: &[Value]) -> HashSet<Digest> {
+        let read = |p: &Pending| -> Vec<u8> {
+            let mut buf = vec![0u8; p.size.min(media::MAX_MANIFEST_BYTES as u64) as usize];
+            let _ = std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, 0);
+            buf
+        };
+        let stored = |d: &Digest| fs::read(mirror.store.path(Kind::Manifest, d)).ok();
+        let top: Vec<Digest> = top
+            .iter()
+            .filter_map(|m| Digest::parse(m["digest"].as_str()?).ok())
+            .collect();
+        let reached = image::walk(&top, |d| {
+            let bytes = self.pending.get(d).map(read).or_else(|| stored(d));
+            Ok::<_, std::convert::Infallible>(bytes.and_then(|b| image::refs_of_bytes(&b)))
+        });
+        let Ok(reached) = reached;
+        reached.manifests.into_iter().collect()
+    }
+
+    /// Move the staged objects into the store (those it has already are dropped); the count
+    /// and bytes stored.
+    fn commit(
+        &mut self,
+        mirror: &Mirror,
+        manifests: &HashSet<Digest>,
+    ) -> Result<(usize, u64), String> {
+        let (mut objects, mut bytes) = (0, 0);
+        for (d, p) in self.pending.drain() {
+            let kind = if manifests.contains(&d) {
+                Kind::Manifest
+            } else {
+                Kind::Blob
+            };
+            if mirror.store.contains(kind, &d) {
+                let _ = fs::remove_file(&p.tmp);
+                continue;
+            }
+            mirror
+                .store
+                .commit(&p.tmp, &p.file, kind, &d)
+                .map_err(|e| format!("cannot store {d}: {e}"))?;
+            mirror.quota.added(kind, d, p.size);
+            objects += 1;
+            bytes += p.size;
         }
-        store
-            .commit(&p.tmp, &p.file, kind, &d)
-            .map_err(|e| format!("cannot store {d}: {e}"))?;
-        mirror.quota.added(kind, d, p.size);
-        objects += 1;
-        bytes += p.size;
+        Ok((objects, bytes))
     }
+}
+
+/// Record the tags the index names (full names, or containerd's), for manifests now stored.
+fn record_tags(mirror: &Mirror, top: &[Value]) -> Result<Vec<String>, String> {
     let mut tags = Vec::new();
     let key = Accept::default().key();
-    for m in &top {
+    for m in top {
         let name = m["annotations"][FULL_NAME]
             .as_str()
             .or(m["annotations"][REF_NAME].as_str());
@@ -395,7 +472,7 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
         let (Reference::Tag(tag), false) = (&image.reference, !name.contains('/')) else {
             continue;
         };
-        if !store.contains(Kind::Manifest, &digest) {
+        if !mirror.store.contains(Kind::Manifest, &digest) {
             continue;
         }
         let media_type = m["mediaType"].as_str().unwrap_or(media::OCI_MANIFEST);
@@ -411,9 +488,13 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
             .map_err(|e| format!("cannot record {image}: {e}"))?;
         tags.push(image.to_string());
     }
-    // what the repositories hold: as exported, and what the imported tags reach
+    Ok(tags)
+}
+
+/// What the repositories hold, as exported: links for the objects now stored.
+fn record_links(mirror: &Mirror, links: Option<&[u8]>) -> Result<(), String> {
     let held: HashMap<String, Vec<Digest>> = links
-        .and_then(|l| serde_json::from_slice(&l).ok())
+        .and_then(|l| serde_json::from_slice(l).ok())
         .unwrap_or_default();
     for (name, digests) in held {
         let Some((registry, repo)) = name
@@ -425,6 +506,7 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
         let Ok(repo) = crate::registry::RepoName::parse(repo) else {
             continue;
         };
+        let store = &mirror.store;
         let here: Vec<Digest> = digests
             .into_iter()
             .filter(|d| store.contains(Kind::Blob, d) || store.contains(Kind::Manifest, d))
@@ -434,11 +516,5 @@ pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
             .add(registry, &repo, &here)
             .map_err(|e| format!("cannot record what {name} holds: {e}"))?;
     }
-    mirror.link_tagged();
-    Ok(Imported {
-        objects,
-        bytes,
-        tags,
-        rejected,
-    })
+    Ok(())
 }
