@@ -7,7 +7,6 @@
 //! removed by a thread of their own, never on the request path. A client already reading a
 //! removed blob keeps its open file and reads it to the end.
 
-use std::fs;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,12 +67,12 @@ impl DiskQuota {
                 for job in queue {
                     match job {
                         Job::Remove((kind, digest), size) => {
-                            match fs::remove_file(store.path(kind, &digest)) {
-                                Ok(()) => {
+                            match store.remove(kind, &digest) {
+                                Ok(true) => {
                                     evictions.inc();
                                     tracing::info!("evicted {digest} ({size} bytes)");
                                 }
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Ok(false) => {}
                                 Err(e) => {
                                     tracing::error!("cannot evict {digest}: {e}");
                                     continue;

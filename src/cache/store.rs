@@ -102,8 +102,47 @@ impl BlobStore {
         Ok(())
     }
 
-    pub fn path(&self, kind: Kind, digest: &Digest) -> PathBuf {
+    /// Where an object lives. Only this store knows objects are files; everyone else asks it
+    /// for their bytes, size or removal, so that another store (a bucket) can stand in.
+    fn path(&self, kind: Kind, digest: &Digest) -> PathBuf {
         self.root.join(kind.dir()).join("sha256").join(digest.hex())
+    }
+
+    /// Where an object is, for messages to the operator.
+    pub fn location(&self, kind: Kind, digest: &Digest) -> String {
+        self.path(kind, digest).display().to_string()
+    }
+
+    /// A small stored object (a manifest) whole; `None` if it is not stored. Blocking.
+    pub fn read(&self, kind: Kind, digest: &Digest) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(kind, digest)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An object's size and last use; `None` if it is not stored. Blocking.
+    pub fn stat(&self, kind: Kind, digest: &Digest) -> io::Result<Option<Stored>> {
+        match fs::metadata(self.path(kind, digest)) {
+            Ok(meta) => Ok(Some(Stored {
+                kind,
+                digest: *digest,
+                size: meta.len(),
+                modified: meta.modified()?,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove an object; one that is not there is no error. Blocking.
+    pub fn remove(&self, kind: Kind, digest: &Digest) -> io::Result<bool> {
+        match fs::remove_file(self.path(kind, digest)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Open a stored object for reading, with its size; `None` if it is not stored. An object

@@ -58,8 +58,11 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
 
 /// A stored manifest's media type and bytes, or why it cannot be exported.
 fn stored_manifest(mirror: &Mirror, d: &Digest) -> Result<(String, Vec<u8>), String> {
-    let bytes = fs::read(mirror.store.path(Kind::Manifest, d))
-        .map_err(|e| format!("manifest {d} is not cached ({e}): run wharf warm first"))?;
+    let bytes = match mirror.store.read(Kind::Manifest, d) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Err(format!("manifest {d} is not cached: run wharf warm first")),
+        Err(e) => return Err(format!("cannot read manifest {d}: {e}")),
+    };
     let t = media::manifest_type(&bytes).unwrap_or_else(|| media::OCI_MANIFEST.to_owned());
     Ok((t, bytes))
 }
@@ -181,19 +184,28 @@ fn write_layout(
         None
     };
     let io_err = |e: io::Error| format!("cannot write {}: {e}", out.display());
+    let never = std::time::Duration::MAX; // an export is no use: recency stays as it was
     for (d, kind) in objects {
-        let src = store.path(*kind, d);
+        let Some((mut src, len)) = store
+            .open_object(*kind, d, never)
+            .map_err(|e| format!("cannot read {d}: {e}"))?
+        else {
+            return Err(format!(
+                "{d} is not cached (evicted?): run wharf warm first"
+            ));
+        };
         let name = format!("blobs/sha256/{}", d.hex());
         match &mut writer {
-            Some(t) => t.append_path_with_name(&src, &name).map_err(io_err)?,
+            Some(t) => t.append_file(&name, &mut src).map_err(io_err)?,
             None => {
                 let dest = out.join(&name);
                 if !dest.exists() {
-                    fs::copy(&src, &dest).map_err(io_err)?;
+                    let mut to = File::create(&dest).map_err(io_err)?;
+                    io::copy(&mut src, &mut to).map_err(io_err)?;
                 }
             }
         }
-        bytes += fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
+        bytes += len;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -409,7 +421,7 @@ impl Staged {
             let _ = std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, 0);
             buf
         };
-        let stored = |d: &Digest| fs::read(mirror.store.path(Kind::Manifest, d)).ok();
+        let stored = |d: &Digest| mirror.store.read(Kind::Manifest, d).ok().flatten();
         let top: Vec<Digest> = top
             .iter()
             .filter_map(|m| Digest::parse(m["digest"].as_str()?).ok())

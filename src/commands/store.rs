@@ -1,7 +1,6 @@
 //! `wharf ls`, `wharf gc` and `wharf verify`: what the cache holds, shrinking it now, and
 //! re-hashing everything in it.
 
-use std::fs::{self, File};
 use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -49,17 +48,17 @@ pub fn ls(mirror: &Mirror) -> Vec<Listed> {
             }
             listed.push(top);
             let (mut size, mut last_use) = (0, SystemTime::UNIX_EPOCH);
-            let read = |d: &Digest| fs::read(store.path(Kind::Manifest, d)).ok();
+            let read = |d: &Digest| store.read(Kind::Manifest, d).ok().flatten();
             let Ok(reached) = image::walk(&[top], |d| {
                 Ok::<_, std::convert::Infallible>(read(d).and_then(|b| image::refs_of_bytes(&b)))
             });
             let manifests = reached.manifests.iter().map(|d| (Kind::Manifest, d));
             for (kind, d) in manifests.chain(reached.blobs.iter().map(|d| (Kind::Blob, d))) {
-                let Ok(meta) = fs::metadata(store.path(kind, d)) else {
+                let Ok(Some(stored)) = store.stat(kind, d) else {
                     continue;
                 };
-                size += meta.len();
-                last_use = last_use.max(meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+                size += stored.size;
+                last_use = last_use.max(stored.modified);
             }
             out.push(Listed {
                 image: format!("{registry}/{repo}:{tag}"),
@@ -110,13 +109,21 @@ pub fn verify(mirror: &Mirror, json: bool) -> Result<Verified, String> {
     let bar = super::progress(total, "verifying", json);
     let mut bad = Vec::new();
     for o in &objects {
-        let path = store.path(o.kind, &o.digest);
         let mut hashed = Hashing::new(io::sink());
-        let read = File::open(&path).and_then(|f| io::copy(&mut bar.wrap_read(f), &mut hashed));
-        let ok = read.is_ok() && hashed.finish().0 == o.digest;
+        let read = store
+            .open_object(o.kind, &o.digest, std::time::Duration::MAX)
+            .and_then(|f| match f {
+                Some((f, _)) => io::copy(&mut bar.wrap_read(f), &mut hashed).map(Some),
+                None => Ok(None),
+            });
+        let ok = matches!(read, Ok(Some(_))) && hashed.finish().0 == o.digest;
         if !ok {
-            let _ = fs::remove_file(&path);
-            bad.push(format!("{} ({})", o.digest, path.display()));
+            let _ = store.remove(o.kind, &o.digest);
+            bad.push(format!(
+                "{} ({})",
+                o.digest,
+                store.location(o.kind, &o.digest)
+            ));
         }
     }
     bar.finish_and_clear();

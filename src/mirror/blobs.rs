@@ -129,10 +129,11 @@ impl Mirror {
             None => {
                 let (store, d) = (self.store.clone(), *digest);
                 let size = self
-                    .blocking(move |_| std::fs::metadata(store.path(Kind::Blob, &d)))
+                    .blocking(move |_| store.stat(Kind::Blob, &d))
                     .await
-                    .map(|m| m.len())
-                    .unwrap_or(0);
+                    .ok()
+                    .flatten()
+                    .map_or(0, |s| s.size);
                 Ok((size, Outcome::HitDisk))
             }
         }

@@ -121,7 +121,7 @@ impl Mirror {
     /// a cache from before links, and after an import. Blocking.
     pub fn link_tagged(&self) -> usize {
         let mut n = 0;
-        let read = |d: &Digest| std::fs::read(self.store.path(Kind::Manifest, d)).ok();
+        let read = |d: &Digest| self.store.read(Kind::Manifest, d).ok().flatten();
         for (registry, repo, _, record) in self.tags.all() {
             let top: Vec<Digest> = record.by_accept.values().map(|e| e.digest).collect();
             let held = image::reach(&top, read);
