@@ -10,16 +10,40 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{header, HeaderValue, StatusCode};
 
-use super::{digest_headers, Body, Headers, Mirror, Outcome, Reply};
-use crate::cache::fill::{self, Busy, Sink, Source};
+use super::{digest_headers, BlobLimits, Body, Headers, Mirror, Outcome, Reply};
+use crate::cache::fill::{self, Busy, FillIo, Limits as FillLimits, Sink, Source};
 use crate::cache::quota::TOUCH_AFTER;
 use crate::cache::store::read_at;
-use crate::cache::{Fill, FillReader, Joined, Kind};
+use crate::cache::{Fill, FillReader, Fills, Joined, Kind};
 use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::range::{parse_range, RangeAnswer};
 use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
 use crate::upstream::Upstream;
+
+/// What the policy for blobs keeps.
+pub(super) struct BlobState {
+    pub(super) fills: Fills,
+    /// Where fills do their disk work, apart from the threads that serve hits.
+    pub(super) fill_io: FillIo,
+    /// Blob sizes as the manifests of a repository (`registry/name`) say: the length a fill
+    /// for that repository must have.
+    pub(super) sizes: moka::sync::Cache<(String, Digest), u64>,
+    pub(super) limits: BlobLimits,
+}
+
+impl BlobState {
+    pub(super) fn new(limits: BlobLimits) -> Result<BlobState, String> {
+        let fill_io = FillIo::new(limits.fill_threads)
+            .map_err(|e| format!("cannot start the fill threads: {e}"))?;
+        Ok(BlobState {
+            fills: Fills::new(FillLimits::new(limits.max_fills, limits.max_orphan_fills)),
+            fill_io,
+            sizes: moka::sync::Cache::new(200_000),
+            limits,
+        })
+    }
+}
 
 impl Mirror {
     pub(super) async fn blob(
@@ -87,6 +111,7 @@ impl Mirror {
         digest: &Digest,
     ) -> Result<Option<(FillReader, Outcome)>, RegistryError> {
         let joined = self
+            .blobs
             .fills
             .join_or_start(&self.store, digest)
             .await
@@ -105,7 +130,7 @@ impl Mirror {
                     format!("{name}@{digest} is not cached, and wharf is offline"),
                 );
                 fill.fail(e.clone());
-                self.fills.remove(digest);
+                self.blobs.fills.remove(digest);
                 drop(r);
                 return Err(e);
             }
@@ -186,7 +211,7 @@ impl Mirror {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<Reply, RegistryError> {
-        let len = match self.fills.get(digest) {
+        let len = match self.blobs.fills.get(digest) {
             Some(fill) if self.holds_cached(up, name, digest) => fill.ready().await?,
             _ => {
                 let len = up.blob_head(name, digest).await?.len;
@@ -220,9 +245,9 @@ impl Mirror {
             if let Err(e) = result {
                 tracing::warn!("fill of {name}@{digest} failed: {e}");
                 let f = fill.clone();
-                me.fill_io.run(move || f.fail(e)).await;
+                me.blobs.fill_io.run(move || f.fail(e)).await;
             }
-            me.fills.remove(&digest);
+            me.blobs.fills.remove(&digest);
             METRICS.fills_in_flight.dec();
         });
     }
@@ -236,7 +261,10 @@ impl Mirror {
         let digest = fill.digest;
         // What the manifest of this repository said of the blob's size, when a pull came
         // through one (another repository's manifest is no word on this one's blob).
-        let described = self.sizes.get(&(format!("{}/{name}", up.registry), digest));
+        let described = self
+            .blobs
+            .sizes
+            .get(&(format!("{}/{name}", up.registry), digest));
         if let Some(n) = described {
             self.room_for(fill, Some(n)).await?;
         }
@@ -263,13 +291,13 @@ impl Mirror {
         let source = Source {
             chunks: body.chunks,
             total,
-            limit: self.limits.max_blob_size,
+            limit: self.blobs.limits.max_blob_size,
             read_timeout: up.read_timeout(),
         };
         let sink = Sink {
-            io: &self.fill_io,
+            io: &self.blobs.fill_io,
             store: &self.store,
-            keep: self.limits.min_free_space,
+            keep: self.blobs.limits.min_free_space,
         };
         if let Some(len) = fill::drive(fill, source, sink).await? {
             self.quota.added(Kind::Blob, digest, len);
@@ -283,21 +311,21 @@ impl Mirror {
     /// `min_free_space` free; the room is then promised to this fill. Refused before any
     /// header goes out to the client.
     async fn room_for(&self, fill: &Fill, size: Option<u64>) -> Result<(), RegistryError> {
-        let (digest, max) = (fill.digest, self.limits.max_blob_size);
+        let (digest, max) = (fill.digest, self.blobs.limits.max_blob_size);
         if let Some(n) = size.filter(|&n| n > max) {
             return Err(RegistryError::denied(format!("blob {digest} is {n} bytes, more than this mirror's max_blob_size ({max}); not fetched"),
             ));
         }
         let store = self.store.clone();
-        let free = match self.fill_io.run(move || store.free_space()).await {
+        let free = match self.blobs.fill_io.run(move || store.free_space()).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!("cannot tell the free space of the data directory: {e}");
                 return Ok(());
             }
         };
-        let keep = self.limits.min_free_space;
-        self.fills.reserve(fill, size, free, keep).map_err(|promised| {
+        let keep = self.blobs.limits.min_free_space;
+        self.blobs.fills.reserve(fill, size, free, keep).map_err(|promised| {
             RegistryError::new(
                 Cause::NoRoom,
                 ErrorCode::Unavailable,

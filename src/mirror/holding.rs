@@ -15,6 +15,21 @@ use crate::registry::media::Accept;
 use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
 use crate::upstream::Upstream;
 
+/// (registry, repository, digest) the upstream recently said the repository does not hold,
+/// believed for `negative_ttl`.
+pub(super) struct Unheld(moka::sync::Cache<(String, String, Digest), ()>);
+
+impl Unheld {
+    pub(super) fn new(negative_ttl: std::time::Duration) -> Unheld {
+        Unheld(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(negative_ttl)
+                .build(),
+        )
+    }
+}
+
 impl Mirror {
     /// Whether `name` is known to hold `digest`, without touching the disk (`false` also when
     /// its links are not loaded yet).
@@ -93,7 +108,7 @@ impl Mirror {
             return Err(unknown("wharf is offline"));
         }
         let key = (up.registry.clone(), name.to_string(), *digest);
-        if self.unheld.contains_key(&key) {
+        if self.holding.0.contains_key(&key) {
             return Err(unknown("the upstream said so moments ago"));
         }
         let asked = match kind {
@@ -110,7 +125,7 @@ impl Mirror {
             }
             Err(e) => {
                 if e.cause == Cause::NotFound {
-                    self.unheld.insert(key, ());
+                    self.holding.0.insert(key, ());
                 }
                 Err(e)
             }

@@ -11,7 +11,7 @@ use http::{header, HeaderValue, StatusCode};
 use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply};
 use crate::cache::flight::Full;
 use crate::cache::quota::TOUCH_AFTER;
-use crate::cache::{Kind, MemoryTier, TagEntry, TagRecord};
+use crate::cache::{Flights, Kind, MemoryTier, TagEntry, TagRecord};
 use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
@@ -84,6 +84,29 @@ fn reusable<'r>(record: &'r TagRecord, accept: &Accept) -> Option<(&'r str, &'r 
 const REVALIDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub(super) type ManifestResult = Result<Manifest, RegistryError>;
+
+/// What the policy for manifests keeps.
+pub(super) struct ManifestState {
+    /// Manifest fetches in flight: one per key, shared by all who wait.
+    pub(super) fetches: Flights<String, ManifestResult>,
+    /// Tag revalidations (HEADs) in flight: one per tag mapping, shared by all who wait.
+    pub(super) revalidations: Flights<String, Result<bool, RegistryError>>,
+    /// Tags an upstream said it does not have, believed for `negative_ttl`.
+    pub(super) missing_tags: moka::sync::Cache<(String, String, String), ()>,
+}
+
+impl ManifestState {
+    pub(super) fn new(max_fetches: usize, negative_ttl: std::time::Duration) -> ManifestState {
+        ManifestState {
+            fetches: Flights::new(max_fetches),
+            revalidations: Flights::new(max_fetches),
+            missing_tags: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(negative_ttl)
+                .build(),
+        }
+    }
+}
 
 impl Mirror {
     pub(super) async fn manifest(
@@ -160,7 +183,8 @@ impl Mirror {
         work: impl std::future::Future<Output = ManifestResult> + Send + 'static,
     ) -> Result<(Manifest, Outcome), RegistryError> {
         let (result, joined) = self
-            .manifest_fetches
+            .manifests
+            .fetches
             .run(key, || work)
             .await
             .map_err(|Full(n)| {
@@ -345,7 +369,7 @@ impl Mirror {
         accept: &Accept,
     ) -> Result<(Manifest, Outcome), RegistryError> {
         let missing_key = (up.registry.clone(), name.to_string(), tag.to_string());
-        if self.missing_tags.contains_key(&missing_key) {
+        if self.manifests.missing_tags.contains_key(&missing_key) {
             return Err(RegistryError::not_found(
                 ErrorCode::ManifestUnknown,
                 format!(
@@ -413,7 +437,7 @@ impl Mirror {
     ) -> RegistryError {
         if error.cause == Cause::NotFound {
             let key = (up.registry.clone(), name.to_string(), tag.to_string());
-            self.missing_tags.insert(key, ());
+            self.manifests.missing_tags.insert(key, ());
         }
         error
     }
@@ -450,7 +474,7 @@ impl Mirror {
             }
             holds
         };
-        match self.revalidations.run(flight, work).await {
+        match self.manifests.revalidations.run(flight, work).await {
             Ok((Some(holds), _)) => holds,
             Ok((None, _)) => Err(RegistryError::local("the tag's revalidation failed")),
             Err(Full(n)) => Err(RegistryError::busy(
@@ -584,7 +608,8 @@ impl Mirror {
         for (d, size) in refs.blobs {
             // schema1 descriptors have no size (read as 0); only the empty blob is that small
             if size > 0 || d == empty {
-                self.sizes
+                self.blobs
+                    .sizes
                     .insert((format!("{}/{name}", up.registry), d), size);
             }
         }

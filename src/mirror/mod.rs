@@ -29,10 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 
-use crate::cache::fill::{FillIo, Limits as FillLimits};
-use crate::cache::{
-    BlobStore, DiskQuota, FillReader, Fills, Flights, MemoryTier, RepoLinks, TagIndex,
-};
+use crate::cache::{BlobStore, DiskQuota, FillReader, MemoryTier, RepoLinks, TagIndex};
 use crate::config::Config;
 use crate::registry::hub;
 use crate::registry::media::Accept;
@@ -186,24 +183,17 @@ pub struct Mirror {
     /// The links directory was made just now: a cache from before links gets them from its
     /// tags ([`Mirror::link_tagged`]).
     pub links_fresh: bool,
-    /// (registry, repository, digest) the upstream recently said the repository does not hold.
-    unheld: moka::sync::Cache<(String, String, Digest), ()>,
-    pub fills: Fills,
-    /// Where fills do their disk work, apart from the threads that serve hits.
-    fill_io: FillIo,
-    /// Blob sizes as the manifests of a repository (`registry/name`) say: the length a fill
-    /// for that repository must have.
-    sizes: moka::sync::Cache<(String, Digest), u64>,
-    limits: BlobLimits,
-    manifest_fetches: Flights<String, manifests::ManifestResult>,
-    /// Tag revalidations (HEADs) in flight: one per tag mapping, shared by all who wait.
-    revalidations: Flights<String, Result<bool, RegistryError>>,
     /// Upstreams by the registry host they stand for.
     upstreams: HashMap<String, Arc<Upstream>>,
     freshness: Freshness,
-    /// Tags an upstream said it does not have, for `freshness.negative`.
-    missing_tags: moka::sync::Cache<(String, String, String), ()>,
-    referrers: moka::sync::Cache<referrers::ReferrersKey, referrers::Referrers>,
+    /// What the policy for blobs keeps: fills in flight, their threads, sizes, bounds.
+    blobs: blobs::BlobState,
+    /// What the policy for manifests keeps: fetches and revalidations in flight, missing tags.
+    manifests: manifests::ManifestState,
+    /// Referrers answers, kept for their TTL and for stale use.
+    referrers: referrers::ReferrersCache,
+    /// What the upstream recently said a repository does not hold.
+    holding: holding::Unheld,
 }
 
 /// What bounds the downloads from upstreams.
@@ -287,10 +277,8 @@ impl Mirror {
         );
         let store = Arc::new(store);
         let limits = BlobLimits::from_config(config);
-        let fill_io = FillIo::new(limits.fill_threads)
-            .map_err(|e| format!("cannot start the fill threads: {e}"))?;
         // what an upstream says it lacks is believed for negative_ttl
-        let ttl = freshness.negative.max(Duration::from_millis(1));
+        let negative = freshness.negative.max(Duration::from_millis(1));
         Ok(Mirror {
             quota: DiskQuota::new(store.clone(), config.max_size),
             store,
@@ -298,23 +286,12 @@ impl Mirror {
             tags,
             links,
             links_fresh,
-            unheld: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-            fills: Fills::new(FillLimits::new(limits.max_fills, limits.max_orphan_fills)),
-            fill_io,
-            sizes: moka::sync::Cache::new(200_000),
-            limits,
-            manifest_fetches: Flights::new(limits.max_manifest_fetches),
-            revalidations: Flights::new(limits.max_manifest_fetches),
             upstreams,
-            missing_tags: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
             freshness,
+            blobs: blobs::BlobState::new(limits)?,
+            manifests: manifests::ManifestState::new(limits.max_manifest_fetches, negative),
             referrers: referrers::cache(),
+            holding: holding::Unheld::new(negative),
         })
     }
 
@@ -333,7 +310,7 @@ impl Mirror {
 
     /// Free space the data directory keeps (fills that would take it are refused).
     pub fn min_free_space(&self) -> u64 {
-        self.limits.min_free_space
+        self.blobs.limits.min_free_space
     }
 
     /// The registries mirrored, sorted.

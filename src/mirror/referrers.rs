@@ -27,7 +27,10 @@ pub(super) struct Referrers {
 /// How long an answer is kept at all (for stale and offline use).
 pub(super) const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub(super) fn cache() -> moka::sync::Cache<ReferrersKey, Referrers> {
+/// Referrers answers by (registry, repository, digest, artifact type).
+pub(super) type ReferrersCache = moka::sync::Cache<ReferrersKey, Referrers>;
+
+pub(super) fn cache() -> ReferrersCache {
     moka::sync::Cache::builder()
         .max_capacity(64 << 20)
         .weigher(|_, v: &Referrers| v.body.len().try_into().unwrap_or(u32::MAX))
