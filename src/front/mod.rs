@@ -89,33 +89,55 @@ impl ServerApp for Front {
         };
         let stream = match &self.tls {
             None => stream,
-            Some(tls) => {
-                // the listener is plain TCP: its streams are Pingora's L4 streams
-                let Ok(tcp) = stream
-                    .into_any()
-                    .downcast::<pingora::protocols::l4::stream::Stream>()
-                else {
-                    return None;
-                };
-                let waiting = conn.waiting();
-                tokio::select! {
-                    biased;
-                    done = tokio::time::timeout(self.timeouts.header, tls.tls_handshake(*tcp)) => match done {
-                        Ok(Ok(s)) => Box::new(s) as Stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!("TLS handshake failed: {e}");
-                            return None;
-                        }
-                        Err(_) => return None,
-                    },
-                    _ = waiting.closed() => return None,
-                }
-            }
+            Some(tls) => self.tls_handshake(tls, stream, &conn).await?,
         };
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             self.h2(stream, conn, shutdown).await;
             return None;
         }
+        self.http1(stream, &conn, shutdown).await
+    }
+}
+
+impl Front {
+    /// The TLS handshake, the first step of a connection on a TLS listener: `None` if it
+    /// fails, takes longer than `header_timeout`, or the connection is closed for a newcomer.
+    async fn tls_handshake(
+        &self,
+        tls: &pingora::listeners::tls::Acceptor,
+        stream: Stream,
+        conn: &connections::Conn,
+    ) -> Option<Stream> {
+        // the listener is plain TCP: its streams are Pingora's L4 streams
+        let Ok(tcp) = stream
+            .into_any()
+            .downcast::<pingora::protocols::l4::stream::Stream>()
+        else {
+            return None;
+        };
+        let waiting = conn.waiting();
+        tokio::select! {
+            biased;
+            done = tokio::time::timeout(self.timeouts.header, tls.tls_handshake(*tcp)) => match done {
+                Ok(Ok(s)) => Some(Box::new(s) as Stream),
+                Ok(Err(e)) => {
+                    tracing::debug!("TLS handshake failed: {e}");
+                    None
+                }
+                Err(_) => None,
+            },
+            _ = waiting.closed() => None,
+        }
+    }
+
+    /// An HTTP/1 connection: requests read one after another, pipelined ones included, and
+    /// answered in turn until the connection cannot carry another.
+    async fn http1(
+        &self,
+        stream: Stream,
+        conn: &connections::Conn,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let mut stream = stream;
         let mut pipelined: Option<BytesMut> = None;
         let mut stopping = shutdown.clone();
@@ -130,43 +152,54 @@ impl ServerApp for Front {
             if let Some(p) = pipelined.take() {
                 session.set_pipelined_prefix(p);
             }
-            let read = {
-                let waiting = conn.waiting();
-                tokio::select! {
-                    biased;
-                    read = tokio::time::timeout(deadline, session.read_request()) => read,
-                    _ = waiting.closed() => return None,
-                    _ = stopping.wait_for(|stop| *stop) => return None,
-                }
-            };
-            match read {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return None,
-                Ok(Err(e)) => {
-                    if e.etype == InvalidHTTPHeader {
-                        let bad = RegistryError::new(
-                            Cause::Invalid,
-                            ErrorCode::Unsupported,
-                            "malformed HTTP request",
-                        );
-                        let _ = send(&mut session, Reply::error(bad), false, self.timeouts.header)
-                            .await;
-                    }
-                    session.shutdown().await;
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!(
-                        "closing a connection that sent no request within {deadline:?}"
-                    );
-                    return None;
-                }
-            }
+            self.next_request(&mut session, conn, &mut stopping, deadline)
+                .await?;
             self.request(&mut session, shutdown).await?;
             let (s, rest) = session.finish().await.ok()??.into_parts();
             stream = s;
             pipelined = rest;
             deadline = self.timeouts.idle;
+        }
+    }
+
+    /// Read the next request on an HTTP/1 connection within `deadline`: `None` if none came,
+    /// the connection was closed for a newcomer or wharf is stopping, or the request was
+    /// malformed (which is answered before the connection is shut).
+    async fn next_request(
+        &self,
+        session: &mut ServerSession,
+        conn: &connections::Conn,
+        stopping: &mut ShutdownWatch,
+        deadline: std::time::Duration,
+    ) -> Option<()> {
+        let read = {
+            let waiting = conn.waiting();
+            tokio::select! {
+                biased;
+                read = tokio::time::timeout(deadline, session.read_request()) => read,
+                _ = waiting.closed() => return None,
+                _ = stopping.wait_for(|stop| *stop) => return None,
+            }
+        };
+        match read {
+            Ok(Ok(true)) => Some(()),
+            Ok(Ok(false)) => None,
+            Ok(Err(e)) => {
+                if e.etype == InvalidHTTPHeader {
+                    let bad = RegistryError::new(
+                        Cause::Invalid,
+                        ErrorCode::Unsupported,
+                        "malformed HTTP request",
+                    );
+                    let _ = send(session, Reply::error(bad), false, self.timeouts.header).await;
+                }
+                session.shutdown().await;
+                None
+            }
+            Err(_) => {
+                tracing::debug!("closing a connection that sent no request within {deadline:?}");
+                None
+            }
         }
     }
 }
@@ -515,28 +548,7 @@ async fn send(
             }
         }
     }
-    // The header map is filled as `http` types and handed to Pingora whole: its own insert
-    // re-parses every name and keeps a second map of their spelling. Names go out as HTTP/2
-    // sends them (lower case, bar those Pingora knows); HTTP/1.1 names are case-insensitive.
-    let mut parts = http::Response::new(()).into_parts().0;
-    parts.status = reply.status;
-    parts.headers.reserve(reply.headers.len() + 2);
-    parts
-        .headers
-        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-    // no client may take a manifest or blob for anything but its Content-Type says
-    parts.headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    parts.headers.insert(
-        WHARF_CACHE,
-        HeaderValue::from_static(reply.outcome.as_str()),
-    );
-    for (k, v) in reply.headers {
-        parts.headers.insert(k, v);
-    }
-    let h = Box::new(ResponseHeader::from(parts));
+    let h = response_header(reply.status, reply.outcome, reply.headers);
     let body = match reply.body {
         Body::File { len: 0, .. } => Body::Empty,
         b if head => {
@@ -562,38 +574,90 @@ async fn send(
     match body {
         Body::Empty | Body::Bytes(_) => unreachable!("written above"),
         Body::File { file, offset, len } => {
-            let end = offset + len;
-            let mut pos = offset;
-            while pos < end {
-                let n = (end - pos).min(transfer.chunk() as u64) as usize;
-                let chunk = read_at(file.clone(), pos, n).await.map_err(|e| {
-                    Error::explain(InternalError, format!("cannot read cached data: {e}"))
-                })?;
-                pos += n as u64;
-                within(stall, session.write_response_body(chunk, pos == end)).await?;
-            }
-            Ok(())
+            send_file(session, &transfer, file, offset, len, stall).await
         }
-        Body::Fill(mut reader) => loop {
-            // A fill can take its time between two chunks: a client that left meanwhile is
-            // noticed here, so that the fill knows nobody waits for it any more.
-            let next = tokio::select! {
-                biased;
-                next = reader.next_chunk(transfer.chunk()) => next,
-                _ = client_gone(session) => {
-                    return Error::e_explain(ConnectionClosed, "the client left during the transfer");
-                }
-            };
-            let (chunk, end) = match next {
-                Ok(Some(chunk)) => (chunk, false),
-                Ok(None) => (Bytes::new(), true),
-                Err(e) => return Error::e_explain(InternalError, e.message),
-            };
-            within(stall, session.write_response_body(chunk, end)).await?;
-            if end {
-                return Ok(());
+        Body::Fill(reader) => send_fill(session, &transfer, reader, stall).await,
+    }
+}
+
+/// The response header of a reply: its own headers after those wharf puts on every response.
+fn response_header(
+    status: http::StatusCode,
+    outcome: Outcome,
+    headers: crate::mirror::Headers,
+) -> Box<ResponseHeader> {
+    // The header map is filled as `http` types and handed to Pingora whole: its own insert
+    // re-parses every name and keeps a second map of their spelling. Names go out as HTTP/2
+    // sends them (lower case, bar those Pingora knows); HTTP/1.1 names are case-insensitive.
+    let mut parts = http::Response::new(()).into_parts().0;
+    parts.status = status;
+    parts.headers.reserve(headers.len() + 2);
+    parts
+        .headers
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    // no client may take a manifest or blob for anything but its Content-Type says
+    parts.headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    parts
+        .headers
+        .insert(WHARF_CACHE, HeaderValue::from_static(outcome.as_str()));
+    for (k, v) in headers {
+        parts.headers.insert(k, v);
+    }
+    Box::new(ResponseHeader::from(parts))
+}
+
+/// The body of a stored file, `len` bytes from `offset`, read and written a chunk at a time.
+async fn send_file(
+    session: &mut ServerSession,
+    transfer: &Transfer,
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: u64,
+    stall: std::time::Duration,
+) -> Result<()> {
+    let end = offset + len;
+    let mut pos = offset;
+    while pos < end {
+        let n = (end - pos).min(transfer.chunk() as u64) as usize;
+        let chunk = read_at(file.clone(), pos, n)
+            .await
+            .map_err(|e| Error::explain(InternalError, format!("cannot read cached data: {e}")))?;
+        pos += n as u64;
+        within(stall, session.write_response_body(chunk, pos == end)).await?;
+    }
+    Ok(())
+}
+
+/// The body of a blob still arriving from upstream, written chunk by chunk as the fill
+/// hands them over.
+async fn send_fill(
+    session: &mut ServerSession,
+    transfer: &Transfer,
+    mut reader: crate::cache::FillReader,
+    stall: std::time::Duration,
+) -> Result<()> {
+    loop {
+        // A fill can take its time between two chunks: a client that left meanwhile is
+        // noticed here, so that the fill knows nobody waits for it any more.
+        let next = tokio::select! {
+            biased;
+            next = reader.next_chunk(transfer.chunk()) => next,
+            _ = client_gone(session) => {
+                return Error::e_explain(ConnectionClosed, "the client left during the transfer");
             }
-        },
+        };
+        let (chunk, end) = match next {
+            Ok(Some(chunk)) => (chunk, false),
+            Ok(None) => (Bytes::new(), true),
+            Err(e) => return Error::e_explain(InternalError, e.message),
+        };
+        within(stall, session.write_response_body(chunk, end)).await?;
+        if end {
+            return Ok(());
+        }
     }
 }
 
@@ -659,23 +723,69 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         config.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
     )?);
     if !access.is_on() {
-        let exposed: Vec<String> = mirror
-            .registries()
-            .into_iter()
-            .filter(|r| mirror.upstream(r).is_some_and(|u| u.has_credentials()))
-            .collect();
-        if !exposed.is_empty() {
-            tracing::warn!(
-                "no [access] is configured: anyone who can reach wharf can read what its credentials for {} can",
-                exposed.join(", ")
-            );
-        }
+        warn_of_exposed_credentials(&mirror);
     }
     mirror
         .store
         .sweep_leftovers()
         .map_err(|e| format!("cannot set aside the temp files in {}: {e}", data.display()))?;
     let registries = mirror.registries();
+    start_store_upkeep(&mirror);
+
+    // Fail with a clear message now rather than inside Pingora's listener setup.
+    std::net::TcpListener::bind(&config.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+
+    let mut server = pingora_server(config, &data);
+    let connections = Connections::new(max_connections);
+    let front = |tls| Front {
+        mirror: mirror.clone(),
+        access: access.clone(),
+        connections: connections.clone(),
+        timeouts: Timeouts {
+            idle: config.idle_timeout,
+            header: config.header_timeout,
+        },
+        tls,
+    };
+    let (tls, plain) = tls_acceptor(config)?;
+    let mut service = pingora::services::listening::Service::new("wharf".into(), front(tls));
+    service.add_tcp(&config.listen);
+    server.add_service(service);
+    if let Some(plain) = plain {
+        std::net::TcpListener::bind(plain)
+            .map_err(|e| format!("cannot listen on {plain} (plain_listen): {e}"))?;
+        let mut service =
+            pingora::services::listening::Service::new("wharf-plain".into(), front(None));
+        service.threads = Some(1);
+        service.add_tcp(plain);
+        server.add_service(service);
+    }
+    if let Some(addr) = &config.admin {
+        add_admin(&mut server, addr, &data, &mirror)?;
+    }
+    announce(config, &data, &registries);
+    server.run_forever()
+}
+
+/// With no `[access]`, whatever wharf's upstream credentials can read is open to anyone who
+/// reaches it: said once at start-up, naming the registries concerned.
+fn warn_of_exposed_credentials(mirror: &Mirror) {
+    let exposed: Vec<String> = mirror
+        .registries()
+        .into_iter()
+        .filter(|r| mirror.upstream(r).is_some_and(|u| u.has_credentials()))
+        .collect();
+    if !exposed.is_empty() {
+        tracing::warn!(
+            "no [access] is configured: anyone who can reach wharf can read what its credentials for {} can",
+            exposed.join(", ")
+        );
+    }
+}
+
+/// The store's start-up chores, each on a thread of its own so that serving need not wait.
+fn start_store_upkeep(mirror: &Arc<Mirror>) {
     if mirror.links_fresh {
         // a cache from before links: its tags say what its repositories hold
         let mirror = mirror.clone();
@@ -699,11 +809,10 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
             }
         });
     }
+}
 
-    // Fail with a clear message now rather than inside Pingora's listener setup.
-    std::net::TcpListener::bind(&config.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-
+/// The Pingora server, bootstrapped, with its pid file and upgrade socket in the data dir.
+fn pingora_server(config: &Config, data: &std::path::Path) -> Server {
     let threads = if config.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -719,53 +828,50 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let connections = Connections::new(max_connections);
-    let front = |tls| Front {
-        mirror: mirror.clone(),
-        access: access.clone(),
-        connections: connections.clone(),
-        timeouts: Timeouts {
-            idle: config.idle_timeout,
-            header: config.header_timeout,
-        },
-        tls,
-    };
-    let (tls, plain) = match &config.tls {
+    server
+}
+
+/// The TLS acceptor for the main listener and the plain listener beside it, when `[tls]` is
+/// configured; its certificate is watched for renewal from here on.
+fn tls_acceptor(
+    config: &Config,
+) -> std::result::Result<(Option<Arc<pingora::listeners::tls::Acceptor>>, Option<&str>), String> {
+    Ok(match &config.tls {
         Some(t) => {
             let (settings, cert) = tls::settings(t)?;
             cert.watch()?;
             (Some(Arc::new(settings.build())), t.plain_listen.as_deref())
         }
         None => (None, None),
+    })
+}
+
+/// The admin listener on `addr`, with the activity sampler that feeds its status page.
+fn add_admin(
+    server: &mut Server,
+    addr: &str,
+    data: &std::path::Path,
+    mirror: &Arc<Mirror>,
+) -> std::result::Result<(), String> {
+    std::net::TcpListener::bind(addr)
+        .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+    let admin = admin::Admin {
+        tmp_dir: data.join("tmp"),
+        mirror: mirror.clone(),
     };
-    let mut service = pingora::services::listening::Service::new("wharf".into(), front(tls));
-    service.add_tcp(&config.listen);
+    std::thread::spawn(|| loop {
+        ACTIVITY.sample();
+        std::thread::sleep(SAMPLE_EVERY);
+    });
+    let mut service = pingora::services::listening::Service::new("admin".into(), admin);
+    service.add_tcp(addr);
     server.add_service(service);
-    if let Some(plain) = plain {
-        std::net::TcpListener::bind(plain)
-            .map_err(|e| format!("cannot listen on {plain} (plain_listen): {e}"))?;
-        let mut service =
-            pingora::services::listening::Service::new("wharf-plain".into(), front(None));
-        service.threads = Some(1);
-        service.add_tcp(plain);
-        server.add_service(service);
-    }
-    if let Some(addr) = &config.admin {
-        std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
-        let admin = admin::Admin {
-            tmp_dir: data.join("tmp"),
-            mirror: mirror.clone(),
-        };
-        std::thread::spawn(|| loop {
-            ACTIVITY.sample();
-            std::thread::sleep(SAMPLE_EVERY);
-        });
-        let mut service = pingora::services::listening::Service::new("admin".into(), admin);
-        service.add_tcp(addr);
-        server.add_service(service);
-        tracing::info!("admin listener on {addr}: /metrics /healthz /readyz");
-    }
+    tracing::info!("admin listener on {addr}: /metrics /healthz /readyz");
+    Ok(())
+}
+
+/// The start-up line: where wharf listens and what it serves.
+fn announce(config: &Config, data: &std::path::Path, registries: &[String]) {
     tracing::info!(
         "wharf listening on {}{} (data {}, registries {}{})",
         config.listen,
@@ -780,5 +886,4 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         registries.join(", "),
         if config.offline { ", offline" } else { "" }
     );
-    server.run_forever()
 }
