@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use serde::Deserialize;
 
-use super::credentials::CredentialSource;
+use super::credentials::{CredentialSource, Credentials};
 use super::egress::Egress;
 use crate::registry::{Cause, ErrorCode, RegistryError};
 
@@ -205,6 +205,7 @@ impl Auth {
         }
     }
 
+    /// Ask the token service at `realm` for a token in `scope`, and how long to keep it.
     async fn fetch_token(
         &self,
         http: &reqwest::Client,
@@ -216,23 +217,24 @@ impl Auth {
             .upstream_requests
             .with_label_values(&[&self.registry, "token"])
             .inc();
-        let mut url = url::Url::parse(realm).map_err(|e| {
-            RegistryError::upstream_failed(format!(
-                "upstream token realm {realm:?} is not a URL: {e}"
-            ))
-        })?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", scope);
-        }
+        let url = token_url(realm, service, scope)?;
         self.egress.may_contact(&url).map_err(|why| {
             RegistryError::upstream_failed(format!("the upstream's token realm is refused: {why}"))
         })?;
-        let credentials = match &self.credentials {
-            Some(src) => match self.egress.may_send_credentials(&url) {
+        let credentials = self.credentials_for_realm(&url, realm).await?;
+        let resp = request_token(http, &url, realm, service, scope, credentials.as_ref()).await?;
+        self.read_token(resp, realm).await
+    }
+
+    /// The credentials to show the token service at `url`, if wharf has some and egress lets
+    /// them go there; a realm that may not have them is told of once, and asked anonymously.
+    async fn credentials_for_realm(
+        &self,
+        url: &url::Url,
+        realm: &str,
+    ) -> Result<Option<Credentials>, RegistryError> {
+        Ok(match &self.credentials {
+            Some(src) => match self.egress.may_send_credentials(url) {
                 Ok(()) => Some(src.get().await?),
                 Err(why) => {
                     let first = self.warned.lock().expect("warned").insert(realm.to_owned());
@@ -246,64 +248,16 @@ impl Auth {
                 }
             },
             None => None,
-        };
-        let send = |req: reqwest::RequestBuilder| async move {
-            req.send().await.map_err(|e| {
-                RegistryError::upstream_failed(format!("token request to {realm} failed: {e}"))
-            })
-        };
-        // The OAuth2 form, as containerd and docker send it.
-        let post = |grant: &[(&str, &str)]| {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.extend_pairs(grant)
-                .append_pair("client_id", "wharf")
-                .append_pair("scope", scope);
-            if let Some(s) = service {
-                form.append_pair("service", s);
-            }
-            let mut to = url.clone();
-            to.set_query(None);
-            http.post(to)
-                .header(
-                    http::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(form.finish())
-        };
-        // An identity (refresh) token goes through the OAuth2 form. Anything else is a GET, with
-        // Basic credentials when there are some; a token service that takes no GET (404/405)
-        // gets the form's password grant instead.
-        let resp = match &credentials {
-            Some(c) if c.refresh_token().is_some() => {
-                let refresh = c.refresh_token().unwrap_or_default();
-                send(post(&[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", refresh),
-                ]))
-                .await?
-            }
-            Some(c) => {
-                let resp = send(
-                    http.get(url.clone())
-                        .header(http::header::AUTHORIZATION, c.basic_header()),
-                )
-                .await?;
-                if matches!(
-                    resp.status(),
-                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-                ) {
-                    let grant = [
-                        ("grant_type", "password"),
-                        ("username", c.username.as_str()),
-                        ("password", c.password.as_str()),
-                    ];
-                    send(post(&grant)).await?
-                } else {
-                    resp
-                }
-            }
-            None => send(http.get(url.clone())).await?,
-        };
+        })
+    }
+
+    /// The token out of the token service's answer, with how long to keep it; a refusal
+    /// (401/403) also drops the credentials it refused.
+    async fn read_token(
+        &self,
+        resp: reqwest::Response,
+        realm: &str,
+    ) -> Result<(String, Duration), RegistryError> {
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             if let Some(src) = &self.credentials {
@@ -332,6 +286,103 @@ impl Auth {
             Duration::from_secs(secs.saturating_sub(margin).max(1)),
         ))
     }
+}
+
+/// The realm's URL with the service and scope asked for in its query.
+fn token_url(realm: &str, service: Option<&str>, scope: &str) -> Result<url::Url, RegistryError> {
+    let mut url = url::Url::parse(realm).map_err(|e| {
+        RegistryError::upstream_failed(format!("upstream token realm {realm:?} is not a URL: {e}"))
+    })?;
+    {
+        let mut q = url.query_pairs_mut();
+        if let Some(s) = service {
+            q.append_pair("service", s);
+        }
+        q.append_pair("scope", scope);
+    }
+    Ok(url)
+}
+
+/// The token request itself, the way clients make it for the credentials at hand.
+async fn request_token(
+    http: &reqwest::Client,
+    url: &url::Url,
+    realm: &str,
+    service: Option<&str>,
+    scope: &str,
+    credentials: Option<&Credentials>,
+) -> Result<reqwest::Response, RegistryError> {
+    let post = |grant: &[(&str, &str)]| token_form(http, url, grant, service, scope);
+    // An identity (refresh) token goes through the OAuth2 form. Anything else is a GET, with
+    // Basic credentials when there are some; a token service that takes no GET (404/405)
+    // gets the form's password grant instead.
+    Ok(match credentials {
+        Some(c) if c.refresh_token().is_some() => {
+            let refresh = c.refresh_token().unwrap_or_default();
+            send_token_request(
+                post(&[("grant_type", "refresh_token"), ("refresh_token", refresh)]),
+                realm,
+            )
+            .await?
+        }
+        Some(c) => {
+            let resp = send_token_request(
+                http.get(url.clone())
+                    .header(http::header::AUTHORIZATION, c.basic_header()),
+                realm,
+            )
+            .await?;
+            if matches!(
+                resp.status(),
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+            ) {
+                let grant = [
+                    ("grant_type", "password"),
+                    ("username", c.username.as_str()),
+                    ("password", c.password.as_str()),
+                ];
+                send_token_request(post(&grant), realm).await?
+            } else {
+                resp
+            }
+        }
+        None => send_token_request(http.get(url.clone()), realm).await?,
+    })
+}
+
+/// The OAuth2 form, as containerd and docker send it.
+fn token_form(
+    http: &reqwest::Client,
+    url: &url::Url,
+    grant: &[(&str, &str)],
+    service: Option<&str>,
+    scope: &str,
+) -> reqwest::RequestBuilder {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.extend_pairs(grant)
+        .append_pair("client_id", "wharf")
+        .append_pair("scope", scope);
+    if let Some(s) = service {
+        form.append_pair("service", s);
+    }
+    let mut to = url.clone();
+    to.set_query(None);
+    http.post(to)
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(form.finish())
+}
+
+/// Send a token request; a failure to get any answer names the realm.
+async fn send_token_request(
+    req: reqwest::RequestBuilder,
+    realm: &str,
+) -> Result<reqwest::Response, RegistryError> {
+    req.send().await.map_err(|e| {
+        RegistryError::upstream_failed(format!("token request to {realm} failed: {e}"))
+    })
 }
 
 /// Reading small JSON answers without trusting their size.
