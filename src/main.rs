@@ -129,6 +129,29 @@ fn main() -> ExitCode {
 /// Ok(false): the command ran but something in it failed (already reported).
 fn run(cli: Cli) -> Result<bool, String> {
     let (common, command) = (cli.common, cli.command);
+    let config = load_config(common, &command)?;
+    let _log_writer = init_logging(config.log_format, matches!(command, Command::Serve { .. }));
+    match command {
+        Command::Serve { .. } => wharf::front::serve(&config).map(|_| true),
+        Command::Warm {
+            images: names,
+            platform,
+            json,
+        } => warm(&config, &names, platform.as_deref(), json),
+        Command::Export {
+            out,
+            images: names,
+            json,
+        } => export(&config, out, &names, json),
+        Command::Import { path, json } => import(&config, &path, json),
+        Command::Ls { json } => ls(&config, json),
+        Command::Gc { max_size, json } => gc(&config, max_size, json),
+        Command::Verify { json } => verify(&config, json),
+    }
+}
+
+/// The configuration, with what the command line says overriding the file.
+fn load_config(common: Common, command: &Command) -> Result<Config, String> {
     let mut overrides = Overrides {
         data_dir: common.data,
         upstream: common.upstream,
@@ -138,156 +161,164 @@ fn run(cli: Cli) -> Result<bool, String> {
         listen,
         offline,
         admin,
-    } = &command
+    } = command
     {
         overrides.listen = listen.clone();
         overrides.offline = *offline;
         overrides.admin = admin.clone();
     }
-    let config = Config::load(common.config.as_deref(), &overrides)?;
-    let _log_writer = init_logging(config.log_format, matches!(command, Command::Serve { .. }));
-    let images = |names: &[String]| -> Result<Vec<ImageRef>, String> {
-        names
-            .iter()
-            .map(|n| ImageRef::parse(n).map_err(|e| format!("{n}: {}", e.message)))
-            .collect()
-    };
-    match command {
-        Command::Serve { .. } => wharf::front::serve(&config).map(|_| true),
-        Command::Warm {
-            images: names,
-            platform,
+    Config::load(common.config.as_deref(), &overrides)
+}
+
+/// The images named on the command line, the first that is no image reference failing all.
+fn images(names: &[String]) -> Result<Vec<ImageRef>, String> {
+    names
+        .iter()
+        .map(|n| ImageRef::parse(n).map_err(|e| format!("{n}: {}", e.message)))
+        .collect()
+}
+
+/// `wharf warm`: each image pulled in turn, a failure reported without stopping the rest.
+fn warm(
+    config: &Config,
+    names: &[String],
+    platform: Option<&str>,
+    json: bool,
+) -> Result<bool, String> {
+    let platform = platform.map(Platform::parse).transpose()?;
+    let list = images(names)?;
+    let (mirror, rt) = commands::open(config)?;
+    let mut ok = true;
+    for image in &list {
+        match rt.block_on(commands::warm::warm(
+            &mirror,
+            image,
+            platform.as_ref(),
             json,
-        } => {
-            let platform = platform.as_deref().map(Platform::parse).transpose()?;
-            let list = images(&names)?;
-            let (mirror, rt) = commands::open(&config)?;
-            let mut ok = true;
-            for image in &list {
-                match rt.block_on(commands::warm::warm(
-                    &mirror,
-                    image,
-                    platform.as_ref(),
-                    json,
-                )) {
-                    Ok(w) => report(
-                        json,
-                        &w.json(),
-                        &[format!(
-                            "{} {}: {} manifests, {} blobs, {} ({} fetched)",
-                            w.image,
-                            w.digest,
-                            w.manifests,
-                            w.blobs,
-                            human_bytes(w.bytes),
-                            human_bytes(w.fetched)
-                        )],
-                    ),
-                    Err(e) => {
-                        ok = false;
-                        report(
-                            json,
-                            &json!({"image": image.to_string(), "error": e}),
-                            &[format!("error: {e}")],
-                        );
-                    }
-                }
-            }
-            Ok(ok)
-        }
-        Command::Export {
-            out,
-            images: names,
-            json,
-        } => {
-            let list = images(&names)?;
-            let (mirror, _rt) = commands::open(&config)?;
-            let e = archive::export(&mirror, &out, &list)?;
-            report(
+        )) {
+            Ok(w) => report(
                 json,
-                &json!({"out": out, "images": e.images, "objects": e.objects, "bytes": e.bytes}),
+                &w.json(),
                 &[format!(
-                    "exported {} images ({} objects, {}) to {}",
-                    e.images,
-                    e.objects,
-                    human_bytes(e.bytes),
-                    out.display()
+                    "{} {}: {} manifests, {} blobs, {} ({} fetched)",
+                    w.image,
+                    w.digest,
+                    w.manifests,
+                    w.blobs,
+                    human_bytes(w.bytes),
+                    human_bytes(w.fetched)
                 )],
-            );
-            Ok(true)
-        }
-        Command::Import { path, json } => {
-            let (mirror, _rt) = commands::open(&config)?;
-            let i = archive::import(&mirror, &path)?;
-            let mut lines = vec![format!(
-                "imported {} objects ({}), tags: {}",
-                i.objects,
-                human_bytes(i.bytes),
-                if i.tags.is_empty() {
-                    "none".into()
-                } else {
-                    i.tags.join(", ")
-                }
-            )];
-            lines.extend(i.rejected.iter().map(|r| format!("rejected: {r}")));
-            report(
-                json,
-                &json!({"objects": i.objects, "bytes": i.bytes, "tags": i.tags, "rejected": i.rejected}),
-                &lines,
-            );
-            Ok(i.rejected.is_empty())
-        }
-        Command::Ls { json } => {
-            let (mirror, _rt) = commands::open(&config)?;
-            let list = commands::store::ls(&mirror);
-            let lines: Vec<String> = list
-                .iter()
-                .map(|l| {
-                    let age = l.last_use.elapsed().map(|d| d.as_secs()).unwrap_or(0);
-                    format!(
-                        "{:<60} {:.19}  {:>10}  used {} ago",
-                        l.image,
-                        l.digest,
-                        human_bytes(l.size),
-                        humantime::format_duration(std::time::Duration::from_secs(age))
-                    )
-                })
-                .collect();
-            let value = json!(list.iter().map(|l| l.json()).collect::<Vec<_>>());
-            report(json, &value, &lines);
-            Ok(true)
-        }
-        Command::Gc { max_size, json } => {
-            let max = max_size
-                .or(config.max_size)
-                .ok_or("give --max-size (or max_size in the config)")?;
-            let (mirror, _rt) = commands::open(&config)?;
-            let (n, bytes) = commands::store::gc(&mirror, max)?;
-            report(
-                json,
-                &json!({"removed": n, "bytes": bytes}),
-                &[format!("removed {n} objects ({})", human_bytes(bytes))],
-            );
-            Ok(true)
-        }
-        Command::Verify { json } => {
-            let (mirror, _rt) = commands::open(&config)?;
-            let v = commands::store::verify(&mirror, json)?;
-            let mut lines = vec![format!(
-                "verified {} objects ({}): {} bad",
-                v.objects,
-                human_bytes(v.bytes),
-                v.bad.len()
-            )];
-            lines.extend(v.bad.iter().map(|b| format!("removed: {b}")));
-            report(
-                json,
-                &json!({"objects": v.objects, "bytes": v.bytes, "bad": v.bad}),
-                &lines,
-            );
-            Ok(v.bad.is_empty())
+            ),
+            Err(e) => {
+                ok = false;
+                report(
+                    json,
+                    &json!({"image": image.to_string(), "error": e}),
+                    &[format!("error: {e}")],
+                );
+            }
         }
     }
+    Ok(ok)
+}
+
+/// `wharf export`: the cache, or the images named, written out as an OCI image layout.
+fn export(config: &Config, out: PathBuf, names: &[String], json: bool) -> Result<bool, String> {
+    let list = images(names)?;
+    let (mirror, _rt) = commands::open(config)?;
+    let e = archive::export(&mirror, &out, &list)?;
+    report(
+        json,
+        &json!({"out": out, "images": e.images, "objects": e.objects, "bytes": e.bytes}),
+        &[format!(
+            "exported {} images ({} objects, {}) to {}",
+            e.images,
+            e.objects,
+            human_bytes(e.bytes),
+            out.display()
+        )],
+    );
+    Ok(true)
+}
+
+/// `wharf import`: an OCI image layout loaded into the cache; false if anything in it was
+/// rejected.
+fn import(config: &Config, path: &std::path::Path, json: bool) -> Result<bool, String> {
+    let (mirror, _rt) = commands::open(config)?;
+    let i = archive::import(&mirror, path)?;
+    let mut lines = vec![format!(
+        "imported {} objects ({}), tags: {}",
+        i.objects,
+        human_bytes(i.bytes),
+        if i.tags.is_empty() {
+            "none".into()
+        } else {
+            i.tags.join(", ")
+        }
+    )];
+    lines.extend(i.rejected.iter().map(|r| format!("rejected: {r}")));
+    report(
+        json,
+        &json!({"objects": i.objects, "bytes": i.bytes, "tags": i.tags, "rejected": i.rejected}),
+        &lines,
+    );
+    Ok(i.rejected.is_empty())
+}
+
+/// `wharf ls`: the cached images, one a line.
+fn ls(config: &Config, json: bool) -> Result<bool, String> {
+    let (mirror, _rt) = commands::open(config)?;
+    let list = commands::store::ls(&mirror);
+    let lines: Vec<String> = list
+        .iter()
+        .map(|l| {
+            let age = l.last_use.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+            format!(
+                "{:<60} {:.19}  {:>10}  used {} ago",
+                l.image,
+                l.digest,
+                human_bytes(l.size),
+                humantime::format_duration(std::time::Duration::from_secs(age))
+            )
+        })
+        .collect();
+    let value = json!(list.iter().map(|l| l.json()).collect::<Vec<_>>());
+    report(json, &value, &lines);
+    Ok(true)
+}
+
+/// `wharf gc`: eviction down to `--max-size`, or the configured `max_size`.
+fn gc(config: &Config, max_size: Option<u64>, json: bool) -> Result<bool, String> {
+    let max = max_size
+        .or(config.max_size)
+        .ok_or("give --max-size (or max_size in the config)")?;
+    let (mirror, _rt) = commands::open(config)?;
+    let (n, bytes) = commands::store::gc(&mirror, max)?;
+    report(
+        json,
+        &json!({"removed": n, "bytes": bytes}),
+        &[format!("removed {n} objects ({})", human_bytes(bytes))],
+    );
+    Ok(true)
+}
+
+/// `wharf verify`: every cached object re-hashed; false if any was bad (and removed).
+fn verify(config: &Config, json: bool) -> Result<bool, String> {
+    let (mirror, _rt) = commands::open(config)?;
+    let v = commands::store::verify(&mirror, json)?;
+    let mut lines = vec![format!(
+        "verified {} objects ({}): {} bad",
+        v.objects,
+        human_bytes(v.bytes),
+        v.bad.len()
+    )];
+    lines.extend(v.bad.iter().map(|b| format!("removed: {b}")));
+    report(
+        json,
+        &json!({"objects": v.objects, "bytes": v.bytes, "bad": v.bad}),
+        &lines,
+    );
+    Ok(v.bad.is_empty())
 }
 
 /// Logs go to stderr; `WHARF_LOG` filters them (default `info` for serve, `warn` for the
