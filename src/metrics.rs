@@ -140,19 +140,10 @@ impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help));
+        let gauge = |name: &str, help: &str| registered(&registry, IntGauge::new(name, help));
         Metrics {
             requests: counter_vec(
                 "wharf_requests_total",
@@ -178,30 +169,18 @@ impl Metrics {
                 "Requests sent to upstreams, by registry and kind",
                 &["registry", "kind"],
             ),
-            ratelimit_remaining: {
-                let g = IntGaugeVec::new(
+            ratelimit_remaining: registered(
+                &registry,
+                IntGaugeVec::new(
                     Opts::new(
                         "wharf_upstream_ratelimit_remaining",
                         "The last ratelimit-remaining an upstream announced",
                     ),
                     &["registry"],
-                )
-                .expect("metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            fills_in_flight: {
-                let g = IntGauge::new("wharf_fills_in_flight", "Blob downloads in progress")
-                    .expect("metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            connections: {
-                let g = IntGauge::new("wharf_connections", "Client connections open")
-                    .expect("metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+                ),
+            ),
+            fills_in_flight: gauge("wharf_fills_in_flight", "Blob downloads in progress"),
+            connections: gauge("wharf_connections", "Client connections open"),
             connections_refused: counter(
                 "wharf_connections_refused_total",
                 "Connections turned away (503) because max_connections were all busy",
@@ -210,15 +189,10 @@ impl Metrics {
                 "wharf_connections_evicted_total",
                 "Idle connections closed to make room for new ones at max_connections",
             ),
-            orphan_fills: {
-                let g = IntGauge::new(
-                    "wharf_orphan_fills",
-                    "Blob downloads in progress that no client waits for",
-                )
-                .expect("metric");
-                registry.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+            orphan_fills: gauge(
+                "wharf_orphan_fills",
+                "Blob downloads in progress that no client waits for",
+            ),
             fills_refused: counter(
                 "wharf_fills_refused_total",
                 "Cold misses answered 503 because max_fills downloads were running",
@@ -249,6 +223,18 @@ impl Metrics {
             .expect("text encoding");
         String::from_utf8(out).expect("prometheus text is UTF-8")
     }
+}
+
+/// Register one of wharf's own metrics and keep its handle (they are all valid and unique).
+fn registered<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let m = metric.expect("metric");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("unique metric");
+    m
 }
 
 /// The sum of an outcome-labelled counter over the outcomes `pick` chooses.
