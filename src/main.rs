@@ -241,8 +241,7 @@ fn export(config: &Config, out: PathBuf, names: &[String], json: bool) -> Result
     Ok(true)
 }
 
-/// `wharf import`: an OCI image layout loaded into the cache; false if anything in it was
-/// rejected.
+/// `wharf import`: an OCI image layout loaded into the cache; false if any of it was rejected.
 fn import(config: &Config, path: &std::path::Path, json: bool) -> Result<bool, String> {
     let (mirror, _rt) = commands::open(config)?;
     let i = archive::import(&mirror, path)?;

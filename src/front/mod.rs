@@ -100,8 +100,7 @@ impl ServerApp for Front {
 }
 
 impl Front {
-    /// The TLS handshake, the first step of a connection on a TLS listener: `None` if it
-    /// fails, takes longer than `header_timeout`, or the connection is closed for a newcomer.
+    /// A TLS listener's first step, within `header_timeout`; `None` if the connection is over.
     async fn tls_handshake(
         &self,
         tls: &pingora::listeners::tls::Acceptor,
@@ -130,8 +129,7 @@ impl Front {
         }
     }
 
-    /// An HTTP/1 connection: requests read one after another, pipelined ones included, and
-    /// answered in turn until the connection cannot carry another.
+    /// An HTTP/1 connection: its requests, pipelined ones included, read and answered in turn.
     async fn http1(
         &self,
         stream: Stream,
@@ -162,9 +160,7 @@ impl Front {
         }
     }
 
-    /// Read the next request on an HTTP/1 connection within `deadline`: `None` if none came,
-    /// the connection was closed for a newcomer or wharf is stopping, or the request was
-    /// malformed (which is answered before the connection is shut).
+    /// Read the next HTTP/1 request within `deadline`; `None` if the connection is to close.
     async fn next_request(
         &self,
         session: &mut ServerSession,
@@ -631,8 +627,7 @@ async fn send_file(
     Ok(())
 }
 
-/// The body of a blob still arriving from upstream, written chunk by chunk as the fill
-/// hands them over.
+/// The body of a blob still arriving from upstream, written as the fill hands over chunks.
 async fn send_fill(
     session: &mut ServerSession,
     transfer: &Transfer,
@@ -768,8 +763,7 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     server.run_forever()
 }
 
-/// With no `[access]`, whatever wharf's upstream credentials can read is open to anyone who
-/// reaches it: said once at start-up, naming the registries concerned.
+/// With no `[access]`, say at start-up which registries' credentials anyone can use.
 fn warn_of_exposed_credentials(mirror: &Mirror) {
     let exposed: Vec<String> = mirror
         .registries()
@@ -831,8 +825,7 @@ fn pingora_server(config: &Config, data: &std::path::Path) -> Server {
     server
 }
 
-/// The TLS acceptor for the main listener and the plain listener beside it, when `[tls]` is
-/// configured; its certificate is watched for renewal from here on.
+/// With `[tls]`: the main listener's acceptor (its certificate watched) and `plain_listen`.
 fn tls_acceptor(
     config: &Config,
 ) -> std::result::Result<(Option<Arc<pingora::listeners::tls::Acceptor>>, Option<&str>), String> {

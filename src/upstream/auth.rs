@@ -226,8 +226,7 @@ impl Auth {
         self.read_token(resp, realm).await
     }
 
-    /// The credentials to show the token service at `url`, if wharf has some and egress lets
-    /// them go there; a realm that may not have them is told of once, and asked anonymously.
+    /// The credentials egress lets go to `url`, if any; a realm denied them is warned of once.
     async fn credentials_for_realm(
         &self,
         url: &url::Url,
@@ -251,8 +250,7 @@ impl Auth {
         })
     }
 
-    /// The token out of the token service's answer, with how long to keep it; a refusal
-    /// (401/403) also drops the credentials it refused.
+    /// The token in the answer and how long to keep it; a 401/403 drops the credentials.
     async fn read_token(
         &self,
         resp: reqwest::Response,
