@@ -225,8 +225,8 @@ fn warm(
 /// `wharf export`: the cache, or the images named, written out as an OCI image layout.
 fn export(config: &Config, out: PathBuf, names: &[String], json: bool) -> Result<bool, String> {
     let list = images(names)?;
-    let (mirror, _rt) = commands::open(config)?;
-    let e = archive::export(&mirror, &out, &list)?;
+    let cache = commands::open_cache(config)?;
+    let e = archive::export(&cache, &out, &list)?;
     report(
         json,
         &json!({"out": out, "images": e.images, "objects": e.objects, "bytes": e.bytes}),
@@ -243,8 +243,8 @@ fn export(config: &Config, out: PathBuf, names: &[String], json: bool) -> Result
 
 /// `wharf import`: an OCI image layout loaded into the cache; false if any of it was rejected.
 fn import(config: &Config, path: &std::path::Path, json: bool) -> Result<bool, String> {
-    let (mirror, _rt) = commands::open(config)?;
-    let i = archive::import(&mirror, path)?;
+    let cache = commands::open_cache(config)?;
+    let i = archive::import(&cache, path)?;
     let mut lines = vec![format!(
         "imported {} objects ({}), tags: {}",
         i.objects,
@@ -266,8 +266,8 @@ fn import(config: &Config, path: &std::path::Path, json: bool) -> Result<bool, S
 
 /// `wharf ls`: the cached images, one a line.
 fn ls(config: &Config, json: bool) -> Result<bool, String> {
-    let (mirror, _rt) = commands::open(config)?;
-    let list = commands::store::ls(&mirror);
+    let cache = commands::open_cache(config)?;
+    let list = commands::store::ls(&cache);
     let lines: Vec<String> = list
         .iter()
         .map(|l| {
@@ -291,8 +291,8 @@ fn gc(config: &Config, max_size: Option<u64>, json: bool) -> Result<bool, String
     let max = max_size
         .or(config.max_size)
         .ok_or("give --max-size (or max_size in the config)")?;
-    let (mirror, _rt) = commands::open(config)?;
-    let (n, bytes) = commands::store::gc(&mirror, max)?;
+    let cache = commands::open_cache(config)?;
+    let (n, bytes) = commands::store::gc(&cache, max)?;
     report(
         json,
         &json!({"removed": n, "bytes": bytes}),
@@ -303,8 +303,8 @@ fn gc(config: &Config, max_size: Option<u64>, json: bool) -> Result<bool, String
 
 /// `wharf verify`: every cached object re-hashed; false if any was bad (and removed).
 fn verify(config: &Config, json: bool) -> Result<bool, String> {
-    let (mirror, _rt) = commands::open(config)?;
-    let v = commands::store::verify(&mirror, json)?;
+    let cache = commands::open_cache(config)?;
+    let v = commands::store::verify(&cache, json)?;
     let mut lines = vec![format!(
         "verified {} objects ({}): {} bad",
         v.objects,

@@ -83,6 +83,19 @@ async fn warm_export_import_then_serve_offline() {
         .map(|l| l["image"].as_str().unwrap())
         .collect();
     assert_eq!(images, ["docker.io/library/app:1", "docker.io/team/tool:2"]);
+    // the commands that need no upstream build none: an upstream whose CA file is gone does
+    // not stop them
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[upstreams.\"docker.io\"]\nca_file = \"/nonexistent/ca.pem\"\n",
+    )
+    .unwrap();
+    let broken = broken.to_str().unwrap();
+    let (code, out) = wharf(&["ls", "--config", broken, "--data", a, "--json"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, _) = wharf(&["warm", "--config", broken, "--data", a, "app:1"]).await;
+    assert_ne!(code, 0, "warm builds the upstream, and says why it cannot");
 
     // export as a directory (everything) and as a tar (one image)
     let all = dir.path().join("all");

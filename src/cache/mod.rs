@@ -18,6 +18,62 @@ pub use quota::DiskQuota;
 pub use store::{BlobStore, Kind};
 pub use tags::{TagEntry, TagIndex, TagRecord};
 
+use std::path::Path;
+use std::sync::Arc;
+
+/// The data directory, opened: content by digest, its quota, the tag index and the links.
+/// The commands work on this alone (no upstream is built for them); the mirror serves from it.
+pub struct Cache {
+    pub store: Arc<BlobStore>,
+    pub quota: DiskQuota,
+    pub tags: TagIndex,
+    /// Which repository holds which content: nothing is served under a name without a link.
+    pub links: RepoLinks,
+    /// The links directory was made just now: a cache from before links gets them from its
+    /// tags ([`Cache::link_tagged`]).
+    pub links_fresh: bool,
+}
+
+impl Cache {
+    /// Open (or make) the cache in `data`, its objects at most `max_size` bytes.
+    pub fn open(data: &Path, max_size: Option<u64>) -> Result<Cache, String> {
+        let store = BlobStore::open(data)
+            .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
+        let tags = TagIndex::open(&data.join("tags"))
+            .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
+        let links_dir = data.join("links");
+        let links_fresh = !links_dir.exists();
+        let links = RepoLinks::open(&links_dir)
+            .map_err(|e| format!("cannot open the links in {}: {e}", data.display()))?;
+        let store = Arc::new(store);
+        Ok(Cache {
+            quota: DiskQuota::new(store.clone(), max_size),
+            store,
+            tags,
+            links,
+            links_fresh,
+        })
+    }
+
+    /// Link every tagged image to its repository: the tag's manifest and all it reaches. For
+    /// a cache from before links, and after an import. Blocking.
+    pub fn link_tagged(&self) -> usize {
+        let mut n = 0;
+        let read = |d: &registry::Digest| self.store.read(Kind::Manifest, d).ok().flatten();
+        for (registry, repo, _, record) in self.tags.all() {
+            let top: Vec<registry::Digest> = record.by_accept.values().map(|e| e.digest).collect();
+            let held = registry::image::reach(&top, read);
+            n += held.len();
+            if let Err(e) = self.links.add(&registry, &repo, &held) {
+                tracing::warn!("cannot record what {registry}/{repo} holds: {e}");
+            }
+        }
+        n
+    }
+}
+
+use crate::registry;
+
 /// The repositories of a tree kept per repository, `<root>/<registry>/<repository…>/<marker>`
 /// (tag records under `_tags/`, links in `_links`), as (registry, repository). Blocking.
 pub(crate) fn repositories(

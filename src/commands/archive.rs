@@ -13,8 +13,7 @@ use indicatif::ProgressBar;
 use serde_json::{json, Value};
 
 use crate::cache::store::Hashing;
-use crate::cache::{Kind, TagEntry};
-use crate::mirror::Mirror;
+use crate::cache::{Cache, Kind, TagEntry};
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ImageRef, Reference};
@@ -40,15 +39,15 @@ pub struct Exported {
 }
 
 /// Write `images` (every tag and object in the cache when empty) to `out`. Blocking.
-pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Exported, String> {
-    let mut entries = top_entries(mirror, images)?;
-    let objects = objects_to_export(mirror, &mut entries, images.is_empty())?;
+pub fn export(cache: &Cache, out: &Path, images: &[ImageRef]) -> Result<Exported, String> {
+    let mut entries = top_entries(cache, images)?;
+    let objects = objects_to_export(cache, &mut entries, images.is_empty())?;
     let files = [
         ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
         ("index.json", index_json(&entries).into_bytes()),
-        (LINKS_FILE, links_json(mirror, &objects).into_bytes()),
+        (LINKS_FILE, links_json(cache, &objects).into_bytes()),
     ];
-    let bytes = write_layout(mirror, out, &objects, &files)?;
+    let bytes = write_layout(cache, out, &objects, &files)?;
     Ok(Exported {
         images: entries.iter().filter(|e| e.name.is_some()).count(),
         objects: objects.len(),
@@ -57,8 +56,8 @@ pub fn export(mirror: &Mirror, out: &Path, images: &[ImageRef]) -> Result<Export
 }
 
 /// A stored manifest's media type and bytes, or why it cannot be exported.
-fn stored_manifest(mirror: &Mirror, d: &Digest) -> Result<(String, Vec<u8>), String> {
-    let bytes = match mirror.store.read(Kind::Manifest, d) {
+fn stored_manifest(cache: &Cache, d: &Digest) -> Result<(String, Vec<u8>), String> {
+    let bytes = match cache.store.read(Kind::Manifest, d) {
         Ok(Some(b)) => b,
         Ok(None) => return Err(format!("manifest {d} is not cached: run wharf warm first")),
         Err(e) => return Err(format!("cannot read manifest {d}: {e}")),
@@ -68,9 +67,9 @@ fn stored_manifest(mirror: &Mirror, d: &Digest) -> Result<(String, Vec<u8>), Str
 }
 
 /// The index's entries: `images`, or every cached tag (its preferred manifest) when empty.
-fn top_entries(mirror: &Mirror, images: &[ImageRef]) -> Result<Vec<Entry>, String> {
+fn top_entries(cache: &Cache, images: &[ImageRef]) -> Result<Vec<Entry>, String> {
     let entry = |digest: Digest, name: ImageRef| -> Result<Entry, String> {
-        let (media_type, bytes) = stored_manifest(mirror, &digest)?;
+        let (media_type, bytes) = stored_manifest(cache, &digest)?;
         Ok(Entry {
             digest,
             media_type,
@@ -80,7 +79,7 @@ fn top_entries(mirror: &Mirror, images: &[ImageRef]) -> Result<Vec<Entry>, Strin
     };
     let mut entries = Vec::new();
     if images.is_empty() {
-        for (registry, repo, tag, record) in mirror.tags.all() {
+        for (registry, repo, tag, record) in cache.tags.all() {
             let Some(e) = preferred(&record.by_accept) else {
                 continue;
             };
@@ -99,7 +98,7 @@ fn top_entries(mirror: &Mirror, images: &[ImageRef]) -> Result<Vec<Entry>, Strin
     for image in images {
         let d = match &image.reference {
             Reference::Digest(d) => *d,
-            Reference::Tag(t) => mirror
+            Reference::Tag(t) => cache
                 .tags
                 .get(&image.registry, &image.name, t)
                 .and_then(|r| preferred(&r.by_accept).map(|e| e.digest))
@@ -113,14 +112,14 @@ fn top_entries(mirror: &Mirror, images: &[ImageRef]) -> Result<Vec<Entry>, Strin
 /// Everything the entries reach; for a full export (`all`) every stored object too, manifests
 /// pulled by digest only becoming entries of their own. Each must be in the store.
 fn objects_to_export(
-    mirror: &Mirror,
+    cache: &Cache,
     entries: &mut Vec<Entry>,
     all: bool,
 ) -> Result<BTreeMap<Digest, Kind>, String> {
-    let store = &mirror.store;
+    let store = &cache.store;
     let top: Vec<Digest> = entries.iter().map(|e| e.digest).collect();
     let reached = image::walk(&top, |d| {
-        let (t, bytes) = stored_manifest(mirror, d)?;
+        let (t, bytes) = stored_manifest(cache, d)?;
         let r = image::refs(&t, &bytes).map_err(|e| format!("manifest {d}: {e}"))?;
         Ok::<_, String>(Some(r))
     })?;
@@ -138,7 +137,7 @@ fn objects_to_export(
         for o in stored {
             if o.kind == Kind::Manifest && !objects.contains_key(&o.digest) {
                 // pulled by digest only: keep it a manifest on the other side
-                let (t, bytes) = stored_manifest(mirror, &o.digest)?;
+                let (t, bytes) = stored_manifest(cache, &o.digest)?;
                 entries.push(Entry {
                     digest: o.digest,
                     media_type: t,
@@ -162,12 +161,12 @@ fn objects_to_export(
 /// Write `objects` and the layout's own `files` to `out`, a directory or (`.tar`) a tar;
 /// returns the bytes of the objects.
 fn write_layout(
-    mirror: &Mirror,
+    cache: &Cache,
     out: &Path,
     objects: &BTreeMap<Digest, Kind>,
     files: &[(&str, Vec<u8>)],
 ) -> Result<u64, String> {
-    let store = &mirror.store;
+    let store = &cache.store;
     let bar = super::progress(objects.len() as u64, "exporting", false);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg:30!} [{bar:30}] {pos}/{len} objects")
@@ -231,9 +230,9 @@ fn write_layout(
 }
 
 /// The links of the exported objects, as [`LINKS_FILE`] holds them.
-fn links_json(mirror: &Mirror, objects: &BTreeMap<Digest, Kind>) -> String {
+fn links_json(cache: &Cache, objects: &BTreeMap<Digest, Kind>) -> String {
     let mut out = serde_json::Map::new();
-    for (registry, repo, digests) in mirror.links.all() {
+    for (registry, repo, digests) in cache.links.all() {
         let held: Vec<Value> = digests
             .iter()
             .filter(|d| objects.contains_key(d))
@@ -295,23 +294,23 @@ struct Pending {
 
 /// Load the layout at `path` (directory or `.tar`) into the store, verifying every digest, and
 /// record its tags. Blocking.
-pub fn import(mirror: &Mirror, path: &Path) -> Result<Imported, String> {
+pub fn import(cache: &Cache, path: &Path) -> Result<Imported, String> {
     let mut staged = Staged::default();
     let bar = super::progress(0, "importing", false);
     if path.is_dir() {
-        staged.read_dir(mirror, path, &bar)?;
+        staged.read_dir(cache, path, &bar)?;
     } else {
-        staged.read_tar(mirror, path, &bar)?;
+        staged.read_tar(cache, path, &bar)?;
     }
     bar.finish_and_clear();
     let index = staged.index.take().ok_or("the layout has no index.json")?;
     let index: Value = serde_json::from_slice(&index).map_err(|e| format!("index.json: {e}"))?;
     let top = index["manifests"].as_array().cloned().unwrap_or_default();
-    let manifests = staged.manifests(mirror, &top);
-    let (objects, bytes) = staged.commit(mirror, &manifests)?;
-    let tags = record_tags(mirror, &top)?;
-    record_links(mirror, staged.links.as_deref())?;
-    mirror.link_tagged();
+    let manifests = staged.manifests(cache, &top);
+    let (objects, bytes) = staged.commit(cache, &manifests)?;
+    let tags = record_tags(cache, &top)?;
+    record_links(cache, staged.links.as_deref())?;
+    cache.link_tagged();
     Ok(Imported {
         objects,
         bytes,
@@ -331,12 +330,12 @@ struct Staged {
 }
 
 impl Staged {
-    fn read_dir(&mut self, mirror: &Mirror, path: &Path, bar: &ProgressBar) -> Result<(), String> {
+    fn read_dir(&mut self, cache: &Cache, path: &Path, bar: &ProgressBar) -> Result<(), String> {
         let mut f = File::open(path.join("index.json"))
             .map_err(|e| format!("{}: not an OCI layout ({e})", path.display()))?;
-        self.take(mirror, bar, "index.json", &mut f)?;
+        self.take(cache, bar, "index.json", &mut f)?;
         if let Ok(mut f) = File::open(path.join(LINKS_FILE)) {
-            self.take(mirror, bar, LINKS_FILE, &mut f)?;
+            self.take(cache, bar, LINKS_FILE, &mut f)?;
         }
         let dir = path.join("blobs/sha256");
         for entry in
@@ -345,12 +344,12 @@ impl Staged {
             let entry = entry.map_err(|e| e.to_string())?;
             let name = format!("blobs/sha256/{}", entry.file_name().to_string_lossy());
             let mut f = File::open(entry.path()).map_err(|e| format!("cannot read {name}: {e}"))?;
-            self.take(mirror, bar, &name, &mut f)?;
+            self.take(cache, bar, &name, &mut f)?;
         }
         Ok(())
     }
 
-    fn read_tar(&mut self, mirror: &Mirror, path: &Path, bar: &ProgressBar) -> Result<(), String> {
+    fn read_tar(&mut self, cache: &Cache, path: &Path, bar: &ProgressBar) -> Result<(), String> {
         let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let mut archive = tar::Archive::new(f);
         for entry in archive
@@ -363,7 +362,7 @@ impl Staged {
                 .map_err(|e| e.to_string())?
                 .to_string_lossy()
                 .into_owned();
-            self.take(mirror, bar, &name, &mut entry)?;
+            self.take(cache, bar, &name, &mut entry)?;
         }
         Ok(())
     }
@@ -372,7 +371,7 @@ impl Staged {
     /// the temp directory while hashed (and kept only if it is what its name says).
     fn take(
         &mut self,
-        mirror: &Mirror,
+        cache: &Cache,
         bar: &ProgressBar,
         name: &str,
         reader: &mut dyn Read,
@@ -395,7 +394,7 @@ impl Staged {
         let Ok(want) = Digest::parse(&format!("sha256:{hex}")) else {
             return Ok(());
         };
-        let (file, tmp) = mirror
+        let (file, tmp) = cache
             .store
             .temp_file(&want)
             .map_err(|e| format!("cannot write the store: {e}"))?;
@@ -415,13 +414,13 @@ impl Staged {
 
     /// Which objects are manifests: the index's entries and every manifest they reach (read
     /// from what was staged, or from the store).
-    fn manifests(&self, mirror: &Mirror, top: &[Value]) -> HashSet<Digest> {
+    fn manifests(&self, cache: &Cache, top: &[Value]) -> HashSet<Digest> {
         let read = |p: &Pending| -> Vec<u8> {
             let mut buf = vec![0u8; p.size.min(media::MAX_MANIFEST_BYTES as u64) as usize];
             let _ = std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, 0);
             buf
         };
-        let stored = |d: &Digest| mirror.store.read(Kind::Manifest, d).ok().flatten();
+        let stored = |d: &Digest| cache.store.read(Kind::Manifest, d).ok().flatten();
         let top: Vec<Digest> = top
             .iter()
             .filter_map(|m| Digest::parse(m["digest"].as_str()?).ok())
@@ -438,7 +437,7 @@ impl Staged {
     /// and bytes stored.
     fn commit(
         &mut self,
-        mirror: &Mirror,
+        cache: &Cache,
         manifests: &HashSet<Digest>,
     ) -> Result<(usize, u64), String> {
         let (mut objects, mut bytes) = (0, 0);
@@ -448,15 +447,15 @@ impl Staged {
             } else {
                 Kind::Blob
             };
-            if mirror.store.contains(kind, &d) {
+            if cache.store.contains(kind, &d) {
                 let _ = fs::remove_file(&p.tmp);
                 continue;
             }
-            mirror
+            cache
                 .store
                 .commit(&p.tmp, &p.file, kind, &d)
                 .map_err(|e| format!("cannot store {d}: {e}"))?;
-            mirror.quota.added(kind, d, p.size);
+            cache.quota.added(kind, d, p.size);
             objects += 1;
             bytes += p.size;
         }
@@ -465,7 +464,7 @@ impl Staged {
 }
 
 /// Record the tags the index names (full names, or containerd's), for manifests now stored.
-fn record_tags(mirror: &Mirror, top: &[Value]) -> Result<Vec<String>, String> {
+fn record_tags(cache: &Cache, top: &[Value]) -> Result<Vec<String>, String> {
     let mut tags = Vec::new();
     let key = Accept::default().key();
     for m in top {
@@ -484,11 +483,11 @@ fn record_tags(mirror: &Mirror, top: &[Value]) -> Result<Vec<String>, String> {
         let (Reference::Tag(tag), false) = (&image.reference, !name.contains('/')) else {
             continue;
         };
-        if !mirror.store.contains(Kind::Manifest, &digest) {
+        if !cache.store.contains(Kind::Manifest, &digest) {
             continue;
         }
         let media_type = m["mediaType"].as_str().unwrap_or(media::OCI_MANIFEST);
-        mirror
+        cache
             .tags
             .put(
                 &image.registry,
@@ -504,7 +503,7 @@ fn record_tags(mirror: &Mirror, top: &[Value]) -> Result<Vec<String>, String> {
 }
 
 /// What the repositories hold, as exported: links for the objects now stored.
-fn record_links(mirror: &Mirror, links: Option<&[u8]>) -> Result<(), String> {
+fn record_links(cache: &Cache, links: Option<&[u8]>) -> Result<(), String> {
     let held: HashMap<String, Vec<Digest>> = links
         .and_then(|l| serde_json::from_slice(l).ok())
         .unwrap_or_default();
@@ -518,12 +517,12 @@ fn record_links(mirror: &Mirror, links: Option<&[u8]>) -> Result<(), String> {
         let Ok(repo) = crate::registry::RepoName::parse(repo) else {
             continue;
         };
-        let store = &mirror.store;
+        let store = &cache.store;
         let here: Vec<Digest> = digests
             .into_iter()
             .filter(|d| store.contains(Kind::Blob, d) || store.contains(Kind::Manifest, d))
             .collect();
-        mirror
+        cache
             .links
             .add(registry, &repo, &here)
             .map_err(|e| format!("cannot record what {name} holds: {e}"))?;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::mirror::Mirror;
 
@@ -21,6 +22,12 @@ pub fn open(config: &Config) -> Result<(Arc<Mirror>, tokio::runtime::Runtime), S
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     let mirror = Arc::new(Mirror::open(config)?);
     Ok((mirror, runtime))
+}
+
+/// The cache a command that needs no upstream works on (`export`, `import`, `ls`, `gc`,
+/// `verify`): no upstream client is built, so these run whatever the upstreams' settings.
+pub fn open_cache(config: &Config) -> Result<Cache, String> {
+    Cache::open(&config.data_dir(), config.max_size)
 }
 
 /// A byte progress bar on stderr (drawn only on a terminal, and never with `--json`).

@@ -8,8 +8,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::cache::store::Hashing;
-use crate::cache::{DiskQuota, Kind};
-use crate::mirror::Mirror;
+use crate::cache::{Cache, DiskQuota, Kind};
 use crate::registry::image;
 use crate::registry::Digest;
 
@@ -36,10 +35,10 @@ impl Listed {
 }
 
 /// Every cached tag with its digest, size and last use. Blocking.
-pub fn ls(mirror: &Mirror) -> Vec<Listed> {
-    let store = &mirror.store;
+pub fn ls(cache: &Cache) -> Vec<Listed> {
+    let store = &cache.store;
     let mut out = Vec::new();
-    for (registry, repo, tag, record) in mirror.tags.all() {
+    for (registry, repo, tag, record) in cache.tags.all() {
         let mut listed: Vec<Digest> = Vec::new();
         for entry in record.by_accept.values() {
             let top = entry.digest;
@@ -74,21 +73,21 @@ pub fn ls(mirror: &Mirror) -> Vec<Listed> {
 
 /// Evict least recently used objects until the store holds at most `max` bytes. Returns the
 /// objects and bytes removed. Blocking.
-pub fn gc(mirror: &Mirror, max: u64) -> Result<(usize, u64), String> {
-    let list = |m: &Mirror| -> Result<(usize, u64), String> {
+pub fn gc(cache: &Cache, max: u64) -> Result<(usize, u64), String> {
+    let list = |m: &Cache| -> Result<(usize, u64), String> {
         let l = m
             .store
             .list()
             .map_err(|e| format!("cannot list the store: {e}"))?;
         Ok((l.len(), l.iter().map(|o| o.size).sum()))
     };
-    let before = list(mirror)?;
-    let quota = DiskQuota::new(Arc::clone(&mirror.store), Some(max));
+    let before = list(cache)?;
+    let quota = DiskQuota::new(Arc::clone(&cache.store), Some(max));
     quota
-        .load(&mirror.store)
+        .load(&cache.store)
         .map_err(|e| format!("cannot index the store: {e}"))?;
     quota.flush();
-    let after = list(mirror)?;
+    let after = list(cache)?;
     Ok((before.0 - after.0, before.1.saturating_sub(after.1)))
 }
 
@@ -100,8 +99,8 @@ pub struct Verified {
 }
 
 /// Re-hash every stored object, removing those whose content does not match. Blocking.
-pub fn verify(mirror: &Mirror, json: bool) -> Result<Verified, String> {
-    let store = &mirror.store;
+pub fn verify(cache: &Cache, json: bool) -> Result<Verified, String> {
+    let store = &cache.store;
     let objects = store
         .list()
         .map_err(|e| format!("cannot list the store: {e}"))?;

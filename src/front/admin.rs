@@ -144,8 +144,8 @@ fn status_page(mirror: &Mirror) -> String {
         format!("{:.1}%", 100.0 * hits as f64 / (hits + misses) as f64)
     };
     let saved = by_outcome(&METRICS.bytes_served, Outcome::is_hit);
-    let used = mirror.quota.used();
-    let quota = match mirror.quota.max() {
+    let used = mirror.cache.quota.used();
+    let quota = match mirror.cache.quota.max() {
         Some(max) => format!(
             "{} of {} ({:.0}%)<div class=bar><div style=\"width:{:.1}%\"></div></div>",
             human_bytes(used),

@@ -721,6 +721,7 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         warn_of_exposed_credentials(&mirror);
     }
     mirror
+        .cache
         .store
         .sweep_leftovers()
         .map_err(|e| format!("cannot set aside the temp files in {}: {e}", data.display()))?;
@@ -780,11 +781,11 @@ fn warn_of_exposed_credentials(mirror: &Mirror) {
 
 /// The store's start-up chores, each on a thread of its own so that serving need not wait.
 fn start_store_upkeep(mirror: &Arc<Mirror>) {
-    if mirror.links_fresh {
+    if mirror.cache.links_fresh {
         // a cache from before links: its tags say what its repositories hold
         let mirror = mirror.clone();
         std::thread::spawn(move || {
-            let n = mirror.link_tagged();
+            let n = mirror.cache.link_tagged();
             tracing::info!("recorded {n} links from the tags of an older cache");
         });
     }
@@ -793,10 +794,10 @@ fn start_store_upkeep(mirror: &Arc<Mirror>) {
         let mirror = mirror.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            match mirror.quota.load(&mirror.store) {
+            match mirror.cache.quota.load(&mirror.cache.store) {
                 Ok(n) => tracing::info!(
                     "store indexed: {n} objects, {} bytes, in {:?}",
-                    mirror.quota.used(),
+                    mirror.cache.quota.used(),
                     started.elapsed()
                 ),
                 Err(e) => tracing::error!("cannot index the store: {e}"),

@@ -113,7 +113,7 @@ impl Mirror {
         let joined = self
             .blobs
             .fills
-            .join_or_start(&self.store, digest)
+            .join_or_start(&self.cache.store, digest)
             .await
             .map_err(|Busy(n)| {
                 RegistryError::busy(
@@ -152,7 +152,7 @@ impl Mirror {
         match self.join_fill(up, name, digest).await? {
             Some((mut reader, outcome)) => Ok((reader.stored().await?, outcome)),
             None => {
-                let (store, d) = (self.store.clone(), *digest);
+                let (store, d) = (self.cache.store.clone(), *digest);
                 let size = self
                     .blocking(move |_| store.stat(Kind::Blob, &d))
                     .await
@@ -167,7 +167,7 @@ impl Mirror {
     /// The reply for a blob held in the memory tier.
     pub(super) fn memory_blob(&self, digest: &Digest, range: Option<&str>) -> Option<Reply> {
         let b = self.memory.get(Kind::Blob, digest)?.bytes;
-        self.quota.touched(Kind::Blob, digest);
+        self.cache.quota.touched(Kind::Blob, digest);
         Some(bytes_reply(digest, b, range, Outcome::HitMemory))
     }
 
@@ -182,17 +182,16 @@ impl Mirror {
             return Ok(Some(reply));
         }
         let (me, d) = (self.clone(), *digest);
-        let opened =
-            tokio::task::spawn_blocking(move || me.store.open_object(Kind::Blob, &d, TOUCH_AFTER))
-                .await
-                .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
-                .map_err(|e| {
-                    RegistryError::local(format!("cannot open cached blob {digest}: {e}"))
-                })?;
+        let opened = tokio::task::spawn_blocking(move || {
+            me.cache.store.open_object(Kind::Blob, &d, TOUCH_AFTER)
+        })
+        .await
+        .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
+        .map_err(|e| RegistryError::local(format!("cannot open cached blob {digest}: {e}")))?;
         let Some((file, len)) = opened else {
             return Ok(None);
         };
-        self.quota.touched(Kind::Blob, digest);
+        self.cache.quota.touched(Kind::Blob, digest);
         let file = Arc::new(file);
         if !head && self.memory.admits(len) {
             let bytes = read_at(file, 0, len as usize).await.map_err(|e| {
@@ -296,11 +295,11 @@ impl Mirror {
         };
         let sink = Sink {
             io: &self.blobs.fill_io,
-            store: &self.store,
+            store: &self.cache.store,
             keep: self.blobs.limits.min_free_space,
         };
         if let Some(len) = fill::drive(fill, source, sink).await? {
-            self.quota.added(Kind::Blob, digest, len);
+            self.cache.quota.added(Kind::Blob, digest, len);
             self.link(up, name, vec![digest]).await;
         }
         Ok(())
@@ -316,7 +315,7 @@ impl Mirror {
             return Err(RegistryError::denied(format!("blob {digest} is {n} bytes, more than this mirror's max_blob_size ({max}); not fetched"),
             ));
         }
-        let store = self.store.clone();
+        let store = self.cache.store.clone();
         let free = match self.blobs.fill_io.run(move || store.free_space()).await {
             Ok(f) => f,
             Err(e) => {

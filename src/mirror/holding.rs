@@ -34,7 +34,7 @@ impl Mirror {
     /// Whether `name` is known to hold `digest`, without touching the disk (`false` also when
     /// its links are not loaded yet).
     pub(super) fn holds_cached(&self, up: &Upstream, name: &RepoName, digest: &Digest) -> bool {
-        self.links.cached(&up.registry, name, digest) == Some(true)
+        self.cache.links.cached(&up.registry, name, digest) == Some(true)
     }
 
     /// Record that `name` holds `digests`: they came through it. A link that cannot be written
@@ -47,7 +47,7 @@ impl Mirror {
     ) {
         let (registry, repo) = (up.registry.clone(), name.clone());
         let done = self
-            .blocking(move |m| m.links.add(&registry, &repo, &digests))
+            .blocking(move |m| m.cache.links.add(&registry, &repo, &digests))
             .await;
         if let Err(e) = done {
             tracing::warn!("cannot record what {}/{name} holds: {e}", up.registry);
@@ -86,7 +86,7 @@ impl Mirror {
         }
         let (registry, repo, d) = (up.registry.clone(), name.clone(), *digest);
         if self
-            .blocking(move |m| m.links.has(&registry, &repo, &d))
+            .blocking(move |m| m.cache.links.has(&registry, &repo, &d))
             .await
         {
             return Ok(());
@@ -130,21 +130,5 @@ impl Mirror {
                 Err(e)
             }
         }
-    }
-
-    /// Link every tagged image to its repository: the tag's manifest and all it reaches. For
-    /// a cache from before links, and after an import. Blocking.
-    pub fn link_tagged(&self) -> usize {
-        let mut n = 0;
-        let read = |d: &Digest| self.store.read(Kind::Manifest, d).ok().flatten();
-        for (registry, repo, _, record) in self.tags.all() {
-            let top: Vec<Digest> = record.by_accept.values().map(|e| e.digest).collect();
-            let held = image::reach(&top, read);
-            n += held.len();
-            if let Err(e) = self.links.add(&registry, &repo, &held) {
-                tracing::warn!("cannot record what {registry}/{repo} holds: {e}");
-            }
-        }
-        n
     }
 }

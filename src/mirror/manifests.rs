@@ -127,7 +127,7 @@ impl Mirror {
     /// A manifest held in the memory tier.
     pub(super) fn memory_manifest(&self, digest: &Digest) -> Option<Manifest> {
         let c = self.memory.get(Kind::Manifest, digest)?;
-        self.quota.touched(Kind::Manifest, digest);
+        self.cache.quota.touched(Kind::Manifest, digest);
         Some(match c.media_type {
             Some(media_type) => Manifest {
                 digest: *digest,
@@ -214,7 +214,7 @@ impl Mirror {
         if let Some(m) = self.memory_manifest(digest) {
             return Ok(Some((m, Outcome::HitMemory)));
         }
-        let (store, d) = (self.store.clone(), *digest);
+        let (store, d) = (self.cache.store.clone(), *digest);
         let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
             let Some((file, len)) = store.open_object(Kind::Manifest, &d, TOUCH_AFTER)? else {
                 return Ok(None);
@@ -229,7 +229,7 @@ impl Mirror {
         let Some(bytes) = opened else {
             return Ok(None);
         };
-        self.quota.touched(Kind::Manifest, digest);
+        self.cache.quota.touched(Kind::Manifest, digest);
         let m = Manifest::from_bytes(*digest, bytes, None);
         m.remember(&self.memory);
         Ok(Some((m, Outcome::HitDisk)))
@@ -245,7 +245,7 @@ impl Mirror {
         tag: &Tag,
         accept: &Accept,
     ) -> Option<Manifest> {
-        let record = self.tags.get_cached(&up.registry, name, tag)?;
+        let record = self.cache.tags.get_cached(&up.registry, name, tag)?;
         let (_, entry) = reusable(&record, accept)?;
         if !self.is_fresh(up, name, tag, entry) {
             return None;
@@ -310,11 +310,11 @@ impl Mirror {
         name: &RepoName,
         tag: &Tag,
     ) -> Arc<TagRecord> {
-        if let Some(r) = self.tags.get_cached(&up.registry, name, tag) {
+        if let Some(r) = self.cache.tags.get_cached(&up.registry, name, tag) {
             return r;
         }
         let (me, r, n, t) = (self.clone(), up.registry.clone(), name.clone(), tag.clone());
-        tokio::task::spawn_blocking(move || me.tags.get(&r, &n, &t))
+        tokio::task::spawn_blocking(move || me.cache.tags.get(&r, &n, &t))
             .await
             .ok()
             .flatten()
@@ -524,7 +524,7 @@ impl Mirror {
             key.to_owned(),
         );
         let result = self
-            .blocking(move |m| m.tags.put(&registry, &n, &t, &k, entry))
+            .blocking(move |m| m.cache.tags.put(&registry, &n, &t, &k, entry))
             .await;
         if let Err(e) = result {
             tracing::error!("cannot record tag {name}:{tag}: {e}");
@@ -579,10 +579,11 @@ impl Mirror {
         }
         let (d, b) = (m.digest, m.bytes.clone());
         let stored = self
-            .blocking(move |me| me.store.write(Kind::Manifest, &d, &b))
+            .blocking(move |me| me.cache.store.write(Kind::Manifest, &d, &b))
             .await;
         match stored {
             Ok(()) => self
+                .cache
                 .quota
                 .added(Kind::Manifest, m.digest, m.bytes.len() as u64),
             Err(e) => tracing::error!("cannot store manifest {}: {e}", m.digest),

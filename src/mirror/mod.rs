@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 
-use crate::cache::{BlobStore, DiskQuota, FillReader, MemoryTier, RepoLinks, TagIndex};
+use crate::cache::{Cache, FillReader, MemoryTier};
 use crate::config::Config;
 use crate::registry::hub;
 use crate::registry::media::Accept;
@@ -174,15 +174,9 @@ impl Reply {
 
 /// Everything the pull path needs, shared by all requests.
 pub struct Mirror {
-    pub store: Arc<BlobStore>,
-    pub quota: DiskQuota,
+    /// The data directory: content, quota, tags, links.
+    pub cache: Cache,
     pub memory: MemoryTier,
-    pub tags: TagIndex,
-    /// Which repository holds which content: nothing is served under a name without a link.
-    pub links: RepoLinks,
-    /// The links directory was made just now: a cache from before links gets them from its
-    /// tags ([`Mirror::link_tagged`]).
-    pub links_fresh: bool,
     /// Upstreams by the registry host they stand for.
     upstreams: HashMap<String, Arc<Upstream>>,
     freshness: Freshness,
@@ -261,31 +255,18 @@ impl Mirror {
         config: &Config,
         upstreams: HashMap<String, Arc<Upstream>>,
     ) -> Result<Mirror, String> {
-        let data = config.data_dir();
-        let store = BlobStore::open(&data)
-            .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
-        let tags = TagIndex::open(&data.join("tags"))
-            .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
-        let links_dir = data.join("links");
-        let links_fresh = !links_dir.exists();
-        let links = RepoLinks::open(&links_dir)
-            .map_err(|e| format!("cannot open the links in {}: {e}", data.display()))?;
+        let cache = Cache::open(&config.data_dir(), config.max_size)?;
         let freshness = Freshness::new(
             config.tag_ttl,
             config.negative_ttl,
             config.tag_ttl_rules.clone(),
         );
-        let store = Arc::new(store);
         let limits = BlobLimits::from_config(config);
         // what an upstream says it lacks is believed for negative_ttl
         let negative = freshness.negative.max(Duration::from_millis(1));
         Ok(Mirror {
-            quota: DiskQuota::new(store.clone(), config.max_size),
-            store,
+            cache,
             memory: MemoryTier::new(config.memory_bytes, config.memory_object_max),
-            tags,
-            links,
-            links_fresh,
             upstreams,
             freshness,
             blobs: blobs::BlobState::new(limits)?,
@@ -457,7 +438,9 @@ impl Mirror {
             Ok(l) => l,
             Err(e) if up.offline || is_unavailable(&e) => {
                 let (registry, repo) = (up.registry.clone(), name.clone());
-                let tags = self.blocking(move |m| m.tags.list(&registry, &repo)).await;
+                let tags = self
+                    .blocking(move |m| m.cache.tags.list(&registry, &repo))
+                    .await;
                 if tags.is_empty() {
                     return Err(e);
                 }
