@@ -1,6 +1,8 @@
 //! The cache: verified content on disk by digest ([`BlobStore`]), the hot part of it in memory
-//! ([`MemoryTier`]), what tags point to ([`TagIndex`]), and what is being fetched right now
-//! ([`Fills`] for blobs, [`Flights`] for manifests).
+//! ([`MemoryTier`]), what tags point to ([`TagIndex`]), which repository holds what
+//! ([`RepoLinks`]), and what is being fetched right now ([`Fills`] for blobs, [`Flights`] for
+//! manifests). [`Cache`] is the data directory's part of it, opened: what the commands work on.
+//! Failures here are `io::Error`s; what they mean to a client is decided by the pull policy.
 
 pub mod fill;
 pub mod flight;
