@@ -321,11 +321,10 @@ fn verify(config: &Config, json: bool) -> Result<bool, String> {
 }
 
 /// Logs go to stderr; `WHARF_LOG` filters them (default `info` for serve, `warn` for the
-/// other commands, whose output is their report).
-/// Logs go to stderr. Serving, through a thread of their own that writes them in batches: a
-/// request never waits for stderr (written line by line under a lock, the access log cost a
-/// fifth of small-object throughput); if stderr cannot keep up, lines are dropped rather than
-/// requests held. The guard returned flushes what is left when dropped.
+/// other commands, whose output is their report). Serving, they go through a thread of their
+/// own that writes them in batches, dropping lines rather than holding requests when stderr
+/// cannot keep up (the access log has a writer of its own: `front::log`). The guard returned
+/// flushes what is left when dropped.
 fn init_logging(
     format: LogFormat,
     serving: bool,

@@ -191,7 +191,7 @@ impl Auth {
                         .await
                         .map_err(|_| {
                             RegistryError::upstream_timed_out(format!(
-                                "the token service at {realm} did not answer within {:?}",
+                                "no token from the token service at {realm} within {:?} (getting wharf's credentials for it included)",
                                 self.deadline
                             ))
                         })??;
