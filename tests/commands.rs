@@ -94,7 +94,18 @@ async fn warm_export_import_then_serve_offline() {
     let broken = broken.to_str().unwrap();
     let (code, out) = wharf(&["ls", "--config", broken, "--data", a, "--json"]).await;
     assert_eq!(code, 0, "{out}");
-    let (code, _) = wharf(&["warm", "--config", broken, "--data", a, "app:1"]).await;
+    // (its upstream is the fake hub on loopback: a CA file that loaded would reach nothing else)
+    let warm = [
+        "warm",
+        "--config",
+        broken,
+        "--data",
+        a,
+        "--upstream",
+        &url,
+        "app:1",
+    ];
+    let (code, _) = wharf(&warm).await;
     assert_ne!(code, 0, "warm builds the upstream, and says why it cannot");
 
     // export as a directory (everything) and as a tar (one image)
