@@ -23,6 +23,8 @@ pub use tags::{TagEntry, TagIndex, TagRecord};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::registry::{image, Digest};
+
 /// The data directory, opened: content by digest, its quota, the tag index and the links.
 /// The commands work on this alone (no upstream is built for them); the mirror serves from it.
 pub struct Cache {
@@ -61,10 +63,10 @@ impl Cache {
     /// a cache from before links, and after an import. Blocking.
     pub fn link_tagged(&self) -> usize {
         let mut n = 0;
-        let read = |d: &registry::Digest| self.store.read(Kind::Manifest, d).ok().flatten();
+        let read = |d: &Digest| self.store.read(Kind::Manifest, d).ok().flatten();
         for (registry, repo, _, record) in self.tags.all() {
-            let top: Vec<registry::Digest> = record.by_accept.values().map(|e| e.digest).collect();
-            let held = registry::image::reach(&top, read);
+            let top: Vec<Digest> = record.by_accept.values().map(|e| e.digest).collect();
+            let held = image::reach(&top, read);
             n += held.len();
             if let Err(e) = self.links.add(&registry, &repo, &held) {
                 tracing::warn!("cannot record what {registry}/{repo} holds: {e}");
@@ -73,8 +75,6 @@ impl Cache {
         n
     }
 }
-
-use crate::registry;
 
 /// The repositories of a tree kept per repository, `<root>/<registry>/<repository…>/<marker>`
 /// (tag records under `_tags/`, links in `_links`), as (registry, repository). Blocking.

@@ -425,11 +425,9 @@ impl Staged {
             .iter()
             .filter_map(|m| Digest::parse(m["digest"].as_str()?).ok())
             .collect();
-        let reached = image::walk(&top, |d| {
-            let bytes = self.pending.get(d).map(read).or_else(|| stored(d));
-            Ok::<_, std::convert::Infallible>(bytes.and_then(|b| image::refs_of_bytes(&b)))
+        let reached = image::walk_stored(&top, |d| {
+            self.pending.get(d).map(read).or_else(|| stored(d))
         });
-        let Ok(reached) = reached;
         reached.manifests.into_iter().collect()
     }
 

@@ -48,9 +48,7 @@ pub fn ls(cache: &Cache) -> Vec<Listed> {
             listed.push(top);
             let (mut size, mut last_use) = (0, SystemTime::UNIX_EPOCH);
             let read = |d: &Digest| store.read(Kind::Manifest, d).ok().flatten();
-            let Ok(reached) = image::walk(&[top], |d| {
-                Ok::<_, std::convert::Infallible>(read(d).and_then(|b| image::refs_of_bytes(&b)))
-            });
+            let reached = image::walk_stored(&[top], read);
             let manifests = reached.manifests.iter().map(|d| (Kind::Manifest, d));
             for (kind, d) in manifests.chain(reached.blobs.iter().map(|d| (Kind::Blob, d))) {
                 let Ok(Some(stored)) = store.stat(kind, d) else {

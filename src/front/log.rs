@@ -45,8 +45,7 @@ const GATHER: Duration = Duration::from_millis(10);
 
 static WRITER: OnceLock<Writer> = OnceLock::new();
 
-/// Write access lines in `format` from now on (`serve` calls this once; without it the lines
-/// go through `tracing`).
+/// Write access lines in `format` from now on (`serve` calls this once, before it listens).
 pub fn start(format: LogFormat) {
     let writer = Writer {
         format,
@@ -103,7 +102,7 @@ fn flush(gather: Duration) {
 /// Log one request.
 pub fn write(line: &Line) {
     let Some(w) = WRITER.get() else {
-        return via_tracing(line);
+        return; // not serving: there is no access log
     };
     if !tracing::enabled!(target: "wharf::access", tracing::Level::INFO) {
         return;
@@ -111,85 +110,66 @@ pub fn write(line: &Line) {
     // formatted right into the shared buffer: a line is a few hundred instructions, less
     // than a buffer of its own would cost to allocate, fill and copy
     let mut p = w.pending.lock().expect("access log");
-    let (at, first) = (p.buf.len(), p.buf.is_empty());
-    if at > MAX_PENDING {
+    let first = p.buf.is_empty();
+    if p.buf.len() > MAX_PENDING {
         p.dropped += 1;
         return;
     }
-    match w.format {
-        LogFormat::Text => text(&mut p.buf, line),
-        LogFormat::Json => json(&mut p.buf, line),
-    }
+    format_line(&mut p.buf, line, w.format);
     drop(p);
     if first {
         w.wake.notify_one();
     }
 }
 
-fn via_tracing(l: &Line) {
-    let (method, path, status, bytes, outcome, ms, registry) = (
-        l.method, l.path, l.status, l.bytes, l.outcome, l.ms, l.registry,
-    );
-    match l.user {
-        None => tracing::info!(
-            target: "wharf::access",
-            method, path, status, bytes, outcome, ms, registry
-        ),
-        Some(user) => tracing::info!(
-            target: "wharf::access",
-            method, path, status, bytes, outcome, ms, registry, user
-        ),
+/// One line as `tracing` writes an event in `format`: text
+/// (`<time>  INFO wharf::access: method="GET" path="/v2/…" status=200 … registry="docker.io"`)
+/// or JSON (`{"timestamp":…,"level":"INFO","fields":{…},"target":"wharf::access"}`).
+fn format_line(out: &mut Vec<u8>, l: &Line, format: LogFormat) {
+    let json = format == LogFormat::Json;
+    if json {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        timestamp(out);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{");
+    } else {
+        timestamp(out);
+        out.extend_from_slice(b"  INFO wharf::access: ");
     }
-}
-
-/// As `tracing`'s text format writes an event:
-/// `<time>  INFO wharf::access: method="GET" path="/v2/…" status=200 … registry="docker.io"`.
-fn text(out: &mut Vec<u8>, l: &Line) {
-    timestamp(out);
-    out.extend_from_slice(b"  INFO wharf::access: method=");
+    // `name=` or `"name":`, each after a separator but the first
+    let key = |out: &mut Vec<u8>, name: &str| {
+        if json {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        } else {
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'=');
+        }
+    };
+    out.extend_from_slice(if json { b"\"method\":" } else { b"method=" });
     quoted(out, l.method);
-    out.extend_from_slice(b" path=");
+    key(out, "path");
     quoted(out, l.path);
-    out.extend_from_slice(b" status=");
+    key(out, "status");
     number(out, l.status as u64);
-    out.extend_from_slice(b" bytes=");
+    key(out, "bytes");
     number(out, l.bytes as u64);
-    out.extend_from_slice(b" outcome=");
+    key(out, "outcome");
     quoted(out, l.outcome);
-    out.extend_from_slice(b" ms=");
+    key(out, "ms");
     tenths(out, l.ms);
-    out.extend_from_slice(b" registry=");
+    key(out, "registry");
     quoted(out, l.registry);
     if let Some(u) = l.user {
-        out.extend_from_slice(b" user=");
+        key(out, "user");
         quoted(out, u);
     }
-    out.push(b'\n');
-}
-
-/// As `tracing`'s JSON format writes an event.
-fn json(out: &mut Vec<u8>, l: &Line) {
-    out.extend_from_slice(b"{\"timestamp\":\"");
-    timestamp(out);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"fields\":{\"method\":");
-    quoted(out, l.method);
-    out.extend_from_slice(b",\"path\":");
-    quoted(out, l.path);
-    out.extend_from_slice(b",\"status\":");
-    number(out, l.status as u64);
-    out.extend_from_slice(b",\"bytes\":");
-    number(out, l.bytes as u64);
-    out.extend_from_slice(b",\"outcome\":");
-    quoted(out, l.outcome);
-    out.extend_from_slice(b",\"ms\":");
-    tenths(out, l.ms);
-    out.extend_from_slice(b",\"registry\":");
-    quoted(out, l.registry);
-    if let Some(u) = l.user {
-        out.extend_from_slice(b",\"user\":");
-        quoted(out, u);
+    if json {
+        out.extend_from_slice(b"},\"target\":\"wharf::access\"}\n");
+    } else {
+        out.push(b'\n');
     }
-    out.extend_from_slice(b"},\"target\":\"wharf::access\"}\n");
 }
 
 fn number(out: &mut Vec<u8>, n: u64) {
@@ -286,7 +266,8 @@ mod tests {
     #[test]
     fn text_lines_read_like_the_rest_of_the_log() {
         let mut out = Vec::new();
-        text(&mut out, &line("/v2/library/a/manifests/1", Some("alice")));
+        let l = line("/v2/library/a/manifests/1", Some("alice"));
+        format_line(&mut out, &l, LogFormat::Text);
         let s = String::from_utf8(out).unwrap();
         let (at, rest) = s.split_once("  INFO wharf::access: ").unwrap();
         assert_eq!((at.len(), &at[19..20]), (27, "."), "{at}");
@@ -303,7 +284,8 @@ mod tests {
     #[test]
     fn json_lines_are_json_whatever_the_client_sent() {
         let mut out = Vec::new();
-        json(&mut out, &line("/v2/a\"b\\c\n\u{1}", None));
+        let l = line("/v2/a\"b\\c\n\u{1}", None);
+        format_line(&mut out, &l, LogFormat::Json);
         let mut slow = line("/", None);
         slow.ms = 1234.56;
         tenths(&mut out, slow.ms);

@@ -145,23 +145,27 @@ pub fn walk<E>(
     Ok(out)
 }
 
-/// What a stored manifest refers to, read leniently: bytes that are no manifest refer to
-/// nothing.
-pub fn refs_of_bytes(bytes: &[u8]) -> Option<Refs> {
-    let t = media::manifest_type(bytes).unwrap_or_default();
-    refs(&t, bytes).ok()
+/// [`walk`] over stored manifests, read leniently: `read` gives a manifest's bytes; one it
+/// cannot give, or bytes that are no manifest, are listed and not walked.
+pub fn walk_stored(top: &[Digest], read: impl Fn(&Digest) -> Option<Vec<u8>>) -> Reached {
+    let reached = walk(top, |d| {
+        let refs = read(d).and_then(|b| {
+            let t = media::manifest_type(&b).unwrap_or_default();
+            refs(&t, &b).ok()
+        });
+        Ok::<_, std::convert::Infallible>(refs)
+    });
+    let Ok(reached) = reached;
+    reached
 }
 
-/// Every manifest and blob that the manifests `top` reach, `top` included; `read` gives a
-/// manifest's bytes (one it cannot read is listed, not walked).
+/// Every manifest and blob that the manifests `top` reach, `top` included (see
+/// [`walk_stored`]).
 pub fn reach(top: &[Digest], read: impl Fn(&Digest) -> Option<Vec<u8>>) -> Vec<Digest> {
-    let reached = walk(top, |d| {
-        Ok::<_, std::convert::Infallible>(read(d).and_then(|b| refs_of_bytes(&b)))
-    });
-    let Ok(Reached {
+    let Reached {
         mut manifests,
         blobs,
-    }) = reached;
+    } = walk_stored(top, read);
     manifests.extend(blobs);
     manifests
 }

@@ -181,9 +181,11 @@ impl Upstream {
         accept: &str,
     ) -> Result<ManifestBody, RegistryError> {
         let not_cached = || format!("{repo}:{reference} is not cached");
-        self.ask(ErrorCode::ManifestUnknown, not_cached, async {
-            self.remote.manifest(repo, reference, accept).await
-        })
+        self.ask(
+            ErrorCode::ManifestUnknown,
+            not_cached,
+            self.remote.manifest(repo, reference, accept),
+        )
         .await
     }
 
@@ -194,33 +196,41 @@ impl Upstream {
         accept: &str,
     ) -> Result<Head, RegistryError> {
         let not_cached = || format!("{repo}:{reference} is not cached");
-        self.ask(ErrorCode::ManifestUnknown, not_cached, async {
-            self.remote.manifest_head(repo, reference, accept).await
-        })
+        self.ask(
+            ErrorCode::ManifestUnknown,
+            not_cached,
+            self.remote.manifest_head(repo, reference, accept),
+        )
         .await
     }
 
     pub async fn blob_head(&self, repo: &RepoName, digest: &Digest) -> Result<Head, RegistryError> {
         let not_cached = || format!("{repo}@{digest} is not cached");
-        self.ask(ErrorCode::BlobUnknown, not_cached, async {
-            self.remote.blob_head(repo, digest).await
-        })
+        self.ask(
+            ErrorCode::BlobUnknown,
+            not_cached,
+            self.remote.blob_head(repo, digest),
+        )
         .await
     }
 
     pub async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobBody, RegistryError> {
         let not_cached = || format!("{repo}@{digest} is not cached");
-        self.ask(ErrorCode::BlobUnknown, not_cached, async {
-            self.remote.blob(repo, digest).await
-        })
+        self.ask(
+            ErrorCode::BlobUnknown,
+            not_cached,
+            self.remote.blob(repo, digest),
+        )
         .await
     }
 
     pub async fn tags(&self, repo: &RepoName, query: &str) -> Result<Listing, RegistryError> {
         let not_cached = || format!("{repo}: its tag list is not cached");
-        self.ask(ErrorCode::NameUnknown, not_cached, async {
-            self.remote.tags(repo, query).await
-        })
+        self.ask(
+            ErrorCode::NameUnknown,
+            not_cached,
+            self.remote.tags(repo, query),
+        )
         .await
     }
 
@@ -231,9 +241,11 @@ impl Upstream {
         artifact_type: Option<&str>,
     ) -> Result<Referrers, RegistryError> {
         let not_cached = || format!("{repo}: the referrers of {digest} are not cached");
-        self.ask(ErrorCode::ManifestUnknown, not_cached, async {
-            self.remote.referrers(repo, digest, artifact_type).await
-        })
+        self.ask(
+            ErrorCode::ManifestUnknown,
+            not_cached,
+            self.remote.referrers(repo, digest, artifact_type),
+        )
         .await
     }
 
