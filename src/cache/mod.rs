@@ -1,4 +1,4 @@
-//! The cache: verified content on disk by digest ([`BlobStore`]), the hot part of it in memory
+//! The cache: verified content by digest ([`ContentStore`], on disk: [`DiskStore`]), the hot part of it in memory
 //! ([`MemoryTier`]), what tags point to ([`TagIndex`]), which repository holds what
 //! ([`RepoLinks`]), and what is being fetched right now ([`Fills`] for blobs, [`Flights`] for
 //! manifests). [`Cache`] is the data directory's part of it, opened: what the commands work on.
@@ -17,7 +17,7 @@ pub use flight::Flights;
 pub use links::RepoLinks;
 pub use memory::MemoryTier;
 pub use quota::DiskQuota;
-pub use store::{BlobStore, Kind};
+pub use store::{ContentStore, DiskStore, Kind, Object, Use};
 pub use tags::{TagEntry, TagIndex, TagRecord};
 
 use std::path::Path;
@@ -28,7 +28,11 @@ use crate::registry::{image, Digest};
 /// The data directory, opened: content by digest, its quota, the tag index and the links.
 /// The commands work on this alone (no upstream is built for them); the mirror serves from it.
 pub struct Cache {
-    pub store: Arc<BlobStore>,
+    /// Where content is kept: what is served, listed, exported, verified.
+    pub store: Arc<dyn ContentStore>,
+    /// This machine's disk, where fills and imports spool their content before it is stored
+    /// (today the store itself).
+    pub disk: Arc<DiskStore>,
     pub quota: DiskQuota,
     pub tags: TagIndex,
     /// Which repository holds which content: nothing is served under a name without a link.
@@ -41,7 +45,7 @@ pub struct Cache {
 impl Cache {
     /// Open (or make) the cache in `data`, its objects at most `max_size` bytes.
     pub fn open(data: &Path, max_size: Option<u64>) -> Result<Cache, String> {
-        let store = BlobStore::open(data)
+        let disk = DiskStore::open(data)
             .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
         let tags = TagIndex::open(&data.join("tags"))
             .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
@@ -49,10 +53,11 @@ impl Cache {
         let links_fresh = !links_dir.exists();
         let links = RepoLinks::open(&links_dir)
             .map_err(|e| format!("cannot open the links in {}: {e}", data.display()))?;
-        let store = Arc::new(store);
+        let disk = Arc::new(disk);
         Ok(Cache {
-            quota: DiskQuota::new(store.clone(), max_size),
-            store,
+            quota: DiskQuota::new(disk.clone(), max_size),
+            store: disk.clone(),
+            disk,
             tags,
             links,
             links_fresh,

@@ -9,20 +9,16 @@
 
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use prometheus::{IntCounter, IntGauge};
 
-use super::store::{BlobStore, Kind};
+use super::store::{ContentStore, Kind};
 use crate::metrics::METRICS;
 use crate::registry::Digest;
 
 type Key = (Kind, Digest);
-
-/// How stale a file's mtime may get before a hit refreshes it.
-pub const TOUCH_AFTER: Duration = Duration::from_secs(3600);
 
 enum Job {
     Remove(Key, u64),
@@ -45,7 +41,7 @@ fn weight(bytes: u64) -> u32 {
 
 impl DiskQuota {
     /// Track `store`, keeping it under `max` bytes if given.
-    pub fn new(store: Arc<BlobStore>, max: Option<u64>) -> DiskQuota {
+    pub fn new(store: Arc<dyn ContentStore>, max: Option<u64>) -> DiskQuota {
         let used = IntGauge::new("wharf_store_bytes", "Bytes of manifests and blobs stored")
             .expect("metric");
         let limit = IntGauge::new("wharf_store_max_bytes", "The store's max_size (0: none)")
@@ -113,7 +109,7 @@ impl DiskQuota {
 
     /// Index what the store holds, least recently used first (evicting down to the quota as it
     /// goes). Blocking: at startup it runs on a thread of its own. Returns the objects found.
-    pub fn load(&self, store: &BlobStore) -> std::io::Result<usize> {
+    pub fn load(&self, store: &dyn ContentStore) -> std::io::Result<usize> {
         let mut found = store.list()?;
         found.sort_by_key(|o| o.modified);
         let n = found.len();
@@ -166,7 +162,7 @@ mod tests {
     #[test]
     fn least_recently_used_goes_first_and_the_quota_holds() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let store = Arc::new(crate::cache::DiskStore::open(dir.path()).unwrap());
         let quota = DiskQuota::new(store.clone(), Some(10 << 10)); // 10 KiB
         let blob = |i: u8| {
             let data = vec![i; 3 << 10]; // 3 KiB each
@@ -190,7 +186,7 @@ mod tests {
 
         // a restart rebuilds the index from disk, oldest mtime first, under a smaller quota
         let small = DiskQuota::new(store.clone(), Some(4 << 10));
-        assert_eq!(small.load(&store).unwrap(), 3);
+        assert_eq!(small.load(&*store).unwrap(), 3);
         small.flush();
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(small.used() <= 4 << 10);

@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 
-use crate::cache::store::Hashing;
-use crate::cache::{Cache, Kind, TagEntry};
+use crate::cache::store::Spool;
+use crate::cache::{Cache, Kind, TagEntry, Use};
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
 use crate::registry::{Digest, ImageRef, Reference};
@@ -183,19 +183,25 @@ fn write_layout(
         None
     };
     let io_err = |e: io::Error| format!("cannot write {}: {e}", out.display());
-    let never = std::time::Duration::MAX; // an export is no use: recency stays as it was
     for (d, kind) in objects {
-        let Some((mut src, len)) = store
-            .open_object(*kind, d, never)
+        // an export is no use: recency stays as it was
+        let Some(object) = store
+            .open(*kind, d, Use::Inspect)
             .map_err(|e| format!("cannot read {d}: {e}"))?
         else {
             return Err(format!(
                 "{d} is not cached (evicted?): run wharf warm first"
             ));
         };
+        let len = object.len;
+        let mut src = object
+            .reader()
+            .map_err(|e| format!("cannot read {d}: {e}"))?;
         let name = format!("blobs/sha256/{}", d.hex());
         match &mut writer {
-            Some(t) => t.append_file(&name, &mut src).map_err(io_err)?,
+            Some(t) => t
+                .append_data(&mut tar_header(len), &name, &mut src)
+                .map_err(io_err)?,
             None => {
                 let dest = out.join(&name);
                 if !dest.exists() {
@@ -211,11 +217,7 @@ fn write_layout(
     match writer {
         Some(mut t) => {
             for (name, data) in files {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(data.len() as u64);
-                h.set_mode(0o644);
-                h.set_mtime(0);
-                h.set_cksum();
+                let mut h = tar_header(data.len() as u64);
                 t.append_data(&mut h, name, &data[..]).map_err(io_err)?;
             }
             t.into_inner().and_then(|f| f.sync_all()).map_err(io_err)?;
@@ -227,6 +229,17 @@ fn write_layout(
         }
     }
     Ok(bytes)
+}
+
+/// The header of a file of `len` bytes in an exported tar (no owner, no time: the same
+/// content makes the same tar).
+fn tar_header(len: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(len);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_cksum();
+    h
 }
 
 /// The links of the exported objects, as [`LINKS_FILE`] holds them.
@@ -285,13 +298,6 @@ pub struct Imported {
     pub rejected: Vec<String>,
 }
 
-/// A verified object waiting in the store's temp directory.
-struct Pending {
-    file: File,
-    tmp: PathBuf,
-    size: u64,
-}
-
 /// Load the layout at `path` (directory or `.tar`) into the store, verifying every digest, and
 /// record its tags. Blocking.
 pub fn import(cache: &Cache, path: &Path) -> Result<Imported, String> {
@@ -323,7 +329,7 @@ pub fn import(cache: &Cache, path: &Path) -> Result<Imported, String> {
 /// not match their digest, and the layout's index and links.
 #[derive(Default)]
 struct Staged {
-    pending: HashMap<Digest, Pending>,
+    pending: HashMap<Digest, Spool>,
     rejected: Vec<String>,
     index: Option<Vec<u8>>,
     links: Option<Vec<u8>>,
@@ -394,18 +400,15 @@ impl Staged {
         let Ok(want) = Digest::parse(&format!("sha256:{hex}")) else {
             return Ok(());
         };
-        let (file, tmp) = cache
-            .store
-            .temp_file(&want)
+        let mut spool = cache
+            .disk
+            .spool(&want)
             .map_err(|e| format!("cannot write the store: {e}"))?;
-        let mut out = Hashing::new(file);
-        io::copy(&mut bar.wrap_read(reader), &mut out)
+        io::copy(&mut bar.wrap_read(reader), &mut spool)
             .map_err(|e| format!("cannot copy {name} into the store: {e}"))?;
-        let (got, size, file) = out.finish();
-        if got == want {
-            self.pending.insert(want, Pending { file, tmp, size });
+        if spool.hashed() == want {
+            self.pending.insert(want, spool);
         } else {
-            let _ = fs::remove_file(&tmp);
             self.rejected
                 .push(format!("{want}: content does not match its digest"));
         }
@@ -415,9 +418,9 @@ impl Staged {
     /// Which objects are manifests: the index's entries and every manifest they reach (read
     /// from what was staged, or from the store).
     fn manifests(&self, cache: &Cache, top: &[Value]) -> HashSet<Digest> {
-        let read = |p: &Pending| -> Vec<u8> {
-            let mut buf = vec![0u8; p.size.min(media::MAX_MANIFEST_BYTES as u64) as usize];
-            let _ = std::os::unix::fs::FileExt::read_exact_at(&p.file, &mut buf, 0);
+        let read = |p: &Spool| -> Vec<u8> {
+            let mut buf = vec![0u8; p.len().min(media::MAX_MANIFEST_BYTES as u64) as usize];
+            let _ = std::os::unix::fs::FileExt::read_exact_at(&*p.file(), &mut buf, 0);
             buf
         };
         let stored = |d: &Digest| cache.store.read(Kind::Manifest, d).ok().flatten();
@@ -439,23 +442,23 @@ impl Staged {
         manifests: &HashSet<Digest>,
     ) -> Result<(usize, u64), String> {
         let (mut objects, mut bytes) = (0, 0);
-        for (d, p) in self.pending.drain() {
+        for (d, spool) in self.pending.drain() {
             let kind = if manifests.contains(&d) {
                 Kind::Manifest
             } else {
                 Kind::Blob
             };
             if cache.store.contains(kind, &d) {
-                let _ = fs::remove_file(&p.tmp);
                 continue;
             }
+            let size = spool.len();
             cache
                 .store
-                .commit(&p.tmp, &p.file, kind, &d)
+                .adopt(kind, spool)
                 .map_err(|e| format!("cannot store {d}: {e}"))?;
-            cache.quota.added(kind, d, p.size);
+            cache.quota.added(kind, d, size);
             objects += 1;
-            bytes += p.size;
+            bytes += size;
         }
         Ok((objects, bytes))
     }

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use crate::cache::store::Hashing;
-use crate::cache::{Cache, DiskQuota, Kind};
+use crate::cache::{Cache, DiskQuota, Kind, Use};
 use crate::registry::image;
 use crate::registry::Digest;
 
@@ -82,7 +82,7 @@ pub fn gc(cache: &Cache, max: u64) -> Result<(usize, u64), String> {
     let before = list(cache)?;
     let quota = DiskQuota::new(Arc::clone(&cache.store), Some(max));
     quota
-        .load(&cache.store)
+        .load(&*cache.store)
         .map_err(|e| format!("cannot index the store: {e}"))?;
     quota.flush();
     let after = list(cache)?;
@@ -108,9 +108,9 @@ pub fn verify(cache: &Cache, json: bool) -> Result<Verified, String> {
     for o in &objects {
         let mut hashed = Hashing::new(io::sink());
         let read = store
-            .open_object(o.kind, &o.digest, std::time::Duration::MAX)
+            .open(o.kind, &o.digest, Use::Inspect)
             .and_then(|f| match f {
-                Some((f, _)) => io::copy(&mut bar.wrap_read(f), &mut hashed).map(Some),
+                Some(f) => io::copy(&mut bar.wrap_read(f.reader()?), &mut hashed).map(Some),
                 None => Ok(None),
             });
         let ok = matches!(read, Ok(Some(_))) && hashed.finish().0 == o.digest;

@@ -32,7 +32,6 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 
-use crate::cache::store::read_at;
 use crate::config::Config;
 use crate::metrics::{ACTIVITY, METRICS, SAMPLE_EVERY};
 use crate::mirror::{chunk_size, Body, Mirror, Outcome, Reply};
@@ -546,7 +545,7 @@ async fn send(
     }
     let h = response_header(reply.status, reply.outcome, reply.headers);
     let body = match reply.body {
-        Body::File { len: 0, .. } => Body::Empty,
+        Body::Stored { len: 0, .. } => Body::Empty,
         b if head => {
             drop(b);
             Body::Empty
@@ -569,9 +568,11 @@ async fn send(
     let transfer = Transfer::start();
     match body {
         Body::Empty | Body::Bytes(_) => unreachable!("written above"),
-        Body::File { file, offset, len } => {
-            send_file(session, &transfer, file, offset, len, stall).await
-        }
+        Body::Stored {
+            object,
+            offset,
+            len,
+        } => send_stored(session, &transfer, object, offset, len, stall).await,
         Body::Fill(reader) => send_fill(session, &transfer, reader, stall).await,
     }
 }
@@ -605,11 +606,11 @@ fn response_header(
     Box::new(ResponseHeader::from(parts))
 }
 
-/// The body of a stored file, `len` bytes from `offset`, read and written a chunk at a time.
-async fn send_file(
+/// The body of a stored object, `len` bytes from `offset`, read and written a chunk at a time.
+async fn send_stored(
     session: &mut ServerSession,
     transfer: &Transfer,
-    file: Arc<std::fs::File>,
+    object: crate::cache::Object,
     offset: u64,
     len: u64,
     stall: std::time::Duration,
@@ -618,7 +619,8 @@ async fn send_file(
     let mut pos = offset;
     while pos < end {
         let n = (end - pos).min(transfer.chunk() as u64) as usize;
-        let chunk = read_at(file.clone(), pos, n)
+        let chunk = object
+            .read_at(pos, n)
             .await
             .map_err(|e| Error::explain(InternalError, format!("cannot read cached data: {e}")))?;
         pos += n as u64;
@@ -722,7 +724,7 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     }
     mirror
         .cache
-        .store
+        .disk
         .sweep_leftovers()
         .map_err(|e| format!("cannot set aside the temp files in {}: {e}", data.display()))?;
     let registries = mirror.registries();
@@ -794,7 +796,7 @@ fn start_store_upkeep(mirror: &Arc<Mirror>) {
         let mirror = mirror.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            match mirror.cache.quota.load(&mirror.cache.store) {
+            match mirror.cache.quota.load(&*mirror.cache.store) {
                 Ok(n) => tracing::info!(
                     "store indexed: {n} objects, {} bytes, in {:?}",
                     mirror.cache.quota.used(),

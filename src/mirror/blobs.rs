@@ -2,7 +2,6 @@
 //! memory); a missing one is streamed to every waiting client while one detached [`Fill`]
 //! writes and verifies it. Ranges are answered from complete, verified content only.
 
-use std::fs::File;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -12,9 +11,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, BlobLimits, Body, Headers, Mirror, Outcome, Reply};
 use crate::cache::fill::{self, Busy, FillIo, Limits as FillLimits, Sink, Source};
-use crate::cache::quota::TOUCH_AFTER;
-use crate::cache::store::read_at;
-use crate::cache::{Fill, FillReader, Fills, Joined, Kind};
+use crate::cache::{Fill, FillReader, Fills, Joined, Kind, Object, Use};
 use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::range::{parse_range, RangeAnswer};
@@ -79,13 +76,8 @@ impl Mirror {
         if let Some(range) = range {
             // Ranges are served from complete, verified content only.
             let len = reader.finished().await?;
-            return Ok(file_reply(
-                &digest,
-                reader.file(),
-                len,
-                Some(range),
-                outcome,
-            ));
+            let object = Object::file(reader.file(), len);
+            return Ok(stored_reply(&digest, object, Some(range), outcome));
         }
         // No length means the upstream sent none and no manifest told it: the front end
         // frames such a body so that a cut cannot pass for its end.
@@ -182,25 +174,25 @@ impl Mirror {
             return Ok(Some(reply));
         }
         let (me, d) = (self.clone(), *digest);
-        let opened = tokio::task::spawn_blocking(move || {
-            me.cache.store.open_object(Kind::Blob, &d, TOUCH_AFTER)
-        })
-        .await
-        .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
-        .map_err(|e| RegistryError::local(format!("cannot open cached blob {digest}: {e}")))?;
-        let Some((file, len)) = opened else {
+        let opened =
+            tokio::task::spawn_blocking(move || me.cache.store.open(Kind::Blob, &d, Use::Serve))
+                .await
+                .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
+                .map_err(|e| {
+                    RegistryError::local(format!("cannot open cached blob {digest}: {e}"))
+                })?;
+        let Some(object) = opened else {
             return Ok(None);
         };
         self.cache.quota.touched(Kind::Blob, digest);
-        let file = Arc::new(file);
-        if !head && self.memory.admits(len) {
-            let bytes = read_at(file, 0, len as usize).await.map_err(|e| {
+        if !head && self.memory.admits(object.len) {
+            let bytes = object.read_at(0, object.len as usize).await.map_err(|e| {
                 RegistryError::local(format!("cannot read cached blob {digest}: {e}"))
             })?;
             self.memory.insert(Kind::Blob, *digest, bytes.clone(), None);
             return Ok(Some(bytes_reply(digest, bytes, range, Outcome::HitDisk)));
         }
-        Ok(Some(file_reply(digest, file, len, range, Outcome::HitDisk)))
+        Ok(Some(stored_reply(digest, object, range, Outcome::HitDisk)))
     }
 
     /// HEAD for a blob wharf does not have: ask the upstream, fetch nothing.
@@ -295,6 +287,7 @@ impl Mirror {
         };
         let sink = Sink {
             io: &self.blobs.fill_io,
+            disk: &self.cache.disk,
             store: &self.cache.store,
             keep: self.blobs.limits.min_free_space,
         };
@@ -315,8 +308,8 @@ impl Mirror {
             return Err(RegistryError::denied(format!("blob {digest} is {n} bytes, more than this mirror's max_blob_size ({max}); not fetched"),
             ));
         }
-        let store = self.cache.store.clone();
-        let free = match self.blobs.fill_io.run(move || store.free_space()).await {
+        let disk = self.cache.disk.clone();
+        let free = match self.blobs.fill_io.run(move || disk.free_space()).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!("cannot tell the free space of the data directory: {e}");
@@ -398,19 +391,13 @@ fn bytes_reply(digest: &Digest, bytes: Bytes, range: Option<&str>, outcome: Outc
     }
 }
 
-fn file_reply(
-    digest: &Digest,
-    file: Arc<File>,
-    len: u64,
-    range: Option<&str>,
-    outcome: Outcome,
-) -> Reply {
-    match ranged(digest, len, range, outcome) {
+fn stored_reply(digest: &Digest, object: Object, range: Option<&str>, outcome: Outcome) -> Reply {
+    match ranged(digest, object.len, range, outcome) {
         Ok((status, headers, offset, n)) => Reply {
             status,
             headers,
-            body: Body::File {
-                file,
+            body: Body::Stored {
+                object,
                 offset,
                 len: n,
             },

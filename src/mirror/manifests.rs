@@ -10,8 +10,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply};
 use crate::cache::flight::Full;
-use crate::cache::quota::TOUCH_AFTER;
-use crate::cache::{Flights, Kind, MemoryTier, TagEntry, TagRecord};
+use crate::cache::{Flights, Kind, MemoryTier, TagEntry, TagRecord, Use};
 use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
@@ -215,20 +214,17 @@ impl Mirror {
             return Ok(Some((m, Outcome::HitMemory)));
         }
         let (store, d) = (self.cache.store.clone(), *digest);
-        let opened = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let Some((file, len)) = store.open_object(Kind::Manifest, &d, TOUCH_AFTER)? else {
-                return Ok(None);
-            };
-            let mut buf = vec![0u8; len.min(media::MAX_MANIFEST_BYTES as u64) as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
-            Ok(Some(Bytes::from(buf)))
-        })
-        .await
-        .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
-        .map_err(|e| RegistryError::local(format!("cannot read cached manifest {digest}: {e}")))?;
-        let Some(bytes) = opened else {
+        let cannot = |e| RegistryError::local(format!("cannot read cached manifest {digest}: {e}"));
+        let opened =
+            tokio::task::spawn_blocking(move || store.open(Kind::Manifest, &d, Use::Serve))
+                .await
+                .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
+                .map_err(cannot)?;
+        let Some(object) = opened else {
             return Ok(None);
         };
+        let len = object.len.min(media::MAX_MANIFEST_BYTES as u64) as usize;
+        let bytes = object.read_at(0, len).await.map_err(cannot)?;
         self.cache.quota.touched(Kind::Manifest, digest);
         let m = Manifest::from_bytes(*digest, bytes, None);
         m.remember(&self.memory);

@@ -22,14 +22,13 @@ mod tests;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::File;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 
-use crate::cache::{Cache, FillReader, MemoryTier};
+use crate::cache::{Cache, FillReader, MemoryTier, Object};
 use crate::config::Config;
 use crate::registry::hub;
 use crate::registry::media::Accept;
@@ -127,9 +126,9 @@ pub struct Reply {
 pub enum Body {
     Empty,
     Bytes(Bytes),
-    /// `len` bytes of a stored file from `offset`.
-    File {
-        file: Arc<File>,
+    /// `len` bytes of a stored object from `offset`.
+    Stored {
+        object: Object,
         offset: u64,
         len: u64,
     },

@@ -1,4 +1,4 @@
-//! Driving a fill: the upstream's chunks in, the temp file written and hashed on [`FillIo`],
+//! Driving a fill: the upstream's chunks in, the spool written and hashed on [`FillIo`],
 //! the length and digest checked, the held-back last byte released, the blob committed. The
 //! state it drives ([`Fill`]) is next door; what to fetch and whether there is room for it is
 //! the pull policy's (`mirror::blobs`).
@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{Fill, FillIo, Fills};
-use crate::cache::BlobStore;
+use crate::cache::store::Spool;
+use crate::cache::{ContentStore, DiskStore};
 use crate::metrics::METRICS;
 use crate::registry::RegistryError;
 
@@ -27,10 +28,11 @@ pub struct Source {
     pub read_timeout: Duration,
 }
 
-/// Where a fill writes, and the free space it must leave.
+/// Where a fill writes: a spool on `disk`, then `store`; and the free space it must leave.
 pub struct Sink<'a> {
     pub io: &'a FillIo,
-    pub store: &'a Arc<BlobStore>,
+    pub disk: &'a Arc<DiskStore>,
+    pub store: &'a Arc<dyn ContentStore>,
     pub keep: u64,
 }
 
@@ -46,43 +48,56 @@ pub async fn drive(
     sink: Sink<'_>,
 ) -> Result<Option<u64>, RegistryError> {
     let digest = fill.digest;
-    let (f, store) = (fill.clone(), sink.store.clone());
-    sink.io
-        .run(move || f.create_file(&store))
+    let disk = sink.disk.clone();
+    let spool = sink
+        .io
+        .run(move || disk.spool(&digest))
         .await
         .map_err(|e| RegistryError::local(format!("cannot start a cache file: {e}")))?;
+    fill.spools_into(&spool);
     fill.start(source.total);
     let total = source.total;
     // The network is read here, the disk written on FillIo: the two overlap, and the bounded
     // channel keeps what a fill holds in memory to a few chunks.
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let writing = Fills::write_body(sink.io, fill, rx, sink.store, sink.keep);
+    let writing = Fills::write_body(sink.io, fill, rx, spool, sink.keep);
     let (read, written) = tokio::join!(pump(fill, source, tx), writing);
-    let (got, len) = written.map_err(|e| {
+    let spool = written.map_err(|e| {
         RegistryError::local(format!("cannot write blob {digest} to the cache: {e}"))
     })?;
-    read?;
+    if let Err(e) = read {
+        return discard(sink.io, spool, e).await;
+    }
+    let (got, len) = (spool.hashed(), spool.len());
     if let Some(t) = total.filter(|&t| t != len) {
-        return Err(RegistryError::upstream_failed(format!(
-            "upstream sent {len} of {t} bytes of blob {digest}"
-        )));
+        let e = format!("upstream sent {len} of {t} bytes of blob {digest}");
+        return discard(sink.io, spool, RegistryError::upstream_failed(e)).await;
     }
     METRICS.bytes_fetched.inc_by(len);
     if got != digest {
         METRICS.verification_failures.inc();
-        return Err(RegistryError::upstream_failed(format!(
-            "upstream bytes for blob {digest} hash to {got}; not cached"
-        )));
+        let e = format!("upstream bytes for blob {digest} hash to {got}; not cached");
+        return discard(sink.io, spool, RegistryError::upstream_failed(e)).await;
     }
     fill.verified();
     let (f, store) = (fill.clone(), sink.store.clone());
-    match sink.io.run(move || f.commit(&store)).await {
+    match sink.io.run(move || f.commit(&*store, spool)).await {
         Ok(()) => Ok(Some(len)),
         Err(e) => {
             tracing::error!("cannot commit blob {digest} to the cache: {e}");
             Ok(None)
         }
     }
+}
+
+/// Give up a spool that is not to be stored: it is removed off the event loop.
+async fn discard(
+    io: &FillIo,
+    spool: Spool,
+    e: RegistryError,
+) -> Result<Option<u64>, RegistryError> {
+    io.run(move || drop(spool)).await;
+    Err(e)
 }
 
 /// Read `source` into `tx` (the writer) until it ends, breaks, brings too much, or is given

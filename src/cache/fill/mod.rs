@@ -1,6 +1,6 @@
 //! In-flight fills: one upstream download per digest, shared by every client that wants it.
 //!
-//! A fill writes the upstream's bytes into a temp file while hashing them. Clients do not wait
+//! A fill writes the upstream's bytes into a spool (a temp file on local disk) while hashing them. Clients do not wait
 //! for the end: each one reads the growing file up to what has been written so far, through its
 //! own [`FillReader`]. The last byte is held back until the digest is verified, so a corrupt or
 //! truncated download can only ever reach a client as a cut connection, never as a clean
@@ -19,13 +19,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::store::{read_at, BlobStore, FileAt, Hashing, Kind};
+use super::store::{free_space, read_at, ContentStore, Kind, Spool};
 use crate::metrics::METRICS;
 use crate::registry::{Digest, RegistryError};
 
@@ -100,8 +99,8 @@ struct Interest {
 /// One blob being fetched into the cache.
 pub struct Fill {
     pub digest: Digest,
-    /// The temp file and its path, created by the fill once it starts.
-    file: OnceLock<(Arc<File>, PathBuf)>,
+    /// The spool's file, for readers, once the fill has started.
+    file: OnceLock<Arc<File>>,
     state: watch::Sender<FillState>,
     interest: Mutex<Interest>,
     limits: Arc<Limits>,
@@ -203,19 +202,16 @@ impl Fill {
         }
     }
 
-    /// Create the temp file the fill writes into. Blocking.
-    pub fn create_file(&self, store: &BlobStore) -> io::Result<()> {
-        let (file, tmp) = store.temp_file(&self.digest)?;
-        let _ = self.file.set((Arc::new(file), tmp));
-        Ok(())
+    /// The fill writes into `spool`: readers read its file.
+    pub fn spools_into(&self, spool: &Spool) {
+        let _ = self.file.set(spool.file());
     }
 
-    /// The file the fill writes into (stays readable after it is committed or removed).
+    /// The file the fill writes into (stays readable after it is stored or removed).
     fn file(&self) -> Arc<File> {
         self.file
             .get()
-            .expect("a fill streams after its file exists")
-            .0
+            .expect("a fill streams after its spool exists")
             .clone()
     }
 
@@ -238,24 +234,17 @@ impl Fill {
         self.state.send_modify(|s| s.phase = Phase::Verified);
     }
 
-    /// Move the verified temp file into the store. Blocking.
-    pub fn commit(&self, store: &BlobStore) -> io::Result<()> {
-        let (file, tmp) = self.file.get().expect("a verified fill has its file");
-        let result = store.commit(tmp, file, Kind::Blob, &self.digest);
-        if result.is_err() {
-            let _ = std::fs::remove_file(tmp);
-        }
+    /// Put the verified spool into the store. Blocking.
+    pub fn commit(&self, store: &dyn ContentStore, spool: Spool) -> io::Result<()> {
+        let result = store.adopt(Kind::Blob, spool);
         self.state.send_modify(|s| s.stored = Some(result.is_ok()));
         result
     }
 
-    /// Give up: readers are told why and the temp file is removed. Blocking (one unlink).
+    /// Give up: readers are told why (the spool removes itself where it is dropped).
     pub fn fail(&self, error: RegistryError) {
         self.end();
         self.state.send_modify(|s| s.phase = Phase::Failed(error));
-        if let Some((_, tmp)) = self.file.get() {
-            let _ = std::fs::remove_file(tmp);
-        }
     }
 
     /// The fill is over: it no longer counts as an orphan.
@@ -423,7 +412,7 @@ impl Fills {
     /// so then it is looked at again rather than fetched twice.
     pub async fn join_or_start(
         &self,
-        store: &Arc<BlobStore>,
+        store: &Arc<dyn ContentStore>,
         digest: &Digest,
     ) -> Result<Joined, Busy> {
         for last in [false, false, true] {
@@ -497,26 +486,22 @@ impl Fills {
         Ok(())
     }
 
-    /// Write what `chunks` delivers into `fill`'s temp file on `io`, hashing it, publishing
+    /// Write what `chunks` delivers into `spool` on `io`, hashing it, publishing
     /// progress as it goes. Holds no thread while it waits for the network: a job on `io`
     /// starts when a chunk arrives and writes on while more are waiting (up to [`JOB_BYTES`],
     /// so that fills share the threads). The disk's free space is looked at as it goes (a
     /// body of unknown length could otherwise fill it): below `keep` the write fails. Returns
-    /// the digest and length seen.
+    /// the spool, or (once the spool is dropped on `io`) why it could not be written.
     pub async fn write_body(
         io: &FillIo,
         fill: &Arc<Fill>,
         chunks: mpsc::Receiver<Bytes>,
-        store: &Arc<BlobStore>,
+        spool: Spool,
         keep: u64,
-    ) -> io::Result<(Digest, u64)> {
+    ) -> io::Result<Spool> {
         let mut w = Writer {
-            out: Hashing::new(FileAt {
-                file: fill.file(),
-                offset: 0,
-            }),
+            out: spool,
             chunks,
-            store: store.clone(),
             keep,
             unchecked: 0,
         };
@@ -529,12 +514,16 @@ impl Fills {
                 })
                 .await;
             w = back;
-            if closed? {
-                break;
+            match closed {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    io.run(move || drop(w)).await;
+                    return Err(e);
+                }
             }
         }
-        let (digest, len, _) = w.out.finish();
-        Ok((digest, len))
+        Ok(w.out)
     }
 }
 
@@ -544,12 +533,11 @@ const JOB_BYTES: usize = 8 << 20;
 /// Bytes written between two looks at the disk's free space.
 const ROOM_CHECK: u64 = 64 << 20;
 
-/// A fill's body on its way to disk: the hash so far, where the next byte goes, what comes,
-/// and the free space the disk must keep.
+/// A fill's body on its way to disk: the spool (hashing what it takes), what comes, and the
+/// free space the disk must keep.
 struct Writer {
-    out: Hashing<FileAt>,
+    out: Spool,
     chunks: mpsc::Receiver<Bytes>,
-    store: Arc<BlobStore>,
     keep: u64,
     /// Bytes written since the free space was last looked at.
     unchecked: u64,
@@ -558,7 +546,7 @@ struct Writer {
 impl Writer {
     fn check_room(&mut self) -> io::Result<()> {
         self.unchecked = 0;
-        let free = self.store.free_space()?;
+        let free = free_space(self.out.dir())?;
         if free < self.keep {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
@@ -601,6 +589,7 @@ impl Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::DiskStore;
 
     async fn drain(mut r: FillReader) -> Result<Vec<u8>, RegistryError> {
         let mut out = Vec::new();
@@ -617,14 +606,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn readers_get_every_byte_only_after_verification() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let disk = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let store: Arc<dyn ContentStore> = disk.clone();
         let io = FillIo::new(1).unwrap();
         let body = b"hello, wharf".to_vec();
         let digest = Digest::of(&body);
         let Ok(Joined::New(fill, first)) = fills().join_or_start(&store, &digest).await else {
             panic!("expected a new fill")
         };
-        fill.create_file(&store).unwrap();
+        let spool = disk.spool(&digest).unwrap();
+        fill.spools_into(&spool);
         let reader = tokio::spawn(drain(first));
         fill.start(Some(body.len() as u64));
         let (tx, rx) = mpsc::channel(4);
@@ -632,50 +623,58 @@ mod tests {
             tx.send(Bytes::copy_from_slice(part)).await.unwrap();
         }
         drop(tx);
-        let store = Arc::new(store);
-        let (got, len) = Fills::write_body(&io, &fill, rx, &store, 0).await.unwrap();
-        assert_eq!((got, len), (digest, body.len() as u64));
+        let spool = Fills::write_body(&io, &fill, rx, spool, 0).await.unwrap();
+        assert_eq!((spool.hashed(), spool.len()), (digest, body.len() as u64));
         // everything but the last byte may be out; the reader cannot finish yet
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!reader.is_finished());
         fill.verified();
         assert_eq!(reader.await.unwrap().unwrap(), body);
-        fill.commit(&store).unwrap();
+        fill.commit(&*store, spool).unwrap();
         assert!(store.contains(Kind::Blob, &digest));
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_fill_stops_before_the_disk_is_full() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let disk = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let store: Arc<dyn ContentStore> = disk.clone();
         let io = FillIo::new(1).unwrap();
         let Ok(Joined::New(fill, _r)) = fills().join_or_start(&store, &Digest::of(b"x")).await
         else {
             panic!()
         };
-        fill.create_file(&store).unwrap();
+        let spool = disk.spool(&Digest::of(b"x")).unwrap();
+        fill.spools_into(&spool);
         fill.start(None);
         let (tx, rx) = mpsc::channel(4);
         tx.send(Bytes::from_static(b"x")).await.unwrap();
         drop(tx);
         // keep more free than any disk has: the first write is refused
-        let e = Fills::write_body(&io, &fill, rx, &store, u64::MAX)
+        let e = Fills::write_body(&io, &fill, rx, spool, u64::MAX)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::StorageFull);
         assert!(e.to_string().contains("min_free_space"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "the spool is gone"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_failed_fill_cuts_readers_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let disk = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let store: Arc<dyn ContentStore> = disk.clone();
         let digest = Digest::of(b"x");
         let fills = fills();
         let Ok(Joined::New(fill, first)) = fills.join_or_start(&store, &digest).await else {
             panic!()
         };
-        fill.create_file(&store).unwrap();
+        let spool = disk.spool(&digest).unwrap();
+        fill.spools_into(&spool);
         assert!(matches!(
             fills.join_or_start(&store, &digest).await,
             Ok(Joined::Existing(_))
@@ -683,6 +682,7 @@ mod tests {
         let reader = tokio::spawn(drain(first));
         fill.start(Some(10));
         fill.fail(RegistryError::upstream_failed("digest mismatch"));
+        drop(spool);
         assert!(reader.await.unwrap().is_err());
         assert!(!store.contains(Kind::Blob, &digest));
         assert_eq!(
@@ -694,7 +694,8 @@ mod tests {
     #[tokio::test]
     async fn room_on_disk_is_promised_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let disk = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let store: Arc<dyn ContentStore> = disk.clone();
         let fills = Fills::new(Limits::new(4, 4));
         let Ok(Joined::New(a, _ra)) = fills.join_or_start(&store, &Digest::of(b"a")).await else {
             panic!()
@@ -714,7 +715,8 @@ mod tests {
     #[tokio::test]
     async fn fills_are_bounded_and_orphans_too() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(BlobStore::open(dir.path()).unwrap());
+        let disk = Arc::new(DiskStore::open(dir.path()).unwrap());
+        let store: Arc<dyn ContentStore> = disk.clone();
         let fills = fills(); // 2 fills, 1 orphan
         let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
         let Ok(Joined::New(fa, ra)) = fills.join_or_start(&store, &a).await else {
