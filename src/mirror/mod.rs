@@ -254,7 +254,7 @@ impl Mirror {
         config: &Config,
         upstreams: HashMap<String, Arc<Upstream>>,
     ) -> Result<Mirror, String> {
-        let cache = Cache::open(&config.data_dir(), config.max_size)?;
+        let cache = Cache::open(&config.data_dir(), config.max_size, config.store.as_ref())?;
         let freshness = Freshness::new(
             config.tag_ttl,
             config.negative_ttl,

@@ -5,6 +5,7 @@
 
 pub mod hub;
 pub mod liar;
+pub mod s3;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -228,7 +229,7 @@ impl Drop for Wharf {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

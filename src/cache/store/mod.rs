@@ -10,9 +10,13 @@
 //! Calls are blocking, like the file system they were first written for, and are made from
 //! blocking threads; only [`Object::read_at`], which serves clients, is async.
 
+mod bucket;
 mod disk;
+mod tiers;
 
+pub use bucket::BucketStore;
 pub use disk::{free_space, read_at, DiskStore, FileAt, Spool};
+pub use tiers::Tiers;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -187,6 +191,11 @@ impl<W> Hashing<W> {
         self.len == 0
     }
 
+    /// The writer.
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// The digest of what passed so far.
     pub fn digest(&self) -> Digest {
         Digest::from_bytes(sha2::Digest::finalize(self.hasher.clone()).into())
@@ -212,9 +221,10 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// What every content store must do, as tests: each implementation runs them on itself.
-#[cfg(test)]
-pub(crate) mod conformance {
+/// What every content store must do, as a test each implementation runs on itself (the disk's
+/// in its unit tests, the bucket's in `tests/bucket.rs` against a real S3 server).
+#[doc(hidden)]
+pub mod conformance {
     use super::*;
 
     /// Write, read back whole and by range, list, refuse wrong bytes, remove.

@@ -1,0 +1,536 @@
+//! The content store in a bucket (S3 and what speaks its API), through `object_store`: the
+//! store several wharfs share.
+//!
+//! Objects keep the disk's layout under the bucket's prefix, `<prefix>/{blobs,manifests}/
+//! sha256/<hex>`, so a digest names one key. Nothing partial or wrong is ever readable there:
+//! an object up to one part long is hashed in memory and put whole (`If-None-Match: *`), a
+//! longer one goes up as a multipart upload that is completed only if the bytes hashed to
+//! their digest and aborted otherwise; an upload that is never completed is invisible.
+//! Multipart uploads in flight are written down in the data directory (`uploads/`), and those
+//! an earlier run left (killed mid-upload) are aborted when the server starts; for an instance
+//! that never comes back, the bucket's lifecycle rule for incomplete uploads is the backstop.
+//!
+//! `object_store` is async; this store runs it on a small runtime of its own, so that its
+//! blocking calls (the [`ContentStore`] contract) can be made from any blocking thread.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path as Key;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+use super::{mismatch, ContentStore, Hashing, Kind, Object, ObjectBytes, Stored, Upload, Use};
+use crate::registry::Digest;
+
+/// Bytes of one part of a multipart upload (S3 wants at least 5 MiB but for the last), and so
+/// the most an upload holds in memory.
+const PART: usize = 8 << 20;
+
+/// A bucket (and prefix in it) holding manifests and blobs.
+pub struct BucketStore {
+    url: String,
+    objects: Arc<dyn ObjectStore>,
+    parts: Arc<dyn MultipartStore>,
+    prefix: Key,
+    /// Where multipart uploads in flight are written down.
+    journal: PathBuf,
+    runtime: Runtime,
+}
+
+/// `object_store`'s own runtime (shut down without waiting when the store goes).
+struct Runtime(Option<tokio::runtime::Runtime>);
+
+impl Runtime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("runtime lives until drop").handle()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl BucketStore {
+    /// The bucket at `url` (`s3://bucket/prefix`), configured by `options` (`object_store`'s
+    /// keys, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http`) over the usual environment
+    /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, …). Multipart
+    /// uploads in flight are written down in `journal`.
+    pub fn open(
+        url: &str,
+        options: &[(String, String)],
+        journal: &Path,
+    ) -> Result<BucketStore, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("store url {url:?}: {e}"))?;
+        if parsed.scheme() != "s3" {
+            return Err(format!(
+                "store url {url:?}: only s3:// buckets are supported (S3 and what speaks its API)"
+            ));
+        }
+        // object_store's HTTP client takes the process's TLS provider: wharf's is ring
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+        for (k, v) in options {
+            let key = k
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|e| format!("store option {k:?}: {e}"))?;
+            builder = builder.with_config(key, v);
+        }
+        let s3 = Arc::new(builder.build().map_err(|e| format!("store {url}: {e}"))?);
+        let prefix = Key::parse(parsed.path().trim_matches('/'))
+            .map_err(|e| format!("store url {url:?}: {e}"))?;
+        fs::create_dir_all(journal)
+            .map_err(|e| format!("cannot make {}: {e}", journal.display()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("wharf-bucket")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the bucket's runtime: {e}"))?;
+        Ok(BucketStore {
+            url: url.trim_end_matches('/').to_owned(),
+            objects: s3.clone(),
+            parts: s3,
+            prefix,
+            journal: journal.to_owned(),
+            runtime: Runtime(Some(runtime)),
+        })
+    }
+
+    fn key(&self, kind: Kind, digest: &Digest) -> Key {
+        self.prefix
+            .clone()
+            .join(kind.dir())
+            .join("sha256")
+            .join(digest.hex())
+    }
+
+    /// Run `work` on the bucket's runtime and wait for it. Blocking.
+    fn wait<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> io::Result<T> {
+        let joined = self
+            .runtime
+            .handle()
+            .block_on(self.runtime.handle().spawn(work));
+        joined.map_err(io::Error::other)?.map_err(to_io)
+    }
+
+    /// Abort the multipart uploads an earlier run left in the journal. For the server, at
+    /// start; blocking.
+    pub fn abort_leftovers(&self) -> usize {
+        let mut aborted = 0;
+        for entry in fs::read_dir(&self.journal).into_iter().flatten().flatten() {
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Some((key, id)) = text.split_once('\n') else {
+                let _ = fs::remove_file(entry.path());
+                continue;
+            };
+            let (parts, key, id) = (self.parts.clone(), Key::from(key), id.to_owned());
+            match self.wait(async move { parts.abort_multipart(&key, &id).await }) {
+                Ok(()) => aborted += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!("cannot abort an upload an earlier run left: {e}");
+                    continue;
+                }
+            }
+            let _ = fs::remove_file(entry.path());
+        }
+        aborted
+    }
+}
+
+fn to_io(e: object_store::Error) -> io::Error {
+    let kind = match &e {
+        object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+        object_store::Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+fn found<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl ContentStore for BucketStore {
+    fn stat(&self, kind: Kind, digest: &Digest) -> io::Result<Option<Stored>> {
+        let (objects, key) = (self.objects.clone(), self.key(kind, digest));
+        let meta = found(self.wait(async move { objects.head(&key).await }))?;
+        Ok(meta.map(|m| Stored {
+            kind,
+            digest: *digest,
+            size: m.size,
+            modified: m.last_modified.into(),
+        }))
+    }
+
+    /// Serving an object is no write to the bucket: recency across the cluster is not kept
+    /// per hit.
+    fn open(&self, kind: Kind, digest: &Digest, _usage: Use) -> io::Result<Option<Object>> {
+        let Some(stored) = self.stat(kind, digest)? else {
+            return Ok(None);
+        };
+        let bytes = BucketBytes {
+            objects: self.objects.clone(),
+            key: self.key(kind, digest),
+            runtime: self.runtime.handle().clone(),
+            body: Mutex::new(None),
+        };
+        Ok(Some(Object::new(stored.size, Arc::new(bytes))))
+    }
+
+    fn begin(&self, kind: Kind, digest: &Digest) -> io::Result<Box<dyn Upload>> {
+        Ok(Box::new(BucketUpload {
+            store: BucketRef {
+                objects: self.objects.clone(),
+                parts: self.parts.clone(),
+                runtime: self.runtime.handle().clone(),
+                journal: self.journal.clone(),
+            },
+            key: self.key(kind, digest),
+            digest: *digest,
+            hashing: Hashing::new(Vec::new()),
+            multipart: None,
+        }))
+    }
+
+    fn remove(&self, kind: Kind, digest: &Digest) -> io::Result<bool> {
+        if self.stat(kind, digest)?.is_none() {
+            return Ok(false);
+        }
+        let (objects, key) = (self.objects.clone(), self.key(kind, digest));
+        found(self.wait(async move { objects.delete(&key).await })).map(|r| r.is_some())
+    }
+
+    fn list(&self) -> io::Result<Vec<Stored>> {
+        let mut out = Vec::new();
+        for kind in [Kind::Manifest, Kind::Blob] {
+            let dir = self.prefix.clone().join(kind.dir()).join("sha256");
+            let objects = self.objects.clone();
+            let metas = self.wait(async move {
+                let all: Vec<_> = objects.list(Some(&dir)).collect().await;
+                all.into_iter().collect::<object_store::Result<Vec<_>>>()
+            })?;
+            for m in metas {
+                let Some(hex) = m.location.filename() else {
+                    continue;
+                };
+                let Ok(digest) = Digest::parse(&format!("sha256:{hex}")) else {
+                    continue;
+                };
+                out.push(Stored {
+                    kind,
+                    digest,
+                    size: m.size,
+                    modified: m.last_modified.into(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn location(&self, kind: Kind, digest: &Digest) -> String {
+        format!("{}/{}/sha256/{}", self.url, kind.dir(), digest.hex())
+    }
+}
+
+/// What an upload needs of its store.
+struct BucketRef {
+    objects: Arc<dyn ObjectStore>,
+    parts: Arc<dyn MultipartStore>,
+    runtime: tokio::runtime::Handle,
+    journal: PathBuf,
+}
+
+impl BucketRef {
+    fn wait<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> io::Result<T> {
+        let joined = self.runtime.block_on(self.runtime.spawn(work));
+        joined.map_err(io::Error::other)?.map_err(to_io)
+    }
+}
+
+/// A multipart upload under way: its id, the parts sent, and its entry in the journal.
+struct Multipart {
+    id: String,
+    parts: Vec<PartId>,
+    entry: PathBuf,
+}
+
+/// An object on its way into the bucket: hashed as it comes, sent a part at a time.
+struct BucketUpload {
+    store: BucketRef,
+    key: Key,
+    digest: Digest,
+    /// The part being gathered (at most [`PART`] bytes), and the hash of everything so far.
+    hashing: Hashing<Vec<u8>>,
+    multipart: Option<Multipart>,
+}
+
+impl BucketUpload {
+    /// Send the gathered part, starting the multipart upload if it is the first.
+    fn send_part(&mut self) -> io::Result<()> {
+        if self.multipart.is_none() {
+            let (parts, key) = (self.store.parts.clone(), self.key.clone());
+            let id = self
+                .store
+                .wait(async move { parts.create_multipart(&key).await })?;
+            let entry = self
+                .store
+                .journal
+                .join(format!("{:016x}", rand::random::<u64>()));
+            fs::write(&entry, format!("{}\n{id}", self.key))?;
+            self.multipart = Some(Multipart {
+                id,
+                parts: Vec::new(),
+                entry,
+            });
+        }
+        let data = self.take_part();
+        let m = self.multipart.as_ref().expect("started above");
+        let (parts, key, id, idx) = (
+            self.store.parts.clone(),
+            self.key.clone(),
+            m.id.clone(),
+            m.parts.len(),
+        );
+        let part = self
+            .store
+            .wait(async move { parts.put_part(&key, &id, idx, data).await })?;
+        self.multipart.as_mut().expect("started").parts.push(part);
+        Ok(())
+    }
+
+    fn hashing_buffer(&mut self) -> &mut Vec<u8> {
+        self.hashing.inner_mut()
+    }
+
+    /// The gathered part, to send; the buffer starts again empty.
+    fn take_part(&mut self) -> PutPayload {
+        PutPayload::from(Bytes::from(std::mem::take(self.hashing_buffer())))
+    }
+}
+
+impl Write for BucketUpload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = PART - self.hashing_buffer().len();
+        let n = buf.len().min(room);
+        self.hashing.write_all(&buf[..n])?;
+        if self.hashing_buffer().len() == PART {
+            self.send_part()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Upload for BucketUpload {
+    fn commit(mut self: Box<Self>) -> io::Result<u64> {
+        let (got, len) = (self.hashing.digest(), self.hashing.len());
+        if got != self.digest {
+            return Err(mismatch(&self.digest, &got)); // dropped: aborted
+        }
+        let key = self.key.clone();
+        let Some(mut m) = self.multipart.take() else {
+            let data = self.take_part();
+            let objects = self.store.objects.clone();
+            let put = async move {
+                let opts = object_store::PutOptions::from(PutMode::Create);
+                objects.put_opts(&key, data, opts).await
+            };
+            return match self.store.wait(put) {
+                // the same digest is the same content: someone stored it first
+                Ok(_) => Ok(len),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(len),
+                Err(e) => Err(e),
+            };
+        };
+        if !self.hashing_buffer().is_empty() || m.parts.is_empty() {
+            self.multipart = Some(m);
+            self.send_part()?;
+            m = self.multipart.take().expect("put back above");
+        }
+        let (parts, id, list) = (self.store.parts.clone(), m.id.clone(), m.parts.clone());
+        let done = self
+            .store
+            .wait(async move { parts.complete_multipart(&key, &id, list).await });
+        if done.is_err() {
+            self.multipart = Some(m); // dropped: aborted
+            return done.map(|_| len);
+        }
+        let _ = fs::remove_file(&m.entry);
+        Ok(len)
+    }
+}
+
+impl Drop for BucketUpload {
+    /// An upload not completed is aborted, off whatever thread drops it.
+    fn drop(&mut self) {
+        let Some(m) = self.multipart.take() else {
+            return;
+        };
+        let (parts, key) = (self.store.parts.clone(), self.key.clone());
+        self.store.runtime.spawn(async move {
+            match parts.abort_multipart(&key, &m.id).await {
+                Ok(()) => {
+                    let _ = fs::remove_file(&m.entry);
+                }
+                Err(e) => tracing::warn!("cannot abort the upload of {key}: {e}"),
+            }
+        });
+    }
+}
+
+/// The bytes of an object in the bucket, read on one streaming GET while reads follow each
+/// other (as a client's download does), and a new ranged GET where they jump.
+struct BucketBytes {
+    objects: Arc<dyn ObjectStore>,
+    key: Key,
+    runtime: tokio::runtime::Handle,
+    /// The GET being read: the offset its next byte is at, the rest of a chunk, the stream.
+    body: Mutex<Option<Body>>,
+}
+
+struct Body {
+    at: u64,
+    rest: Bytes,
+    chunks: BoxStream<'static, object_store::Result<Bytes>>,
+}
+
+impl BucketBytes {
+    /// Exactly `len` bytes from `offset`, continuing `body` if it is there.
+    async fn read(
+        objects: Arc<dyn ObjectStore>,
+        key: Key,
+        body: Option<Body>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<(Bytes, Body)> {
+        let mut body = match body.filter(|b| b.at == offset) {
+            Some(b) => b,
+            None => {
+                let opts = GetOptions {
+                    range: Some(GetRange::Offset(offset)),
+                    ..Default::default()
+                };
+                let got = objects.get_opts(&key, opts).await.map_err(to_io)?;
+                Body {
+                    at: offset,
+                    rest: Bytes::new(),
+                    chunks: got.into_stream(),
+                }
+            }
+        };
+        let mut out = BytesMut::new();
+        while out.len() < len {
+            if body.rest.is_empty() {
+                body.rest = match body.chunks.next().await {
+                    Some(c) => c.map_err(to_io)?,
+                    None => return Err(io::ErrorKind::UnexpectedEof.into()),
+                };
+                if body.rest.len() >= len && out.is_empty() {
+                    // the common case: one chunk holds the whole read, no copy
+                    let first = body.rest.split_to(len);
+                    body.at += len as u64;
+                    return Ok((first, body));
+                }
+            }
+            let n = body.rest.len().min(len - out.len());
+            out.extend_from_slice(&body.rest.split_to(n));
+            body.at += n as u64;
+        }
+        Ok((out.freeze(), body))
+    }
+}
+
+#[async_trait]
+impl ObjectBytes for BucketBytes {
+    async fn read_at(&self, offset: u64, len: usize) -> io::Result<Bytes> {
+        let body = self.body.lock().expect("bucket body").take();
+        let (objects, key) = (self.objects.clone(), self.key.clone());
+        let read = self
+            .runtime
+            .spawn(Self::read(objects, key, body, offset, len));
+        let (bytes, body) = read.await.map_err(io::Error::other)??;
+        *self.body.lock().expect("bucket body") = Some(body);
+        Ok(bytes)
+    }
+
+    fn reader(&self) -> io::Result<Box<dyn io::Read + Send>> {
+        Ok(Box::new(BucketReader {
+            objects: self.objects.clone(),
+            key: self.key.clone(),
+            runtime: self.runtime.clone(),
+            body: None,
+            at: 0,
+        }))
+    }
+}
+
+/// An object in the bucket read from its start, for the commands. Blocking.
+struct BucketReader {
+    objects: Arc<dyn ObjectStore>,
+    key: Key,
+    runtime: tokio::runtime::Handle,
+    body: Option<Body>,
+    at: u64,
+}
+
+impl io::Read for BucketReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.body.is_none() {
+            let (objects, key, at) = (self.objects.clone(), self.key.clone(), self.at);
+            let opened = self.runtime.block_on(self.runtime.spawn(async move {
+                let opts = GetOptions {
+                    range: (at > 0).then_some(GetRange::Offset(at)),
+                    ..Default::default()
+                };
+                objects.get_opts(&key, opts).await
+            }));
+            let got = opened.map_err(io::Error::other)?.map_err(to_io)?;
+            self.body = Some(Body {
+                at,
+                rest: Bytes::new(),
+                chunks: got.into_stream(),
+            });
+        }
+        let body = self.body.as_mut().expect("opened above");
+        if body.rest.is_empty() {
+            let next = self.runtime.block_on(body.chunks.next());
+            body.rest = match next {
+                Some(c) => c.map_err(to_io)?,
+                None => return Ok(0),
+            };
+        }
+        let n = body.rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&body.rest.split_to(n));
+        body.at += n as u64;
+        self.at += n as u64;
+        Ok(n)
+    }
+}

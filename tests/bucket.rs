@@ -1,0 +1,176 @@
+//! The shared store: a bucket on a real S3 server (SeaweedFS on 127.0.0.1, checking
+//! credentials), as a content store on its own and behind wharf instances.
+
+mod common;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use common::hub::pseudo_random;
+use common::s3::S3;
+use common::{client, eventually, header, FakeHub, Wharf};
+use wharf::cache::{BucketStore, ContentStore, Kind, Use};
+use wharf::registry::Digest;
+
+const BUCKET: &str = "wharf";
+
+fn open(s3: &S3, prefix: &str, journal: &std::path::Path) -> BucketStore {
+    BucketStore::open(&format!("s3://{BUCKET}/{prefix}"), &s3.options(), journal).unwrap()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_is_a_content_store() {
+    let s3 = S3::start(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&s3, "conformance", dir.path());
+    wharf::cache::store::conformance::check(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_credentials_are_refused() {
+    let s3 = S3::start(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = s3.options();
+    options.retain(|(k, _)| k != "aws_secret_access_key");
+    options.push(("aws_secret_access_key".into(), "not-the-secret".into()));
+    let store = BucketStore::open(&format!("s3://{BUCKET}/creds"), &options, dir.path()).unwrap();
+    let e = blocking(move || {
+        store
+            .write(Kind::Blob, &Digest::of(b"x"), b"x")
+            .unwrap_err()
+    })
+    .await;
+    assert!(
+        e.to_string().contains("403") || e.to_string().contains("Access"),
+        "{e}"
+    );
+}
+
+/// 20 MiB: three parts of a multipart upload.
+const LONG: usize = 20 << 20;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_object_goes_up_in_parts_and_only_whole_and_right() {
+    let s3 = S3::start(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&s3, "long", dir.path()));
+    let data = pseudo_random(7, LONG);
+    let digest = Digest::of(&data);
+    let (s, d, body) = (store.clone(), digest, data.clone());
+    let object = blocking(move || {
+        // wrong bytes (one flipped at the end), sent in parts: never visible
+        let mut wrong = body.to_vec();
+        *wrong.last_mut().unwrap() ^= 1;
+        let mut up = s.begin(Kind::Blob, &d).unwrap();
+        for chunk in wrong.chunks(1 << 20) {
+            up.write_all(chunk).unwrap();
+        }
+        let e = up.commit().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        assert!(s.stat(Kind::Blob, &d).unwrap().is_none());
+        assert!(s.list().unwrap().is_empty());
+
+        let mut up = s.begin(Kind::Blob, &d).unwrap();
+        for chunk in body.chunks(1 << 20) {
+            up.write_all(chunk).unwrap();
+        }
+        assert_eq!(up.commit().unwrap(), LONG as u64);
+        s.open(Kind::Blob, &d, Use::Serve).unwrap().unwrap()
+    })
+    .await;
+    assert_eq!(object.len, LONG as u64);
+    // read in order, as a download does (one GET), then at a jump (a new one)
+    let mut got = Vec::new();
+    while got.len() < LONG {
+        let n = (LONG - got.len()).min(300_000);
+        got.extend_from_slice(&object.read_at(got.len() as u64, n).await.unwrap());
+    }
+    assert!(got == data, "the object reads back as written");
+    let at = (9 << 20) + 5;
+    assert_eq!(
+        object.read_at(at as u64, 10).await.unwrap(),
+        data.slice(at..at + 10)
+    );
+    // every multipart upload was completed or aborted: none left in the journal
+    eventually(10, "journal empty", || async {
+        std::fs::read_dir(dir.path()).unwrap().count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_off_by_a_kill_is_never_visible_and_is_aborted_at_the_next_start() {
+    let s3 = S3::start(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&s3, "killed", dir.path());
+    let data = pseudo_random(8, LONG);
+    let digest = Digest::of(&data);
+    let journal = dir.path().to_owned();
+    let store = blocking(move || {
+        let mut up = store.begin(Kind::Blob, &digest).unwrap();
+        up.write_all(&data[..17 << 20]).unwrap(); // two parts are in the bucket
+        std::mem::forget(up); // as a killed process leaves it: neither completed nor aborted
+        assert!(store.stat(Kind::Blob, &digest).unwrap().is_none());
+        assert!(store.list().unwrap().is_empty());
+        store
+    })
+    .await;
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 1);
+    drop(store);
+    let again = open(&s3, "killed", &journal);
+    let aborted = blocking(move || {
+        let n = again.abort_leftovers();
+        (n, again.abort_leftovers())
+    })
+    .await;
+    assert_eq!(
+        aborted,
+        (1, 0),
+        "the next start aborts what the killed one left"
+    );
+    assert_eq!(std::fs::read_dir(&journal).unwrap().count(), 0);
+}
+
+/// Two instances on one bucket: what one fetched, the other serves without the upstream's
+/// blob; each still serves its own disk's hits with the bucket gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_share_the_bucket_and_their_disks_serve_without_it() {
+    let mut s3 = S3::start(BUCKET).await;
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/shared", "1", 9, &[2 << 20]);
+    let (digest, bytes) = img.blobs[0].clone();
+    let conf = format!(
+        "memory_object_max = 1024\n{}",
+        s3.store_config(BUCKET, "cluster")
+    );
+    let a = Wharf::start(&hub.url(), &conf).await;
+    let b = Wharf::start(&hub.url(), &conf).await;
+    let c = client();
+    let path = format!("/v2/library/shared/blobs/{digest}");
+    let r = c.get(a.url(&path)).send().await.unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "miss");
+    assert_eq!(r.bytes().await.unwrap(), bytes);
+    eventually(10, "the blob in the bucket", || async {
+        a.metric("wharf_bucket_written_bytes_total").await == bytes.len() as f64
+    })
+    .await;
+
+    let r = c.get(b.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", b.log());
+    assert!(header(&r, "x-wharf-cache").starts_with("hit"));
+    assert_eq!(r.bytes().await.unwrap(), bytes);
+    assert_eq!(hub.cdn_fetches(&digest), 1, "one upstream fetch for both");
+
+    s3.stop();
+    let r = c.get(a.url(&path)).send().await.unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "hit-disk");
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        bytes,
+        "a's disk serves without the bucket"
+    );
+}
