@@ -84,6 +84,80 @@ pub struct Config {
     /// A bucket shared with other instances, behind the data directory (none when absent).
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// The other instances this one shares fetches with (alone when absent).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A cluster of wharfs: who the members are, where they listen to each other, the secret
+/// they prove themselves with.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The internal listener, where the other members ask this one.
+    pub listen: String,
+    /// The members' internal listeners, `host:port` (this instance's among them).
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Or a name whose addresses are the members, `name:port` (a headless Service).
+    #[serde(default)]
+    pub members_dns: Option<String>,
+    /// A file holding the cluster's shared secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Or the environment variable holding it.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// How often the members are looked at (and the DNS name resolved again).
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// How long a member may take to accept a connection before it is passed over.
+    #[serde(default = "default_peer_connect_timeout", with = "humantime_serde")]
+    pub peer_connect_timeout: Duration,
+}
+
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_peer_connect_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl ClusterConfig {
+    /// The shared secret (at least 16 bytes), read from its file or variable.
+    pub fn secret(&self) -> Result<String, String> {
+        let secret = match (&self.secret_file, &self.secret_env) {
+            (Some(f), None) => std::fs::read_to_string(f)
+                .map_err(|e| format!("cluster secret_file {}: {e}", f.display()))?,
+            (None, Some(v)) => {
+                std::env::var(v).map_err(|_| format!("cluster secret_env: ${v} is not set"))?
+            }
+            _ => return Err("[cluster] needs one of secret_file, secret_env".into()),
+        };
+        let secret = secret.trim().to_owned();
+        if secret.len() < 16 {
+            return Err("the cluster secret must be at least 16 characters".into());
+        }
+        Ok(secret)
+    }
+
+    /// Where the members are.
+    pub fn roster(&self) -> Result<crate::cluster::Roster, String> {
+        use crate::cluster::Roster;
+        match (&self.members_dns, self.members.is_empty()) {
+            (Some(_), false) => Err("[cluster] takes members or members_dns, not both".into()),
+            (None, true) => Err("[cluster] needs members or members_dns".into()),
+            (None, false) => Ok(Roster::Static(self.members.clone())),
+            (Some(d), true) => {
+                let (name, port) = d
+                    .rsplit_once(':')
+                    .and_then(|(n, p)| Some((n.to_owned(), p.parse().ok()?)))
+                    .ok_or_else(|| format!("members_dns {d:?} must be name:port"))?;
+                Ok(Roster::Dns(name, port))
+            }
+        }
+    }
 }
 
 /// The shared store: a bucket URL (`s3://bucket/prefix`) and `object_store`'s configuration

@@ -6,6 +6,7 @@
 //! [`config`] holds the knobs.
 
 pub mod cache;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod front;

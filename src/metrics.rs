@@ -46,6 +46,14 @@ pub struct Metrics {
     pub bucket_writes: IntCounter,
     /// Objects the shared store could not take (kept on this disk only).
     pub bucket_failures: IntCounter,
+    /// Cluster members that answer (this one included).
+    pub cluster_members: IntGauge,
+    /// Requests this instance sent to the owner of what was asked, instead of the upstream.
+    pub peer_forwarded: IntCounter,
+    /// Requests to an owner that failed, and went to the upstream instead.
+    pub peer_fallbacks: IntCounter,
+    /// Requests this instance answered for other members.
+    pub peer_served: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -216,6 +224,22 @@ impl Metrics {
             bucket_failures: counter(
                 "wharf_bucket_write_failures_total",
                 "Objects the shared store could not take (kept on this disk only)",
+            ),
+            cluster_members: gauge(
+                "wharf_cluster_members_live",
+                "Cluster members that answer, this one included",
+            ),
+            peer_forwarded: counter(
+                "wharf_peer_forwarded_total",
+                "Requests sent to the member owning what was asked, instead of the upstream",
+            ),
+            peer_fallbacks: counter(
+                "wharf_peer_fallbacks_total",
+                "Requests to an owning member that failed and went to the upstream instead",
+            ),
+            peer_served: counter(
+                "wharf_peer_served_total",
+                "Requests answered for other cluster members",
             ),
             registry,
         }

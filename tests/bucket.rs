@@ -142,7 +142,7 @@ async fn instances_share_the_bucket_and_their_disks_serve_without_it() {
     let mut s3 = S3::start(BUCKET).await;
     let hub = FakeHub::start().await;
     let img = hub.add_image("library/shared", "1", 9, &[2 << 20]);
-    let (digest, bytes) = img.blobs[0].clone();
+    let (digest, bytes) = img.blobs.last().unwrap().clone();
     let conf = format!(
         "memory_object_max = 1024\n{}",
         s3.store_config(BUCKET, "cluster")

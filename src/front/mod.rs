@@ -49,6 +49,29 @@ pub struct Front {
     /// TLS on this listener: the handshake is the connection's first step, under its bound
     /// and its `header_timeout` (Pingora's own listener gives it a minute, uncounted).
     tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
+    /// This is the internal listener of a cluster member: only members, who prove it with
+    /// the cluster's secret, are answered, and always straight from the upstream.
+    peers: Option<Arc<PeerGate>>,
+}
+
+/// What the internal listener checks, and tells.
+struct PeerGate {
+    secret: String,
+    /// This instance's id in the cluster.
+    id: String,
+}
+
+impl PeerGate {
+    /// Whether a request comes from a member: it carries the secret (compared in constant
+    /// time).
+    fn admits(&self, req: &pingora::http::RequestHeader) -> bool {
+        let given = req
+            .headers
+            .get(crate::upstream::PEER_SECRET)
+            .map_or(&b""[..], |v| v.as_bytes());
+        let want = self.secret.as_bytes();
+        given.len() == want.len() && given.iter().zip(want).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+    }
 }
 
 /// Per-request state, for the access log.
@@ -355,6 +378,21 @@ impl Front {
     async fn answer(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header();
         let head = req.method == Method::HEAD;
+        if let Some(gate) = &self.peers {
+            if !gate.admits(req) {
+                let e = RegistryError::new(
+                    Cause::Unauthenticated,
+                    ErrorCode::Unauthorized,
+                    "this is a cluster's internal listener: members only",
+                );
+                return send(session, Reply::error(e), head, self.timeouts.idle).await;
+            }
+            if req.uri.path() == crate::upstream::PEER_PING {
+                let id = Reply::text(http::StatusCode::OK, gate.id.clone());
+                return send(session, id, head, self.timeouts.idle).await;
+            }
+            METRICS.peer_served.inc();
+        }
         let accept = Accept::parse(
             req.headers
                 .get_all(header::ACCEPT)
@@ -371,9 +409,13 @@ impl Front {
             let (up, path) = self
                 .mirror
                 .upstream_for(namespace(query).as_deref(), req.uri.path())?;
+            let up = match self.peers {
+                Some(_) => self.mirror.direct(&up),
+                None => up,
+            };
             Ok((up, Route::parse(&req.method, &path, query)?))
         });
-        let who = if self.access.is_on() {
+        let who = if self.access.is_on() && self.peers.is_none() {
             let authorization = req
                 .headers
                 .get(header::AUTHORIZATION)
@@ -742,7 +784,7 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
 
     let mut server = pingora_server(config, &data);
     let connections = Connections::new(max_connections);
-    let front = |tls| Front {
+    let front = |tls, peers| Front {
         mirror: mirror.clone(),
         access: access.clone(),
         connections: connections.clone(),
@@ -751,19 +793,37 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
             header: config.header_timeout,
         },
         tls,
+        peers,
     };
     let (tls, plain) = tls_acceptor(config)?;
-    let mut service = pingora::services::listening::Service::new("wharf".into(), front(tls));
+    let mut service = pingora::services::listening::Service::new("wharf".into(), front(tls, None));
     service.add_tcp(&config.listen);
     server.add_service(service);
     if let Some(plain) = plain {
         std::net::TcpListener::bind(plain)
             .map_err(|e| format!("cannot listen on {plain} (plain_listen): {e}"))?;
         let mut service =
-            pingora::services::listening::Service::new("wharf-plain".into(), front(None));
+            pingora::services::listening::Service::new("wharf-plain".into(), front(None, None));
         service.threads = Some(1);
         service.add_tcp(plain);
         server.add_service(service);
+    }
+    if let (Some(c), Some(members)) = (&config.cluster, &mirror.members) {
+        std::net::TcpListener::bind(&c.listen)
+            .map_err(|e| format!("cannot listen on {} (cluster listen): {e}", c.listen))?;
+        let gate = PeerGate {
+            secret: c.secret()?,
+            id: members.id.clone(),
+        };
+        let internal = front(None, Some(Arc::new(gate)));
+        let mut service =
+            pingora::services::listening::Service::new("wharf-peers".into(), internal);
+        service.add_tcp(&c.listen);
+        server.add_service(service);
+        members
+            .watch()
+            .map_err(|e| format!("cannot watch the cluster's members: {e}"))?;
+        tracing::info!("cluster listener on {} (members only)", c.listen);
     }
     if let Some(addr) = &config.admin {
         add_admin(&mut server, addr, &data, &mirror)?;

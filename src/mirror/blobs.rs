@@ -11,7 +11,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, BlobLimits, Body, Headers, Mirror, Outcome, Reply};
 use crate::cache::fill::{self, Busy, FillIo, Limits as FillLimits, Sink, Source};
-use crate::cache::{Fill, FillReader, Fills, Joined, Kind, Object, Use};
+use crate::cache::{ContentStore, Fill, FillReader, Fills, Joined, Kind, Object, Use};
 use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::range::{parse_range, RangeAnswer};
@@ -279,6 +279,11 @@ impl Mirror {
         if described.is_none() {
             self.room_for(fill, total).await?;
         }
+        // what a peer sends, the peer stores in the shared store: this disk keeps its own copy
+        let store: Arc<dyn ContentStore> = match body.shared_by_source {
+            true => self.cache.disk.clone(),
+            false => self.cache.store.clone(),
+        };
         let source = Source {
             chunks: body.chunks,
             total,
@@ -288,7 +293,7 @@ impl Mirror {
         let sink = Sink {
             io: &self.blobs.fill_io,
             disk: &self.cache.disk,
-            store: &self.cache.store,
+            store: &store,
             keep: self.blobs.limits.min_free_space,
         };
         if let Some(len) = fill::drive(fill, source, sink).await? {

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 
 use crate::cache::{Cache, FillReader, MemoryTier, Object};
+use crate::cluster::ClusterRemote;
 use crate::config::Config;
 use crate::registry::hub;
 use crate::registry::media::Accept;
@@ -158,6 +159,20 @@ impl Reply {
         }
     }
 
+    /// A short plain-text answer of wharf's own.
+    pub fn text(status: StatusCode, body: String) -> Reply {
+        let body = Bytes::from(body);
+        Reply {
+            status,
+            headers: vec![
+                (header::CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+                (header::CONTENT_LENGTH, HeaderValue::from(body.len())),
+            ],
+            body: Body::Bytes(body),
+            outcome: Outcome::Local,
+        }
+    }
+
     fn json(status: StatusCode, body: Bytes, outcome: Outcome) -> Reply {
         Reply {
             status,
@@ -176,8 +191,13 @@ pub struct Mirror {
     /// The data directory: content, quota, tags, links.
     pub cache: Cache,
     pub memory: MemoryTier,
-    /// Upstreams by the registry host they stand for.
+    /// Upstreams by the registry host they stand for, as clients are answered: in a cluster,
+    /// through the owner of what is asked.
     upstreams: HashMap<String, Arc<Upstream>>,
+    /// The same registries reached directly, as the members of a cluster are answered.
+    direct: HashMap<String, Arc<Upstream>>,
+    /// The cluster, if this instance is in one.
+    pub members: Option<Arc<crate::cluster::Members>>,
     freshness: Freshness,
     /// What the policy for blobs keeps: fills in flight, their threads, sizes, bounds.
     blobs: blobs::BlobState,
@@ -231,6 +251,28 @@ fn chunks_shrink_with_concurrency() {
     assert_eq!(chunk_size(10_000), 128 << 10);
 }
 
+/// The members of the cluster `c` describes. A member asked waits for its answer as long as
+/// the slowest upstream may take to give it, and a little more.
+fn cluster_members(
+    c: &crate::config::ClusterConfig,
+    upstreams: &[crate::upstream::UpstreamSettings],
+) -> Result<crate::cluster::Members, String> {
+    let slowest = |f: fn(&crate::upstream::UpstreamSettings) -> Duration| {
+        upstreams.iter().map(f).max().unwrap_or_default() + Duration::from_secs(5)
+    };
+    let peers = crate::upstream::PeerClients::new(
+        &c.secret()?,
+        c.peer_connect_timeout,
+        slowest(|u| u.read_timeout),
+        slowest(|u| u.request_timeout),
+    )?;
+    Ok(crate::cluster::Members::new(
+        c.roster()?,
+        peers,
+        c.health_interval,
+    ))
+}
+
 /// Memory that chunks in flight may take together.
 pub const TRANSFER_BUDGET: usize = 16 << 20;
 
@@ -246,7 +288,35 @@ impl Mirror {
                 Ok((host, Arc::new(up)))
             })
             .collect::<Result<HashMap<_, _>, String>>()?;
-        Mirror::open_with(config, upstreams)
+        let mut mirror = Mirror::open_with(config, upstreams)?;
+        if let Some(c) = &config.cluster {
+            let members = Arc::new(cluster_members(c, &config.upstream_settings()?)?);
+            mirror.upstreams = mirror
+                .direct
+                .iter()
+                .map(|(host, up)| {
+                    let remote = ClusterRemote::new(host, members.clone(), up.remote());
+                    let routed = Upstream::with_remote(
+                        host.clone(),
+                        up.tag_ttl,
+                        up.offline,
+                        Arc::new(remote),
+                    );
+                    (host.clone(), Arc::new(routed))
+                })
+                .collect();
+            mirror.members = Some(members);
+        }
+        Ok(mirror)
+    }
+
+    /// The upstream a cluster member's request for `up`'s registry is answered through: the
+    /// registry itself (a member asked as the owner never asks another).
+    pub fn direct(&self, up: &Arc<Upstream>) -> Arc<Upstream> {
+        self.direct
+            .get(&up.registry)
+            .cloned()
+            .unwrap_or_else(|| up.clone())
     }
 
     /// Open the data directory for `upstreams`, by the registry hosts they stand for.
@@ -266,6 +336,8 @@ impl Mirror {
         Ok(Mirror {
             cache,
             memory: MemoryTier::new(config.memory_bytes, config.memory_object_max),
+            direct: upstreams.clone(),
+            members: None,
             upstreams,
             freshness,
             blobs: blobs::BlobState::new(limits)?,

@@ -132,6 +132,7 @@ impl Remote for FakeRemote {
         Ok(BlobBody {
             len: Some(bytes.len() as u64),
             chunks: futures_util::stream::iter([Ok(bytes)]).boxed(),
+            shared_by_source: false,
         })
     }
 

@@ -19,10 +19,15 @@ use super::{egress, BlobBody, Head, Listing, ManifestBody, Referrers, Remote, Up
 use crate::metrics::METRICS;
 use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
 
-/// A registry reached over HTTP(S).
+/// A registry reached over HTTP(S): an upstream, or a cluster peer standing in for one.
 pub struct RegistryClient {
     registry: String,
     base: String,
+    /// Put before a repository in request paths: a peer's `<registry>/` (its front picks the
+    /// registry by the path's first component, as podman's mirror paths do).
+    repo_prefix: String,
+    /// Tries per request (a peer gets one: where it fails, the upstream is asked instead).
+    attempts: usize,
     http: reqwest::Client,
     auth: Auth,
     read_timeout: Duration,
@@ -122,7 +127,11 @@ impl Remote for RegistryClient {
             .bytes_stream()
             .map(|c| c.map_err(|e| transport_error(&e)))
             .boxed();
-        Ok(BlobBody { len, chunks })
+        Ok(BlobBody {
+            len,
+            chunks,
+            shared_by_source: false,
+        })
     }
 
     async fn tags(&self, repo: &RepoName, query: &str) -> Result<Listing, RegistryError> {
@@ -206,6 +215,8 @@ impl RegistryClient {
             auth: Auth::new(&s.registry, s.credentials, s.request_timeout, egress),
             registry: s.registry,
             base,
+            repo_prefix: String::new(),
+            attempts: ATTEMPTS,
             http,
             read_timeout: s.read_timeout,
             request_timeout: s.request_timeout,
@@ -285,10 +296,10 @@ impl RegistryClient {
         rest: &str,
         accept: Option<&str>,
     ) -> Result<reqwest::Response, RegistryError> {
-        let url = format!("{}v2/{}/{}", self.base, repo, rest);
+        let url = format!("{}v2/{}{}/{}", self.base, self.repo_prefix, repo, rest);
         let scope = format!("repository:{repo}:pull");
         let mut pause = RETRY_PAUSE;
-        for tries_left in (0..ATTEMPTS).rev() {
+        for tries_left in (0..self.attempts).rev() {
             match self.send_once(kind, &url, &scope, accept).await {
                 Err(e) if tries_left > 0 && e.cause == Cause::UpstreamFailed => {
                     tracing::debug!("retrying {} {url} in {pause:?}: {e}", kind.method());
@@ -373,6 +384,96 @@ impl RegistryClient {
         }
     }
 }
+
+/// The header a cluster peer proves itself with on the others' internal listeners.
+pub const PEER_SECRET: &str = "x-wharf-peer-secret";
+
+/// What a member needs to talk to its peers: one HTTP client for all of them, and the
+/// cluster's secret. Peers are addresses the operator listed, so the network guard of
+/// upstreams does not apply; they never redirect.
+pub struct PeerClients {
+    http: reqwest::Client,
+    read_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl PeerClients {
+    /// Clients that wait `read_timeout` for an answer (a peer may be fetching it upstream)
+    /// and give a peer `connect_timeout` to take the connection.
+    pub fn new(
+        secret: &str,
+        connect_timeout: Duration,
+        read_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<PeerClients, String> {
+        let mut headers = http::HeaderMap::new();
+        let mut value = http::HeaderValue::from_str(secret)
+            .map_err(|_| "the cluster secret must be printable text".to_string())?;
+        value.set_sensitive(true);
+        headers.insert(PEER_SECRET, value);
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(None)?)
+            .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION"), " (peer)"))
+            .redirect(reqwest::redirect::Policy::none())
+            .default_headers(headers)
+            .referer(false)
+            .connect_timeout(connect_timeout)
+            .read_timeout(read_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("cannot build the peer HTTP client: {e}"))?;
+        Ok(PeerClients {
+            http,
+            read_timeout,
+            request_timeout,
+        })
+    }
+
+    /// The remote that is the member at `addr` (`host:port` of its internal listener),
+    /// standing in for `registry`.
+    pub fn remote(&self, registry: &str, addr: &str) -> RegistryClient {
+        let base = format!("http://{addr}/");
+        let url = url::Url::parse(&base)
+            .unwrap_or_else(|_| url::Url::parse("http://invalid/").expect("a URL"));
+        let egress = Arc::new(egress::Egress::new(&url, &[]));
+        RegistryClient {
+            auth: Auth::new(registry, None, self.request_timeout, egress),
+            registry: registry.to_owned(),
+            base,
+            repo_prefix: format!("{registry}/"),
+            attempts: 1,
+            http: self.http.clone(),
+            read_timeout: self.read_timeout,
+            request_timeout: self.request_timeout,
+        }
+    }
+
+    /// Ask the member at `addr` who it is (its instance id), within `timeout`.
+    pub async fn ping(&self, addr: &str, timeout: Duration) -> Result<String, String> {
+        let url = format!("http://{addr}{PEER_PING}");
+        let asked = tokio::time::timeout(timeout, async {
+            let resp = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| error_chain(&e))?;
+            if !resp.status().is_success() {
+                return Err(format!("answered {}", resp.status()));
+            }
+            resp.text().await.map_err(|e| error_chain(&e))
+        });
+        match asked.await {
+            Ok(r) => r.map(|id| id.trim().to_owned()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+/// Where a member's internal listener says who it is.
+pub const PEER_PING: &str = "/_wharf/peer";
 
 /// What a HEAD's headers say of an object.
 fn head(headers: &http::HeaderMap) -> Head {

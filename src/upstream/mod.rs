@@ -24,7 +24,7 @@ use futures_util::stream::BoxStream;
 
 pub use auth::{Auth, Challenge};
 pub use credentials::{CredentialSource, Credentials};
-pub use http::RegistryClient;
+pub use http::{PeerClients, RegistryClient, PEER_PING, PEER_SECRET};
 
 use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
 
@@ -92,6 +92,9 @@ pub struct Head {
 pub struct BlobBody {
     pub len: Option<u64>,
     pub chunks: BoxStream<'static, Result<Bytes, RegistryError>>,
+    /// The source puts the blob in the shared store itself (a cluster peer): this instance
+    /// keeps it on its own disk only.
+    pub shared_by_source: bool,
 }
 
 /// A page of a tag list, with the `Link` to the next.
@@ -172,6 +175,11 @@ impl Upstream {
             remote,
             last_failure: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The remote this upstream is reached through.
+    pub fn remote(&self) -> Arc<dyn Remote> {
+        self.remote.clone()
     }
 
     pub async fn manifest(

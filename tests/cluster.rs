@@ -1,0 +1,190 @@
+//! A cluster of wharfs on one machine: three instances in front of one Hub-like upstream,
+//! each the owner of a share of the digests and tags, asking each other over their internal
+//! listeners.
+
+mod common;
+
+use std::time::Duration;
+
+use common::hub::DOCKER_MANIFEST;
+use common::{client, eventually, free_port, header, FakeHub, Faults, Wharf};
+
+const SECRET: &str = "a-cluster-secret-for-tests";
+
+/// Three members in front of `hub`, each seeing all three live.
+async fn cluster(hub: &FakeHub, extra: &str) -> (Vec<Wharf>, Vec<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let listens: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let members = listens
+        .iter()
+        .map(|l| format!("\"{l}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut all = Vec::new();
+    for listen in &listens {
+        let conf = format!(
+            "{extra}\n[cluster]\nlisten = \"{listen}\"\nmembers = [{members}]\nsecret_file = \"{}\"\nhealth_interval = \"200ms\"\n",
+            secret.display()
+        );
+        all.push(Wharf::start(&hub.url(), &conf).await);
+    }
+    for w in &all {
+        eventually(10, "three live members", || async {
+            w.metric("wharf_cluster_members_live").await == 3.0
+        })
+        .await;
+    }
+    (all, listens, dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thirty_cold_gets_over_three_members_make_one_upstream_fetch() {
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/big", "1", 11, &[8 << 20]);
+    let (digest, bytes) = img.blobs.last().unwrap().clone();
+    // slow enough that every request arrives while the blob is being fetched
+    hub.set_faults(Faults {
+        slow_chunk: Some(Duration::from_millis(5)),
+        ..Default::default()
+    });
+    let (members, _, _dir) = cluster(&hub, "").await;
+    let c = client();
+    let path = format!("/v2/library/big/blobs/{digest}");
+    let gets = (0..30).map(|i| {
+        let url = members[i % 3].url(&path);
+        let c = c.clone();
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap()
+        }
+    });
+    let bodies = futures_util::future::join_all(gets).await;
+    for b in &bodies {
+        assert!(*b == bytes, "every client gets the blob's bytes");
+    }
+    assert_eq!(
+        hub.cdn_fetches(&digest),
+        1,
+        "one upstream fetch for the cluster"
+    );
+    let mut forwarded = 0.0;
+    for m in &members {
+        forwarded += m.metric("wharf_peer_forwarded_total").await;
+    }
+    assert!(
+        forwarded >= 2.0,
+        "the members that do not own it ask the owner"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_is_revalidated_once_per_ttl_for_the_cluster() {
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/app", "v1", 12, &[100]);
+    let (members, _, _dir) = cluster(&hub, "tag_ttl = \"1s\"").await;
+    let c = client();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(3500) {
+        for m in &members {
+            let r = c
+                .get(m.url("/v2/library/app/manifests/v1"))
+                .header("accept", DOCKER_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(header(&r, "docker-content-digest"), img.digest);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n = hub.counters();
+    let asked = n.manifest_gets + n.manifest_heads;
+    // 3.5 s at a 1 s TTL: the first GET and a HEAD per second (one more for timing), for the
+    // cluster; each member on its own would ask three times as often
+    assert!(asked <= 6, "the upstream was asked {asked} times: {n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_internal_listener_answers_members_only() {
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/app", "v1", 13, &[100]);
+    let (members, _, _dir) = cluster(&hub, "").await;
+    let log = members[0].log();
+    let listen = log
+        .lines()
+        .find_map(|l| l.split("cluster listener on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the cluster listener is announced")
+        .to_owned();
+    let c = client();
+    let url = format!("http://{listen}/v2/library/app/manifests/{}", img.digest);
+    for secret in [None, Some("wrong-secret-of-the-same-len!")] {
+        let mut req = c.get(&url);
+        if let Some(s) = secret {
+            req = req.header("x-wharf-peer-secret", s);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(common::error_code(r).await, "UNAUTHORIZED");
+    }
+    let r = c
+        .get(&url)
+        .header("x-wharf-peer-secret", SECRET)
+        .header("accept", DOCKER_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // a member may not name a registry that is not mirrored
+    let r = c
+        .get(format!(
+            "http://{listen}/v2/evil.example/x/manifests/latest"
+        ))
+        .header("x-wharf-peer-secret", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_killed_mid_fill_never_leads_to_wrong_bytes_and_a_retry_succeeds() {
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/big", "1", 14, &[4 << 20]);
+    let (digest, bytes) = img.blobs.last().unwrap().clone();
+    hub.set_faults(Faults {
+        slow_chunk: Some(Duration::from_millis(20)),
+        ..Default::default()
+    });
+    let (mut members, listens, _dir) = cluster(&hub, "").await;
+    let owner_addr = wharf::cluster::rendezvous(listens.iter().map(|s| s.as_str()), &digest)
+        .unwrap()
+        .to_owned();
+    let owner = listens.iter().position(|l| *l == owner_addr).unwrap();
+    let asker = (owner + 1) % 3;
+    let c = client();
+    let path = format!("/v2/library/big/blobs/{digest}");
+    let first = c.get(members[asker].url(&path)).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    eventually(10, "the owner fills for the asker", || async {
+        members[owner].metric("wharf_fills_in_flight").await == 1.0
+    })
+    .await;
+    members[owner].kill();
+    common::assert_not_served_whole(first).await;
+    hub.set_faults(Faults::default());
+    // the asker finds the owner gone (or its answer cut) and asks the upstream itself
+    eventually(10, "a retry gets the whole blob", || async {
+        match c.get(members[asker].url(&path)).send().await {
+            Ok(r) if r.status() == 200 => r.bytes().await.map(|b| b == bytes).unwrap_or(false),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(members[asker].metric("wharf_peer_forwarded_total").await >= 1.0);
+}
