@@ -13,6 +13,10 @@
 #   5 50 concurrent cold GETs of one 64 MiB blob: upstream fetches (wharf and distribution), and
 #     wharf's total time / one cold GET's time
 #   6 wharf's anonymous RSS (not page cache) idle, and at peak under 64 concurrent 64 MiB pulls
+#   7 a cluster: three wharfs (one bucket, [cluster]) and three distribution proxies (one
+#     bucket, its S3 driver) on SeaweedFS, 30 skopeo pulls of the cold 128 MiB image split over
+#     the three, the upstream behind the 50 MB/s link: upstream bytes per image (each), and
+#     the 30 pulls' wall time against one client's cold pull through one wharf
 # In 4 and 5 (wharf's times) the upstream is reached through benches/uplink.py: one shared
 # 50 MB/s link with a 20 ms round trip, as a site has to its registry. Straight on loopback,
 # skopeo's own work is the whole of a pull and one cold GET takes 0.1 s, so those figures would
@@ -132,12 +136,16 @@ wrk_run() { # URL -> "req/s p50_ms p99_ms"
 }
 rss_anon() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 wharf_pid() { pgrep -f "serve --listen $WHARF" | head -1; }
+pull() { rm -rf "$W/pulled"; local t0; t0=$(now); skopeo copy -q --src-tls-verify=false "docker://$1/bench/layers:1" "dir:$W/pulled" >/dev/null; secs "$t0" "$(now)"; }
+# BENCH_ONLY="4 7": run only those sections (to work on one figure); default: all
+want() { [[ -z ${BENCH_ONLY:-} || " $BENCH_ONLY " == *" $1 "* ]]; }
 RESULTS=()
 row() { RESULTS+=("$(printf '%-58s %14s %14s %8s  %s' "$@")"); }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (b>0)?a/b:0}'; }
 mb() { awk -v v="$1" 'BEGIN{printf "%.0f MB/s", v/1e6}'; }
 
 # ---------------------------------------------------------------- 1: warm 256 MiB
+if want 1; then
 fresh_wharf
 curl -s -o /dev/null "http://$WHARF/v2/bench/big/blobs/$BIG"
 for _ in $(seq 100); do [[ -e $W/wharf/blobs/sha256/${BIG#sha256:} ]] && break; sleep 0.1; done
@@ -147,8 +155,10 @@ w1=$(best_of_3 "http://$WHARF/v2/bench/big/blobs/$BIG"); n1=$(best_of_3 "http://
 row "1 warm 256 MiB blob, 1 stream (wharf | nginx)" "$(mb "$w1")" "$(mb "$n1")" "$(ratio "$w1" "$n1")" "target >= 1.0"
 w4=$(streams4 "http://$WHARF/v2/bench/big/blobs/$BIG" $((256 << 20))); n4=$(streams4 "http://$NGINX/v2/bench/big/blobs/$BIG" $((256 << 20)))
 row "1 warm 256 MiB blob, 4 streams (wharf | nginx)" "$(mb "$w4")" "$(mb "$n4")" "$(ratio "$w4" "$n4")" "target >= 1.0"
+fi
 
 # ---------------------------------------------------------------- 2: small objects
+if want 2; then
 log "2: small objects, 64 connections"
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/manifests/$SMALL_M"
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"; sleep 0.5
@@ -187,8 +197,10 @@ for _ in 1 2 3; do
 done
 on=${BEST[log-info]} off=${BEST[log-warn]}
 row "2 warm manifest by digest, req/s (access log on | off)" "$(printf '%.0f' "$on")" "$(printf '%.0f' "$off")" "$(ratio "$on" "$off")" "target >= 0.95"
+fi
 
 # ---------------------------------------------------------------- 3: cold 256 MiB
+if want 3; then
 log "3: cold 256 MiB blob"
 direct=$(best_of_3 "http://$UP/v2/bench/big/blobs/$BIG")
 cold=0
@@ -197,15 +209,18 @@ for _ in 1 2 3; do # best of three, each from an empty cache
   s=$(speed "http://$WHARF/v2/bench/big/blobs/$BIG"); cold=$(max "$cold" "$s")
 done
 row "3 cold 256 MiB blob (wharf | upstream direct)" "$(mb "$cold")" "$(mb "$direct")" "$(ratio "$cold" "$direct")" "target >= 0.9"
+fi
 
 # ---------------------------------------------------------------- 4: cold multi-layer pull
+if want 4; then
 log "4: cold pull of bench/layers:1 with skopeo, upstream behind a 50 MB/s link"
-pull() { rm -rf "$W/pulled"; local t0; t0=$(now); skopeo copy -q --src-tls-verify=false "docker://$1/bench/layers:1" "dir:$W/pulled" >/dev/null; secs "$t0" "$(now)"; }
 fresh_wharf "$LINK"; tw=$(pull "$WHARF")
 fresh_dist "$LINK"; td=$(pull "$DIST")
 row "4 cold pull, 8 x 16 MiB layers, 50 MB/s link, s (wharf | dist)" "$tw" "$td" "$(ratio "$td" "$tw")" "target >= 2 (distribution / wharf)"
+fi
 
 # ---------------------------------------------------------------- 5: 50 concurrent cold GETs
+if want 5; then
 log "5: 50 concurrent cold GETs of one 64 MiB blob"
 fresh_wharf "$LINK"
 t0=$(now); speed "http://$WHARF/v2/bench/mid/blobs/$MID" >/dev/null; one=$(secs "$t0" "$(now)")
@@ -219,8 +234,10 @@ parallel 50 "http://$DIST/v2/bench/mid/blobs/$MID"
 dist_fetches=$(($(upstream_gets "$MID") - before))
 row "5 50 cold GETs: upstream fetches (wharf | distribution)" "$wharf_fetches" "$dist_fetches" "" "target: wharf exactly 1"
 row "5 50 cold GETs, 50 MB/s link: total | one GET, s (wharf)" "$fifty" "$one" "$(ratio "$fifty" "$one")" "target <= 1.5"
+fi
 
 # ---------------------------------------------------------------- 6: memory
+if want 6; then
 log "6: memory under 64 concurrent 64 MiB pulls"
 fresh_wharf
 curl -s -o /dev/null "http://$WHARF/v2/bench/mid/blobs/$MID"; sleep 0.5  # cached, and idle
@@ -231,6 +248,78 @@ while kill -0 "$pulls" 2>/dev/null; do
   r=$(rss_anon "$pid"); ((r > peak)) && peak=$r; sleep 0.02
 done
 row "6 wharf anonymous RSS, MiB (idle after start | peak, 64 x 64 MiB)" "$((idle / 1024))" "$((peak / 1024))" "" "target peak <= 64 MiB"
+fi
+
+# ---------------------------------------------------------------- 7: a cluster on one bucket
+if want 7; then
+log "7: three wharfs and three distribution proxies on SeaweedFS, 30 cold pulls of bench/layers:1"
+WEED=${WEED:-$HOME/.cache/wharf-test/seaweedfs/bin/weed}
+[[ -x $WEED ]] || "$ROOT/tests/install-deps.sh"
+S3=127.0.0.1:18020
+printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"bench-key","secretKey":"bench-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' >"$W/s3.json"
+mkdir -p "$W/weed"
+start weed "$WEED" mini -dir="$W/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=18020 -s3.port.grpc=18030 \
+  -master.port=18021 -master.port.grpc=18031 -volume.port=18022 -volume.port.grpc=18032 -filer.port=18023 \
+  -filer.port.grpc=18033 -admin.port=18024 -admin.port.grpc=18034 -s3.port.iceberg=0 -s3.port.lance=0 \
+  -webdav=false -s3.config="$W/s3.json" -bucket=wharf,dist
+for _ in $(seq 300); do curl -s -H 'Accept: application/json' "http://127.0.0.1:18023/buckets/" | grep -q '"/buckets/dist"' && break; sleep 0.1; done
+head -c 32 /dev/urandom | base64 >"$W/cluster-secret"
+for i in 1 2 3; do
+  cat >"$W/wc$i.toml" <<TOML
+[upstreams."docker.io"]
+url = "http://$LINK"
+[store]
+url = "s3://wharf/bench"
+[store.options]
+aws_endpoint = "http://$S3"
+aws_allow_http = "true"
+aws_region = "us-east-1"
+aws_access_key_id = "bench-key"
+aws_secret_access_key = "bench-secret"
+[cluster]
+listen = "127.0.0.1:1811$i"
+members = ["127.0.0.1:18111", "127.0.0.1:18112", "127.0.0.1:18113"]
+secret_file = "$W/cluster-secret"
+health_interval = "500ms"
+TOML
+  start "wc$i" env WHARF_LOG=warn "$BIN" serve --listen "127.0.0.1:1810$i" --admin "127.0.0.1:1812$i" --data "$W/wc$i" --config "$W/wc$i.toml"
+  cat >"$W/dc$i.yml" <<YML
+version: 0.1
+log: {level: warn, formatter: text, accesslog: {disabled: true}}
+storage:
+  s3: {accesskey: bench-key, secretkey: bench-secret, region: us-east-1, regionendpoint: "http://$S3", bucket: dist, secure: false, v4auth: true, rootdirectory: /bench}
+  delete: {enabled: true}
+  redirect: {disable: true}
+http: {addr: "127.0.0.1:1815$i"}
+proxy: {remoteurl: "http://$LINK"}
+YML
+  start "dc$i" /usr/bin/docker-registry serve "$W/dc$i.yml"
+done
+for i in 1 2 3; do
+  wait_http "http://127.0.0.1:1810$i/v2/"; wait_http "http://127.0.0.1:1815$i/v2/"
+  for _ in $(seq 100); do curl -s "http://127.0.0.1:1812$i/metrics" | grep -q '^wharf_cluster_members_live 3$' && break; sleep 0.1; done
+done
+# the image's blobs and their sizes, from the files nginx serves
+LAYER_BLOBS=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(" ".join([m["config"]["digest"]] + [l["digest"] for l in m["layers"]]))' \
+  <(curl -s -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' "http://$UP/v2/bench/layers/manifests/1"))
+image_bytes=0; for d in $LAYER_BLOBS; do image_bytes=$((image_bytes + $(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'))); done
+upstream_bytes() { local n=0 d; for d in $LAYER_BLOBS; do n=$((n + $(upstream_gets "$d") * $(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'))); done; echo "$n"; }
+pull30() { # PORT_PREFIX : 30 skopeo pulls, ten at each of the three instances; prints seconds
+  local pids=() i t0; t0=$(now)
+  for ((i = 0; i < 30; i++)); do
+    skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1$((i % 3 + 1))/bench/layers:1" "dir:$W/p30-$i" >/dev/null 2>&1 & pids+=($!)
+  done
+  wait "${pids[@]}"; secs "$t0" "$(now)"; rm -rf "$W"/p30-*
+}
+before=$(upstream_bytes); tw30=$(pull30 1810); wharf_up=$(($(upstream_bytes) - before))
+before=$(upstream_bytes); td30=$(pull30 1815); dist_up=$(($(upstream_bytes) - before))
+fresh_wharf "$LINK"; tone=$(pull "$WHARF")
+row "7 cluster, 30 cold pulls: upstream bytes / image (wharf | dist)" "$(ratio "$wharf_up" "$image_bytes")" "$(ratio "$dist_up" "$image_bytes")" "" "target wharf 1.0"
+row "7 cluster, 30 cold pulls: wall time, s (wharf | dist)" "$tw30" "$td30" "$(ratio "$td30" "$tw30")" ""
+row "7 cluster, 30 pulls | one cold pull through one wharf, s" "$tw30" "$tone" "$(ratio "$tw30" "$tone")" "target <= 1.3"
+for i in 1 2 3; do stop "wc$i"; stop "dc$i"; done
+stop weed
+fi
 
 echo
 echo "# wharf $(git -C "$ROOT" describe --always --dirty 2>/dev/null) on $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; $(date -u +%F)"

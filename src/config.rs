@@ -168,6 +168,17 @@ pub struct StoreConfig {
     pub url: String,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// Most bytes the bucket may hold, for `wharf gc` (least recently used across the cluster
+    /// go first).
+    #[serde(default)]
+    pub max_size: Option<u64>,
+    /// How often each instance writes down what it served, for that recency.
+    #[serde(default = "default_use_interval", with = "humantime_serde")]
+    pub use_interval: Duration,
+}
+
+fn default_use_interval() -> Duration {
+    Duration::from_secs(600)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -287,11 +287,31 @@ fn ls(config: &Config, json: bool) -> Result<bool, String> {
 }
 
 /// `wharf gc`: eviction down to `--max-size`, or the configured `max_size`.
+/// With a shared store, the bucket: down to `--max-size` or `[store] max_size`, by the use
+/// records of every instance (each instance's disk keeps its own `max_size` as it serves).
 fn gc(config: &Config, max_size: Option<u64>, json: bool) -> Result<bool, String> {
+    let cache = commands::open_cache(config)?;
+    if let Some(bucket) = &cache.shared {
+        let max = max_size
+            .or(config.store.as_ref().and_then(|s| s.max_size))
+            .ok_or("give --max-size (or max_size in [store])")?;
+        let done = wharf::cache::uses::collect(bucket, max)
+            .map_err(|e| format!("cannot collect the shared store: {e}"))?;
+        report(
+            json,
+            &json!({"removed": done.removed, "bytes": done.bytes, "use_records": done.records}),
+            &[format!(
+                "removed {} objects ({}) from the shared store, by {} use records",
+                done.removed,
+                human_bytes(done.bytes),
+                done.records
+            )],
+        );
+        return Ok(true);
+    }
     let max = max_size
         .or(config.max_size)
         .ok_or("give --max-size (or max_size in the config)")?;
-    let cache = commands::open_cache(config)?;
     let (n, bytes) = commands::store::gc(&cache, max)?;
     report(
         json,

@@ -161,16 +161,80 @@ async fn instances_share_the_bucket_and_their_disks_serve_without_it() {
 
     let r = c.get(b.url(&path)).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", b.log());
-    assert!(header(&r, "x-wharf-cache").starts_with("hit"));
+    assert_eq!(header(&r, "x-wharf-cache"), "hit-shared");
     assert_eq!(r.bytes().await.unwrap(), bytes);
     assert_eq!(hub.cdn_fetches(&digest), 1, "one upstream fetch for both");
+    // b's disk now holds it too (read through), and b put nothing into the bucket
+    eventually(10, "b's disk holds the blob", || async {
+        let r = c.get(b.url(&path)).send().await.unwrap();
+        header(&r, "x-wharf-cache") == "hit-disk"
+    })
+    .await;
+    assert_eq!(b.metric("wharf_bucket_written_bytes_total").await, 0.0);
 
     s3.stop();
-    let r = c.get(a.url(&path)).send().await.unwrap();
-    assert_eq!(header(&r, "x-wharf-cache"), "hit-disk");
-    assert_eq!(
-        r.bytes().await.unwrap(),
-        bytes,
-        "a's disk serves without the bucket"
-    );
+    for w in [&a, &b] {
+        let r = c.get(w.url(&path)).send().await.unwrap();
+        assert_eq!(header(&r, "x-wharf-cache"), "hit-disk");
+        let got = r.bytes().await.unwrap();
+        assert!(got == bytes, "a disk serves without the bucket");
+    }
+}
+
+/// `wharf gc` on a shared store: least recently used first, by what every instance recorded
+/// of its uses (one record per instance per interval), folded so that records do not pile up.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bucket_is_collected_by_least_recent_use_across_instances() {
+    use wharf::cache::uses::{collect, UseLog};
+    let s3 = S3::start(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(&s3, "gc", dir.path()));
+    blocking(move || {
+        let blob = |i: u8| {
+            let data = vec![i; 1024];
+            let d = Digest::of(&data);
+            store.write(Kind::Blob, &d, &data).unwrap();
+            d
+        };
+        let (a, b, c) = (blob(1), blob(2), blob(3));
+        // an instance served a: its use log says so in one record
+        let log = UseLog::new(store.clone());
+        log.note(Kind::Blob, &a);
+        log.note(Kind::Blob, &a);
+        assert_eq!(log.flush().unwrap(), 1);
+        assert_eq!(log.flush().unwrap(), 0, "nothing new, nothing written");
+        assert_eq!(store.records().unwrap().len(), 1);
+        // another instance served c later (its record's name carries the time)
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 100;
+        store
+            .put_record(
+                &format!("{later:012}-other"),
+                format!("b {}\n", c.hex()).into_bytes(),
+            )
+            .unwrap();
+
+        // b was never served since its upload: it goes first
+        let done = collect(&store, 2048).unwrap();
+        assert_eq!((done.removed, done.bytes, done.records), (1, 1024, 2));
+        assert!(store.contains(Kind::Blob, &a) && store.contains(Kind::Blob, &c));
+        assert!(!store.contains(Kind::Blob, &b));
+        let records = store.records().unwrap();
+        assert_eq!(
+            records.len(),
+            1,
+            "the records were folded into one: {records:?}"
+        );
+        assert!(records[0].ends_with("-gc"));
+
+        // the folded record still knows c was used after a
+        let done = collect(&store, 1024).unwrap();
+        assert_eq!(done.removed, 1);
+        assert!(!store.contains(Kind::Blob, &a));
+        assert!(store.contains(Kind::Blob, &c));
+    })
+    .await;
 }

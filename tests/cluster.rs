@@ -140,6 +140,18 @@ async fn the_internal_listener_answers_members_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // the status page shows the members
+    let page = c
+        .get(format!("http://{}/", members[0].admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<h2>Cluster</h2>"), "{page}");
+    assert_eq!(page.matches("this instance").count(), 1, "{page}");
+    assert_eq!(page.matches("<td>up</td>").count(), 2, "{page}");
     // a member may not name a registry that is not mirrored
     let r = c
         .get(format!(

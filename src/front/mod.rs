@@ -769,6 +769,10 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         .disk
         .sweep_leftovers()
         .map_err(|e| format!("cannot set aside the temp files in {}: {e}", data.display()))?;
+    if let (Some(uses), Some(c)) = (&mirror.cache.uses, &config.store) {
+        uses.watch(c.use_interval)
+            .map_err(|e| format!("cannot start recording uses: {e}"))?;
+    }
     if let Some(bucket) = mirror.cache.shared.clone() {
         std::thread::spawn(move || match bucket.abort_leftovers() {
             0 => {}

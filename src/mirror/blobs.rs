@@ -16,7 +16,7 @@ use crate::metrics::METRICS;
 use crate::registry::media;
 use crate::registry::range::{parse_range, RangeAnswer};
 use crate::registry::{Cause, Digest, ErrorCode, RegistryError, RepoName};
-use crate::upstream::Upstream;
+use crate::upstream::{BlobBody, Upstream};
 
 /// What the policy for blobs keeps.
 pub(super) struct BlobState {
@@ -55,7 +55,7 @@ impl Mirror {
             self.vouch(up, name, Kind::Blob, &digest).await?;
             return Ok(reply);
         }
-        if head || up.offline {
+        if head || (up.offline && self.cache.shared.is_none()) {
             return self.blob_head_upstream(up, name, &digest).await;
         }
         let (mut reader, outcome) = match self.join_fill(up, name, &digest).await? {
@@ -69,8 +69,9 @@ impl Mirror {
                 return Ok(reply);
             }
         };
-        if outcome == Outcome::Coalesced {
-            // another repository's fill, perhaps: this one must hold the blob too
+        if matches!(outcome, Outcome::Coalesced | Outcome::HitShared) {
+            // another repository's fill, or content another instance fetched for another
+            // repository, perhaps: this one must hold the blob too
             self.vouch(up, name, Kind::Blob, &digest).await?;
         }
         if let Some(range) = range {
@@ -102,10 +103,12 @@ impl Mirror {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<Option<(FillReader, Outcome)>, RegistryError> {
+        // only this disk counts as stored: what is in the shared store only is filled from it
+        let disk: Arc<dyn ContentStore> = self.cache.disk.clone();
         let joined = self
             .blobs
             .fills
-            .join_or_start(&self.cache.store, digest)
+            .join_or_start(&disk, digest)
             .await
             .map_err(|Busy(n)| {
                 RegistryError::busy(
@@ -116,21 +119,53 @@ impl Mirror {
         Ok(match joined {
             Joined::Stored => None,
             Joined::Existing(r) => Some((r, Outcome::Coalesced)),
-            Joined::New(fill, r) if up.offline => {
-                let e = RegistryError::not_found(
-                    ErrorCode::BlobUnknown,
-                    format!("{name}@{digest} is not cached, and wharf is offline"),
-                );
-                fill.fail(e.clone());
-                self.blobs.fills.remove(digest);
-                drop(r);
-                return Err(e);
+            Joined::New(fill, r) if self.cache.shared.is_some() => {
+                let shared = self.shared_blob(digest).await;
+                if shared.is_none() && up.offline {
+                    return Err(self.offline_miss(name, fill, r));
+                }
+                let outcome = match shared {
+                    Some(_) => Outcome::HitShared,
+                    None => Outcome::Miss,
+                };
+                self.spawn_fill(up.clone(), name.clone(), fill, shared);
+                Some((r, outcome))
             }
+            Joined::New(fill, r) if up.offline => return Err(self.offline_miss(name, fill, r)),
             Joined::New(fill, r) => {
-                self.spawn_fill(up.clone(), name.clone(), fill);
+                self.spawn_fill(up.clone(), name.clone(), fill, None);
                 Some((r, Outcome::Miss))
             }
         })
+    }
+
+    /// A new fill that cannot be: wharf is offline and the blob is nowhere in the cache.
+    fn offline_miss(&self, name: &RepoName, fill: Arc<Fill>, r: FillReader) -> RegistryError {
+        let digest = fill.digest;
+        let e = RegistryError::not_found(
+            ErrorCode::BlobUnknown,
+            format!("{name}@{digest} is not cached, and wharf is offline"),
+        );
+        fill.fail(e.clone());
+        self.blobs.fills.remove(&digest);
+        drop(r);
+        e
+    }
+
+    /// The blob in the shared store, if it is there (and can be reached).
+    async fn shared_blob(self: &Arc<Self>, digest: &Digest) -> Option<Object> {
+        let shared = self.cache.shared.clone()?;
+        let d = *digest;
+        match self
+            .blocking(move |_| shared.open(Kind::Blob, &d, Use::Serve))
+            .await
+        {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("cannot look for {d} in the shared store: {e}");
+                None
+            }
+        }
     }
 
     /// Make sure a blob is in the store, fetching it (or waiting for the fetch in flight) if it
@@ -159,7 +194,7 @@ impl Mirror {
     /// The reply for a blob held in the memory tier.
     pub(super) fn memory_blob(&self, digest: &Digest, range: Option<&str>) -> Option<Reply> {
         let b = self.memory.get(Kind::Blob, digest)?.bytes;
-        self.cache.quota.touched(Kind::Blob, digest);
+        self.cache.touched(Kind::Blob, digest);
         Some(bytes_reply(digest, b, range, Outcome::HitMemory))
     }
 
@@ -173,18 +208,23 @@ impl Mirror {
         if let Some(reply) = self.memory_blob(digest, range) {
             return Ok(Some(reply));
         }
+        // this disk only: what is in the shared store alone is filled from it, but for a HEAD
         let (me, d) = (self.clone(), *digest);
         let opened =
-            tokio::task::spawn_blocking(move || me.cache.store.open(Kind::Blob, &d, Use::Serve))
+            tokio::task::spawn_blocking(move || me.cache.disk.open(Kind::Blob, &d, Use::Serve))
                 .await
                 .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
                 .map_err(|e| {
                     RegistryError::local(format!("cannot open cached blob {digest}: {e}"))
                 })?;
         let Some(object) = opened else {
-            return Ok(None);
+            if !head {
+                return Ok(None);
+            }
+            let shared = self.shared_blob(digest).await;
+            return Ok(shared.map(|o| stored_reply(digest, o, range, Outcome::HitShared)));
         };
-        self.cache.quota.touched(Kind::Blob, digest);
+        self.cache.touched(Kind::Blob, digest);
         if !head && self.memory.admits(object.len) {
             let bytes = object.read_at(0, object.len as usize).await.map_err(|e| {
                 RegistryError::local(format!("cannot read cached blob {digest}: {e}"))
@@ -224,12 +264,18 @@ impl Mirror {
     }
 
     /// Run a fill to its end on its own task: it belongs to no client.
-    fn spawn_fill(self: &Arc<Self>, up: Arc<Upstream>, name: RepoName, fill: Arc<Fill>) {
+    fn spawn_fill(
+        self: &Arc<Self>,
+        up: Arc<Upstream>,
+        name: RepoName,
+        fill: Arc<Fill>,
+        shared: Option<Object>,
+    ) {
         let me = self.clone();
         METRICS.fills_in_flight.inc();
         tokio::spawn(async move {
             let digest = fill.digest;
-            let result = AssertUnwindSafe(me.run_fill(&up, &name, &fill))
+            let result = AssertUnwindSafe(me.run_fill(&up, &name, &fill, shared))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(RegistryError::local("blob fill panicked")));
@@ -243,11 +289,14 @@ impl Mirror {
         });
     }
 
+    /// Fetch `fill`'s blob into the store: from the shared store if it is there (`shared`),
+    /// else from the upstream (or, in a cluster, the blob's owner).
     async fn run_fill(
         self: &Arc<Self>,
         up: &Upstream,
         name: &RepoName,
         fill: &Arc<Fill>,
+        shared: Option<Object>,
     ) -> Result<(), RegistryError> {
         let digest = fill.digest;
         // What the manifest of this repository said of the blob's size, when a pull came
@@ -259,7 +308,10 @@ impl Mirror {
         if let Some(n) = described {
             self.room_for(fill, Some(n)).await?;
         }
-        let body = up.blob(name, &digest).await?;
+        let body = match shared {
+            Some(object) => shared_body(object),
+            None => up.blob(name, &digest).await?,
+        };
         let declared = body.len;
         if let (Some(d), Some(n)) = (declared, described) {
             if d != n {
@@ -381,6 +433,28 @@ fn ranged(
             r.outcome = outcome;
             Err(r)
         }
+    }
+}
+
+/// A blob in the shared store as a fill reads it: a chunk at a time, in order.
+fn shared_body(object: Object) -> BlobBody {
+    const CHUNK: u64 = 1 << 20;
+    let len = object.len;
+    let chunks = futures_util::stream::try_unfold((object, 0u64), move |(object, at)| async move {
+        if at == len {
+            return Ok(None);
+        }
+        let n = (len - at).min(CHUNK);
+        let chunk = object
+            .read_at(at, n as usize)
+            .await
+            .map_err(|e| RegistryError::local(format!("cannot read from the shared store: {e}")))?;
+        Ok(Some((chunk, (object, at + n))))
+    });
+    BlobBody {
+        len: Some(len),
+        chunks: Box::pin(chunks),
+        shared_by_source: true,
     }
 }
 

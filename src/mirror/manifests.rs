@@ -126,7 +126,7 @@ impl Mirror {
     /// A manifest held in the memory tier.
     pub(super) fn memory_manifest(&self, digest: &Digest) -> Option<Manifest> {
         let c = self.memory.get(Kind::Manifest, digest)?;
-        self.cache.quota.touched(Kind::Manifest, digest);
+        self.cache.touched(Kind::Manifest, digest);
         Some(match c.media_type {
             Some(media_type) => Manifest {
                 digest: *digest,
@@ -225,7 +225,7 @@ impl Mirror {
         };
         let len = object.len.min(media::MAX_MANIFEST_BYTES as u64) as usize;
         let bytes = object.read_at(0, len).await.map_err(cannot)?;
-        self.cache.quota.touched(Kind::Manifest, digest);
+        self.cache.touched(Kind::Manifest, digest);
         let m = Manifest::from_bytes(*digest, bytes, None);
         m.remember(&self.memory);
         Ok(Some((m, Outcome::HitDisk)))

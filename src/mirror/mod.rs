@@ -44,6 +44,9 @@ pub use manifests::Manifest;
 pub enum Outcome {
     HitMemory,
     HitDisk,
+    /// From the shared store (the bucket behind this instance's disk), which the disk now
+    /// fills from.
+    HitShared,
     /// This request started the upstream fetch.
     Miss,
     /// This request shared an upstream fetch another request started.
@@ -57,9 +60,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::HitMemory,
         Outcome::HitDisk,
+        Outcome::HitShared,
         Outcome::Miss,
         Outcome::Coalesced,
         Outcome::Stale,
@@ -69,7 +73,10 @@ impl Outcome {
 
     /// Answered from the cache, without the upstream.
     pub fn is_hit(self) -> bool {
-        matches!(self, Outcome::HitMemory | Outcome::HitDisk | Outcome::Stale)
+        matches!(
+            self,
+            Outcome::HitMemory | Outcome::HitDisk | Outcome::HitShared | Outcome::Stale
+        )
     }
 
     /// Answered by fetching into the cache.
@@ -81,6 +88,7 @@ impl Outcome {
         match self {
             Outcome::HitMemory => "hit-memory",
             Outcome::HitDisk => "hit-disk",
+            Outcome::HitShared => "hit-shared",
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
             Outcome::Stale => "stale",

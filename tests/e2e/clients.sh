@@ -16,6 +16,9 @@
 #   round 5  air gap: a cache warmed and exported (`wharf warm`, `wharf export`) while the
 #            upstreams were up is imported into an empty data dir and served --offline:
 #            dockerd and containerd pull and run from it.
+#   cluster  three wharfs on one SeaweedFS bucket, a client at each, pulling at once: one
+#            upstream fetch per blob; then the container image serves a pull
+#            (tests/e2e/cluster.sh).
 # Also, while the upstreams are up: a second wharf on a 1.5 MiB tmpfs runs out of disk: a
 # blob that cannot fit is refused (507) before any byte, nothing partial is stored, cached
 # content is still served, and /readyz says why it fails, full or remounted read-only.
@@ -260,6 +263,10 @@ check "fetched no manifest from the upstreams" test "$manifests2" -eq "$manifest
 # ---------------------------------------------------------------- TLS, and who is asking
 # shellcheck source=tests/e2e/secure.sh
 source "$ROOT/tests/e2e/secure.sh"
+
+# ---------------------------------------------------------------- a cluster on a bucket, the image
+# shellcheck source=tests/e2e/cluster.sh
+source "$ROOT/tests/e2e/cluster.sh"
 
 # ---------------------------------------------------------------- air gap, part 1: warm + export
 WHARF=("$ROOT/target/debug/wharf")

@@ -128,6 +128,47 @@ impl BucketStore {
         joined.map_err(io::Error::other)?.map_err(to_io)
     }
 
+    fn record_key(&self, name: &str) -> Key {
+        self.prefix.clone().join("uses").join(name)
+    }
+
+    /// Put a small record (not content: see `cache::uses`) under `<prefix>/uses/`. Blocking.
+    pub fn put_record(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let (objects, key) = (self.objects.clone(), self.record_key(name));
+        let data = PutPayload::from(Bytes::from(bytes));
+        self.wait(async move { objects.put(&key, data).await })
+            .map(drop)
+    }
+
+    /// The names of the records, oldest first. Blocking.
+    pub fn records(&self) -> io::Result<Vec<String>> {
+        let (objects, dir) = (self.objects.clone(), self.prefix.clone().join("uses"));
+        let metas = self.wait(async move {
+            let all: Vec<_> = objects.list(Some(&dir)).collect().await;
+            all.into_iter().collect::<object_store::Result<Vec<_>>>()
+        })?;
+        let mut names: Vec<String> = metas
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// One record whole. Blocking.
+    pub fn read_record(&self, name: &str) -> io::Result<Bytes> {
+        let (objects, key) = (self.objects.clone(), self.record_key(name));
+        self.wait(async move { objects.get(&key).await?.bytes().await })
+    }
+
+    pub fn remove_record(&self, name: &str) -> io::Result<()> {
+        let (objects, key) = (self.objects.clone(), self.record_key(name));
+        match self.wait(async move { objects.delete(&key).await }) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Abort the multipart uploads an earlier run left in the journal. For the server, at
     /// start; blocking.
     pub fn abort_leftovers(&self) -> usize {
