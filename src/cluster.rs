@@ -40,13 +40,24 @@ pub enum Roster {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Member {
     pub addr: String,
-    /// It answered the last health check.
+    /// It answered one of the last [`DOWN_AFTER`] health checks.
     pub live: bool,
+    /// Health checks it failed in a row.
+    pub misses: u32,
     /// It is this instance.
     pub me: bool,
     /// Why it is not live, if it is not.
     pub problem: Option<String>,
 }
+
+/// Health checks a member must fail in a row to be passed over: one slow answer on a busy
+/// machine must not move its keys (which would fetch them again). A member that is really
+/// gone is passed over sooner by those who ask it: a refused connection sends them to the
+/// upstream at once.
+pub const DOWN_AFTER: u32 = 3;
+
+/// How long a member may take to answer a health check.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The members of the cluster and their health.
 pub struct Members {
@@ -124,26 +135,15 @@ impl Members {
                 return;
             }
         };
-        let timeout = self.interval.min(Duration::from_secs(2));
-        let pings = addrs.iter().map(|a| self.peers.ping(a, timeout));
+        let pings = addrs.iter().map(|a| self.peers.ping(a, PING_TIMEOUT));
         let answers = futures_util::future::join_all(pings).await;
         let before = self.seen();
         let now: Vec<Member> = addrs
             .into_iter()
             .zip(answers)
-            .map(|(addr, answer)| match answer {
-                Ok(id) => Member {
-                    me: id == self.id,
-                    live: true,
-                    problem: None,
-                    addr,
-                },
-                Err(e) => Member {
-                    me: false,
-                    live: false,
-                    problem: Some(e),
-                    addr,
-                },
+            .map(|(addr, answer)| {
+                let was = before.iter().find(|b| b.addr == addr);
+                next_seen(was, addr, answer, &self.id)
             })
             .collect();
         for m in &now {
@@ -208,6 +208,37 @@ impl Members {
 /// The owner of `key` among `members` (`host:port` of their internal listeners).
 pub fn rendezvous<'a>(members: impl Iterator<Item = &'a str>, key: &str) -> Option<&'a str> {
     members.max_by_key(|m| score(m, key))
+}
+
+/// What a member is after a health check that `answer`ed (its id, or why not), given what it
+/// was (`was`) and this instance's `id`.
+fn next_seen(
+    was: Option<&Member>,
+    addr: String,
+    answer: Result<String, String>,
+    id: &str,
+) -> Member {
+    match answer {
+        Ok(theirs) => Member {
+            me: theirs == id,
+            live: true,
+            misses: 0,
+            problem: None,
+            addr,
+        },
+        Err(e) => {
+            // this instance is alive, however slowly it answers itself
+            let me = was.is_some_and(|b| b.me);
+            let misses = was.map_or(DOWN_AFTER, |b| b.misses + 1);
+            Member {
+                me,
+                live: me || (was.is_some_and(|b| b.live) && misses < DOWN_AFTER),
+                misses,
+                problem: Some(e),
+                addr,
+            }
+        }
+    }
 }
 
 /// A member's rendezvous score for a key: the first 8 bytes of SHA-256 over both.
@@ -375,6 +406,7 @@ mod tests {
             .map(|a| Member {
                 addr: a.to_string(),
                 live: true,
+                misses: 0,
                 me: *a == me,
                 problem: None,
             })
@@ -408,6 +440,32 @@ mod tests {
                 assert_ne!(a, "c:1");
             }
         }
+    }
+
+    #[test]
+    fn a_member_is_passed_over_after_three_missed_checks_and_this_one_never() {
+        let a = || "a:1".to_owned();
+        let up = next_seen(None, a(), Ok("them".into()), "me");
+        assert!(up.live && !up.me);
+        let slow = next_seen(Some(&up), a(), Err("slow".into()), "me");
+        let slower = next_seen(Some(&slow), a(), Err("slow".into()), "me");
+        assert!(
+            slow.live && slower.live,
+            "one or two slow answers move nothing"
+        );
+        let gone = next_seen(Some(&slower), a(), Err("slow".into()), "me");
+        assert!(!gone.live);
+        assert!(next_seen(Some(&gone), a(), Ok("them".into()), "me").live);
+        assert!(
+            !next_seen(None, a(), Err("refused".into()), "me").live,
+            "never seen: not live"
+        );
+        let me = next_seen(None, a(), Ok("me".into()), "me");
+        let mut m = me;
+        for _ in 0..5 {
+            m = next_seen(Some(&m), a(), Err("busy".into()), "me");
+        }
+        assert!(m.live && m.me, "this instance is never passed over");
     }
 
     #[test]

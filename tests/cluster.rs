@@ -200,3 +200,34 @@ async fn an_owner_killed_mid_fill_never_leads_to_wrong_bytes_and_a_retry_succeed
     .await;
     assert!(members[asker].metric("wharf_peer_forwarded_total").await >= 1.0);
 }
+
+/// Members from a DNS name, resolved again at every check (a headless Service's way): here
+/// `localhost`, which names this instance's internal listener (an address of it where
+/// nothing listens, such as `::1`, would be shown down).
+#[tokio::test(flavor = "multi_thread")]
+async fn members_come_from_a_dns_name() {
+    let hub = FakeHub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let port = free_port();
+    let conf = format!(
+        "[cluster]\nlisten = \"127.0.0.1:{port}\"\nmembers_dns = \"localhost:{port}\"\nsecret_file = \"{}\"\nhealth_interval = \"200ms\"\n",
+        secret.display()
+    );
+    let w = Wharf::start(&hub.url(), &conf).await;
+    let c = client();
+    eventually(10, "this instance found by name", || async {
+        let page = c
+            .get(format!("http://{}/", w.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        page.contains(&format!("<td>127.0.0.1:{port}</td><td>this instance</td>"))
+    })
+    .await;
+    assert_eq!(w.metric("wharf_cluster_members_live").await, 1.0);
+}

@@ -139,7 +139,12 @@ fn members_table(mirror: &Mirror) -> String {
     for m in members.seen() {
         let state = match (m.me, m.live) {
             (true, _) => "this instance".to_owned(),
-            (false, true) => "up".to_owned(),
+            (false, true) if m.misses == 0 => "up".to_owned(),
+            (false, true) => format!(
+                "up, {} checks missed: {}",
+                m.misses,
+                m.problem.as_deref().unwrap_or("")
+            ),
             (false, false) => format!("down: {}", m.problem.as_deref().unwrap_or("")),
         };
         let _ = write!(
