@@ -171,6 +171,28 @@ async fn instances_share_the_bucket_and_their_disks_serve_without_it() {
     })
     .await;
     assert_eq!(b.metric("wharf_bucket_written_bytes_total").await, 0.0);
+    // a manifest a fetched: b reads it from the bucket once, onto its disk
+    let r = c
+        .get(a.url("/v2/library/shared/manifests/1"))
+        .header("accept", common::hub::DOCKER_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually(10, "the manifest in the bucket", || async {
+        a.metric("wharf_bucket_written_bytes_total").await > bytes.len() as f64
+    })
+    .await;
+    let manifest = format!("/v2/library/shared/manifests/{}", img.digest);
+    let r = c.get(b.url(&manifest)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", b.log());
+    assert_eq!(header(&r, "x-wharf-cache"), "hit-shared");
+    assert!(r.bytes().await.unwrap() == img.manifest);
+    let hex = img.digest.trim_start_matches("sha256:");
+    assert!(
+        b.data.join("manifests/sha256").join(hex).exists(),
+        "on b's disk now"
+    );
 
     s3.stop();
     for w in [&a, &b] {

@@ -10,7 +10,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply};
 use crate::cache::flight::Full;
-use crate::cache::{Flights, Kind, MemoryTier, TagEntry, TagRecord, Use};
+use crate::cache::{ContentStore as _, Flights, Kind, MemoryTier, TagEntry, TagRecord, Use};
 use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
@@ -213,15 +213,14 @@ impl Mirror {
         if let Some(m) = self.memory_manifest(digest) {
             return Ok(Some((m, Outcome::HitMemory)));
         }
-        let (store, d) = (self.cache.store.clone(), *digest);
+        let (disk, d) = (self.cache.disk.clone(), *digest);
         let cannot = |e| RegistryError::local(format!("cannot read cached manifest {digest}: {e}"));
-        let opened =
-            tokio::task::spawn_blocking(move || store.open(Kind::Manifest, &d, Use::Serve))
-                .await
-                .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
-                .map_err(cannot)?;
+        let opened = tokio::task::spawn_blocking(move || disk.open(Kind::Manifest, &d, Use::Serve))
+            .await
+            .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?
+            .map_err(cannot)?;
         let Some(object) = opened else {
-            return Ok(None);
+            return self.shared_manifest(digest).await;
         };
         let len = object.len.min(media::MAX_MANIFEST_BYTES as u64) as usize;
         let bytes = object.read_at(0, len).await.map_err(cannot)?;
@@ -229,6 +228,51 @@ impl Mirror {
         let m = Manifest::from_bytes(*digest, bytes, None);
         m.remember(&self.memory);
         Ok(Some((m, Outcome::HitDisk)))
+    }
+
+    /// A manifest found in the shared store only: copied onto this disk (where its digest is
+    /// checked again), then served.
+    async fn shared_manifest(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(Manifest, Outcome)>, RegistryError> {
+        let (Some(shared), disk, d) = (self.cache.shared.clone(), self.cache.disk.clone(), *digest)
+        else {
+            return Ok(None);
+        };
+        let read =
+            tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Vec<u8>, bool)>> {
+                let Some(bytes) = shared.read(Kind::Manifest, &d)? else {
+                    return Ok(None);
+                };
+                match disk.write(Kind::Manifest, &d, &bytes) {
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(e),
+                    Err(e) => {
+                        tracing::warn!("cannot copy manifest {d} from the shared store: {e}");
+                        Ok(Some((bytes, false)))
+                    }
+                    Ok(()) => Ok(Some((bytes, true))),
+                }
+            })
+            .await
+            .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?;
+        let (bytes, copied) = match read {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let e = format!("cannot read manifest {digest} from the shared store: {e}");
+                return Err(RegistryError::local(e));
+            }
+        };
+        if copied {
+            self.cache
+                .quota
+                .added(Kind::Manifest, *digest, bytes.len() as u64);
+        }
+        self.cache.touched(Kind::Manifest, digest);
+        let m = Manifest::from_bytes(*digest, Bytes::from(bytes), None);
+        m.remember(&self.memory);
+        Ok(Some((m, Outcome::HitShared)))
     }
 
     /// The manifest a tag names, if a fresh mapping that answers this client and the manifest

@@ -4,8 +4,10 @@
 //! a blob as a stream with its length, a tag list, referrers), asked in registry terms and
 //! answered with typed values. [`RegistryClient`] is the one over HTTP (URLs, `reqwest`, auth,
 //! redirects, retries: [`http`]); nothing outside this module sees a URL or a raw response. A
-//! cluster peer will be another. [`Upstream`] is what the pull policy holds for one mirrored
-//! registry: its name and settings, a remote, and a memory of its recent failures.
+//! cluster peer is the same client pointed at a member's internal listener ([`PeerClients`]),
+//! and `cluster::ClusterRemote` the remote that picks between them. [`Upstream`] is what the
+//! pull policy holds for one mirrored registry: its name and settings, a remote, and a memory
+//! of its recent failures.
 
 pub mod auth;
 pub mod credentials;

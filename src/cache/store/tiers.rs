@@ -83,11 +83,14 @@ impl ContentStore for Tiers {
 
     /// A manifest stored by this instance goes to both.
     fn write(&self, kind: Kind, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
-        if let Err(e) = self.shared.write(kind, digest, bytes) {
-            METRICS.bucket_failures.inc();
-            tracing::warn!(
-                "cannot put {digest} into the shared store, kept on this disk only: {e}"
-            );
+        match self.shared.write(kind, digest, bytes) {
+            Ok(()) => METRICS.bucket_writes.inc_by(bytes.len() as u64),
+            Err(e) => {
+                METRICS.bucket_failures.inc();
+                tracing::warn!(
+                    "cannot put {digest} into the shared store, kept on this disk only: {e}"
+                );
+            }
         }
         self.local.write(kind, digest, bytes)
     }
