@@ -160,6 +160,7 @@ fi
 # ---------------------------------------------------------------- 2: small objects
 if want 2; then
 log "2: small objects, 64 connections"
+fresh_wharf
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/manifests/$SMALL_M"
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"; sleep 0.5
 curl -s -o /dev/null "http://$WHARF/v2/bench/small/blobs/$SMALL"

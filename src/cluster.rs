@@ -91,8 +91,13 @@ impl Members {
     }
 
     /// The owner of `key` among the live members (this instance is always live to itself).
+    /// Until this instance has found itself among the members, it owns everything: a member
+    /// that cannot tell itself from the others could otherwise ask one that asks it back.
     pub fn owner(&self, key: &str) -> Owner {
         let seen = self.seen.read().expect("members");
+        if !seen.iter().any(|m| m.me) {
+            return Owner::Me;
+        }
         let best = seen
             .iter()
             .filter(|m| m.live)
@@ -288,11 +293,12 @@ impl ClusterRemote {
         }
     }
 
-    /// Whether what the peer answered sends this instance to the upstream instead: the peer
-    /// could not be reached, or could not reach the upstream (an answer — found or not — is
-    /// the upstream's, and stands).
+    /// Whether what the peer answered sends this instance to the upstream instead: anything
+    /// but a 404, which the owner had from the upstream.
     fn falls_back(&self, addr: &str, e: &RegistryError) -> bool {
-        if !e.cause.upstream_unavailable() {
+        // a 404 is the upstream's word, passed on by the owner; anything else (the owner is
+        // down, slow, refused this member's secret, or lacks the registry) is the owner's
+        if e.cause == crate::registry::Cause::NotFound {
             return false;
         }
         METRICS.peer_fallbacks.inc();

@@ -332,12 +332,17 @@ fn verify(config: &Config, json: bool) -> Result<bool, String> {
         v.bad.len()
     )];
     lines.extend(v.bad.iter().map(|b| format!("removed: {b}")));
+    lines.extend(
+        v.unreadable
+            .iter()
+            .map(|b| format!("unreadable (kept): {b}")),
+    );
     report(
         json,
-        &json!({"objects": v.objects, "bytes": v.bytes, "bad": v.bad}),
+        &json!({"objects": v.objects, "bytes": v.bytes, "bad": v.bad, "unreadable": v.unreadable}),
         &lines,
     );
-    Ok(v.bad.is_empty())
+    Ok(v.bad.is_empty() && v.unreadable.is_empty())
 }
 
 /// Logs go to stderr; `WHARF_LOG` filters them (default `info` for serve, `warn` for the

@@ -122,7 +122,10 @@ async fn the_internal_listener_answers_members_only() {
         .expect("the cluster listener is announced")
         .to_owned();
     let c = client();
-    let url = format!("http://{listen}/v2/library/app/manifests/{}", img.digest);
+    let url = format!(
+        "http://{listen}/v2/docker.io/library/app/manifests/{}",
+        img.digest
+    );
     for secret in [None, Some("wrong-secret-of-the-same-len!")] {
         let mut req = c.get(&url);
         if let Some(s) = secret {
@@ -152,6 +155,17 @@ async fn the_internal_listener_answers_members_only() {
     assert!(page.contains("<h2>Cluster</h2>"), "{page}");
     assert_eq!(page.matches("this instance").count(), 1, "{page}");
     assert_eq!(page.matches("<td>up</td>").count(), 2, "{page}");
+    // a member names the registry first; a path that does not is not taken for Docker Hub's
+    let r = c
+        .get(format!(
+            "http://{listen}/v2/library/app/manifests/{}",
+            img.digest
+        ))
+        .header("x-wharf-peer-secret", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     // a member may not name a registry that is not mirrored
     let r = c
         .get(format!(

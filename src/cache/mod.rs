@@ -75,10 +75,10 @@ impl Cache {
         };
         let store: Arc<dyn ContentStore> = match &shared {
             None => disk.clone(),
-            Some(bucket) => Arc::new(Tiers {
-                local: disk.clone(),
-                shared: bucket.clone(),
-            }),
+            Some(bucket) => Arc::new(
+                Tiers::new(disk.clone(), bucket.clone())
+                    .map_err(|e| format!("cannot start the uploader: {e}"))?,
+            ),
         };
         Ok(Cache {
             quota: DiskQuota::new(disk.clone(), max_size),

@@ -56,7 +56,11 @@ impl UseLog {
             text.push('\n');
         }
         let name = format!("{:012}-{}", now_secs(), self.instance);
-        self.bucket.put_record(&name, text.into_bytes())?;
+        if let Err(e) = self.bucket.put_record(&name, text.into_bytes()) {
+            // kept for the next flush: a lost record could make gc take hot objects
+            self.noted.lock().expect("use log").extend(noted);
+            return Err(e);
+        }
         Ok(noted.len())
     }
 

@@ -92,41 +92,54 @@ pub fn gc(cache: &Cache, max: u64) -> Result<(usize, u64), String> {
 pub struct Verified {
     pub objects: usize,
     pub bytes: u64,
-    /// Objects whose content did not match their digest; they were removed.
+    /// Objects whose content did not match their digest; they were removed (from the store
+    /// that held the bad copy only).
     pub bad: Vec<String>,
+    /// Objects that could not be read (kept: a read error says nothing of the content).
+    pub unreadable: Vec<String>,
 }
 
-/// Re-hash every stored object, removing those whose content does not match. Blocking.
+/// Re-hash every stored object, removing those whose content does not match: on this disk,
+/// and in the shared store if there is one, each copy on its own. Blocking.
 pub fn verify(cache: &Cache, json: bool) -> Result<Verified, String> {
-    let store = &cache.store;
-    let objects = store
-        .list()
-        .map_err(|e| format!("cannot list the store: {e}"))?;
-    let total = objects.iter().map(|o| o.size).sum();
-    let bar = super::progress(total, "verifying", json);
-    let mut bad = Vec::new();
-    for o in &objects {
-        let mut hashed = Hashing::new(io::sink());
-        let read = store
-            .open(o.kind, &o.digest, Use::Inspect)
-            .and_then(|f| match f {
-                Some(f) => io::copy(&mut bar.wrap_read(f.reader()?), &mut hashed).map(Some),
-                None => Ok(None),
-            });
-        let ok = matches!(read, Ok(Some(_))) && hashed.finish().0 == o.digest;
-        if !ok {
-            let _ = store.remove(o.kind, &o.digest);
-            bad.push(format!(
-                "{} ({})",
-                o.digest,
-                store.location(o.kind, &o.digest)
-            ));
-        }
+    let mut stores: Vec<&dyn crate::cache::ContentStore> = vec![&*cache.disk];
+    if let Some(shared) = &cache.shared {
+        stores.push(&**shared);
     }
-    bar.finish_and_clear();
-    Ok(Verified {
-        objects: objects.len(),
-        bytes: total,
-        bad,
-    })
+    let mut v = Verified {
+        objects: 0,
+        bytes: 0,
+        bad: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for store in stores {
+        let objects = store
+            .list()
+            .map_err(|e| format!("cannot list the store: {e}"))?;
+        let total = objects.iter().map(|o| o.size).sum();
+        let bar = super::progress(total, "verifying", json);
+        for o in &objects {
+            let mut hashed = Hashing::new(io::sink());
+            let read = store
+                .open(o.kind, &o.digest, Use::Inspect)
+                .and_then(|f| match f {
+                    Some(f) => io::copy(&mut bar.wrap_read(f.reader()?), &mut hashed).map(Some),
+                    None => Ok(None),
+                });
+            let at = store.location(o.kind, &o.digest);
+            match read {
+                Ok(None) => {} // removed meanwhile
+                Err(e) => v.unreadable.push(format!("{} ({at}): {e}", o.digest)),
+                Ok(Some(_)) if hashed.finish().0 == o.digest => {}
+                Ok(Some(_)) => {
+                    let _ = store.remove(o.kind, &o.digest);
+                    v.bad.push(format!("{} ({at})", o.digest));
+                }
+            }
+        }
+        bar.finish_and_clear();
+        v.objects += objects.len();
+        v.bytes += total;
+    }
+    Ok(v)
 }

@@ -410,6 +410,14 @@ impl Front {
                 .mirror
                 .upstream_for(namespace(query).as_deref(), req.uri.path())?;
             let up = match self.peers {
+                // a member always names the registry first: one this instance lacks is
+                // refused (the member then asks the upstream), never taken for Docker Hub
+                Some(_) if !names_registry(req.uri.path(), &up.registry) => {
+                    return Err(RegistryError::denied(format!(
+                        "this member does not mirror the registry {}",
+                        req.uri.path().split('/').nth(2).unwrap_or("")
+                    )));
+                }
                 Some(_) => self.mirror.direct(&up),
                 None => up,
             };
@@ -464,6 +472,13 @@ impl Front {
         ctx.outcome = reply.outcome;
         send(session, reply, head, self.timeouts.idle).await
     }
+}
+
+/// Whether `path` (`/v2/<registry>/…`, as members ask) names `registry` first.
+fn names_registry(path: &str, registry: &str) -> bool {
+    path.strip_prefix("/v2/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|first| first == registry)
 }
 
 /// One access-log line and the request metrics.

@@ -69,9 +69,8 @@ impl Mirror {
                 return Ok(reply);
             }
         };
-        if matches!(outcome, Outcome::Coalesced | Outcome::HitShared) {
-            // another repository's fill, or content another instance fetched for another
-            // repository, perhaps: this one must hold the blob too
+        if outcome == Outcome::Coalesced {
+            // another repository's fill, perhaps: this one must hold the blob too
             self.vouch(up, name, Kind::Blob, &digest).await?;
         }
         if let Some(range) = range {
@@ -120,16 +119,29 @@ impl Mirror {
             Joined::Stored => None,
             Joined::Existing(r) => Some((r, Outcome::Coalesced)),
             Joined::New(fill, r) if self.cache.shared.is_some() => {
-                let shared = self.shared_blob(digest).await;
-                if shared.is_none() && up.offline {
-                    return Err(self.offline_miss(name, fill, r));
-                }
-                let outcome = match shared {
-                    Some(_) => Outcome::HitShared,
-                    None => Outcome::Miss,
+                // the request may go away while the bucket is asked: the fill then starts
+                // anyway, so that whoever joined it meanwhile is not left waiting
+                let starting = Starting {
+                    mirror: self.clone(),
+                    up: up.clone(),
+                    name: name.clone(),
+                    fill: Some(fill),
                 };
-                self.spawn_fill(up.clone(), name.clone(), fill, shared);
-                Some((r, outcome))
+                let Some(shared) = self.shared_blob(digest).await else {
+                    if up.offline {
+                        return Err(starting.offline_miss(r));
+                    }
+                    starting.start(None);
+                    return Ok(Some((r, Outcome::Miss)));
+                };
+                // content another instance fetched for some repository: this one must hold it
+                // before any of it is copied here
+                if let Err(e) = self.vouch(up, name, Kind::Blob, digest).await {
+                    starting.fail(e.clone());
+                    return Err(e);
+                }
+                starting.start(Some(shared));
+                Some((r, Outcome::HitShared))
             }
             Joined::New(fill, r) if up.offline => return Err(self.offline_miss(name, fill, r)),
             Joined::New(fill, r) => {
@@ -141,15 +153,16 @@ impl Mirror {
 
     /// A new fill that cannot be: wharf is offline and the blob is nowhere in the cache.
     fn offline_miss(&self, name: &RepoName, fill: Arc<Fill>, r: FillReader) -> RegistryError {
-        let digest = fill.digest;
-        let e = RegistryError::not_found(
-            ErrorCode::BlobUnknown,
-            format!("{name}@{digest} is not cached, and wharf is offline"),
-        );
-        fill.fail(e.clone());
-        self.blobs.fills.remove(&digest);
+        let e = offline_error(name, &fill.digest);
+        self.end_unstarted(&fill, e.clone());
         drop(r);
         e
+    }
+
+    /// Fail a fill that was never started, and forget it.
+    fn end_unstarted(&self, fill: &Fill, e: RegistryError) {
+        fill.fail(e);
+        self.blobs.fills.remove(&fill.digest);
     }
 
     /// The blob in the shared store, if it is there (and can be reached).
@@ -432,6 +445,51 @@ fn ranged(
             ));
             r.outcome = outcome;
             Err(r)
+        }
+    }
+}
+
+fn offline_error(name: &RepoName, digest: &Digest) -> RegistryError {
+    RegistryError::not_found(
+        ErrorCode::BlobUnknown,
+        format!("{name}@{digest} is not cached, and wharf is offline"),
+    )
+}
+
+/// A fill a request created and has not started yet. Dropped undecided (the request went
+/// away), it is started from the upstream, as fills belong to no client.
+struct Starting {
+    mirror: Arc<Mirror>,
+    up: Arc<Upstream>,
+    name: RepoName,
+    fill: Option<Arc<Fill>>,
+}
+
+impl Starting {
+    fn start(mut self, shared: Option<Object>) {
+        let fill = self.fill.take().expect("decided once");
+        self.mirror
+            .spawn_fill(self.up.clone(), self.name.clone(), fill, shared);
+    }
+
+    fn fail(mut self, e: RegistryError) {
+        let fill = self.fill.take().expect("decided once");
+        self.mirror.end_unstarted(&fill, e);
+    }
+
+    fn offline_miss(self, r: FillReader) -> RegistryError {
+        let e = offline_error(&self.name, &self.fill.as_ref().expect("undecided").digest);
+        self.fail(e.clone());
+        drop(r);
+        e
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(fill) = self.fill.take() {
+            self.mirror
+                .spawn_fill(self.up.clone(), self.name.clone(), fill, None);
         }
     }
 }

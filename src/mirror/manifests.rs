@@ -10,7 +10,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply};
 use crate::cache::flight::Full;
-use crate::cache::{ContentStore as _, Flights, Kind, MemoryTier, TagEntry, TagRecord, Use};
+use crate::cache::{ContentStore, Flights, Kind, MemoryTier, TagEntry, TagRecord, Use};
 use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
@@ -240,28 +240,16 @@ impl Mirror {
         else {
             return Ok(None);
         };
-        let read =
-            tokio::task::spawn_blocking(move || -> std::io::Result<Option<(Vec<u8>, bool)>> {
-                let Some(bytes) = shared.read(Kind::Manifest, &d)? else {
-                    return Ok(None);
-                };
-                match disk.write(Kind::Manifest, &d, &bytes) {
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(e),
-                    Err(e) => {
-                        tracing::warn!("cannot copy manifest {d} from the shared store: {e}");
-                        Ok(Some((bytes, false)))
-                    }
-                    Ok(()) => Ok(Some((bytes, true))),
-                }
-            })
+        let read = tokio::task::spawn_blocking(move || copy_shared_manifest(&*shared, &disk, &d))
             .await
             .map_err(|e| RegistryError::local(format!("cache task failed: {e}")))?;
         let (bytes, copied) = match read {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(None),
             Err(e) => {
-                let e = format!("cannot read manifest {digest} from the shared store: {e}");
-                return Err(RegistryError::local(e));
+                // a bucket that cannot be read is no reason to fail: the upstream is asked
+                tracing::warn!("cannot read manifest {digest} from the shared store: {e}");
+                return Ok(None);
             }
         };
         if copied {
@@ -665,4 +653,36 @@ enum Mapping {
     Moved,
     /// Not fresh, and the upstream could not be asked: the reason.
     Unconfirmed(RegistryError),
+}
+
+/// Read manifest `d` from the shared store, check it, and copy it onto `disk`: its bytes, and
+/// whether the copy was made. The bucket's copy is checked before anything is served or kept;
+/// one that is too big or wrong (it can only have come from outside wharf) is removed from
+/// the bucket. Blocking.
+fn copy_shared_manifest(
+    shared: &dyn ContentStore,
+    disk: &crate::cache::DiskStore,
+    d: &Digest,
+) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+    let Some(object) = shared.open(Kind::Manifest, d, Use::Serve)? else {
+        return Ok(None);
+    };
+    let max = media::MAX_MANIFEST_BYTES as u64;
+    let mut bytes = Vec::new();
+    if object.len <= max {
+        let mut reader = std::io::Read::take(object.reader()?, max + 1);
+        std::io::Read::read_to_end(&mut reader, &mut bytes)?;
+    }
+    if object.len > max || Digest::of(&bytes) != *d {
+        tracing::error!("the shared store's copy of manifest {d} is damaged: removed");
+        shared.remove(Kind::Manifest, d)?;
+        return Ok(None);
+    }
+    match disk.write(Kind::Manifest, d, &bytes) {
+        Ok(()) => Ok(Some((bytes, true))),
+        Err(e) => {
+            tracing::warn!("cannot copy manifest {d} from the shared store: {e}");
+            Ok(Some((bytes, false)))
+        }
+    }
 }

@@ -3,9 +3,9 @@
 //!
 //! The bucket is the store of record: what is listed, removed, exported or verified. The disk
 //! holds what this instance stored itself, under its own quota, and answers first, so a hit on
-//! it never touches the bucket. What this instance fetches goes to both: the bucket first
-//! (what the cluster shares), then its disk; if the bucket cannot take it, the disk still
-//! does (logged), since the clients have had their bytes by then.
+//! it never touches the bucket. What this instance fetches goes to its disk at once, and to
+//! the bucket from there on an uploader thread of its own (so that a slow bucket holds up no
+//! fill); if the bucket cannot take it, the disk still has it (logged and counted).
 
 use std::io;
 use std::sync::Arc;
@@ -17,6 +17,66 @@ use crate::registry::Digest;
 pub struct Tiers {
     pub local: Arc<DiskStore>,
     pub shared: Arc<dyn ContentStore>,
+    /// Objects on the disk waiting to go to the bucket (`None` once closing).
+    uploads: Option<std::sync::mpsc::SyncSender<(Kind, Digest)>>,
+    uploader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Objects that may wait for the uploader; beyond, a fill uploads its own.
+const UPLOAD_QUEUE: usize = 10_000;
+
+impl Tiers {
+    pub fn new(local: Arc<DiskStore>, shared: Arc<dyn ContentStore>) -> io::Result<Tiers> {
+        let (uploads, queue) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
+        let (l, s) = (local.clone(), shared.clone());
+        let uploader = std::thread::Builder::new()
+            .name("wharf-uploads".into())
+            .spawn(move || {
+                for (kind, digest) in queue {
+                    upload(&l, &*s, kind, &digest);
+                }
+            })?;
+        Ok(Tiers {
+            local,
+            shared,
+            uploads: Some(uploads),
+            uploader: Some(uploader),
+        })
+    }
+}
+
+impl Drop for Tiers {
+    /// What is queued still goes to the bucket (a command's imports, say) before it closes.
+    fn drop(&mut self) {
+        self.uploads.take();
+        if let Some(u) = self.uploader.take() {
+            let _ = u.join();
+        }
+    }
+}
+
+/// Copy an object from the disk into the bucket (unless it is there already). Blocking.
+fn upload(local: &DiskStore, shared: &dyn ContentStore, kind: Kind, digest: &Digest) {
+    if shared.contains(kind, digest) {
+        return;
+    }
+    let copied = local.open(kind, digest, Use::Inspect).and_then(|found| {
+        let Some(object) = found else {
+            return Ok(0); // evicted meanwhile
+        };
+        let mut up = shared.begin(kind, digest)?;
+        io::copy(&mut object.reader()?, &mut up)?;
+        up.commit()
+    });
+    match copied {
+        Ok(len) => METRICS.bucket_writes.inc_by(len),
+        Err(e) => {
+            METRICS.bucket_failures.inc();
+            tracing::warn!(
+                "cannot put {digest} into the shared store, kept on this disk only: {e}"
+            );
+        }
+    }
 }
 
 impl ContentStore for Tiers {
@@ -52,22 +112,15 @@ impl ContentStore for Tiers {
         self.shared.location(kind, digest)
     }
 
+    /// On the disk now, in the bucket soon (see [`Tiers`]).
     fn adopt(&self, kind: Kind, spool: Spool) -> io::Result<()> {
-        let up = self.shared.begin(kind, &spool.digest).and_then(|mut up| {
-            io::copy(&mut spool.reader()?, &mut up)?;
-            up.commit()
-        });
-        match up {
-            Ok(len) => METRICS.bucket_writes.inc_by(len),
-            Err(e) => {
-                METRICS.bucket_failures.inc();
-                tracing::warn!(
-                    "cannot put {} into the shared store, kept on this disk only: {e}",
-                    spool.digest
-                );
-            }
+        let digest = spool.digest;
+        self.local.adopt(kind, spool)?;
+        let queued = self.uploads.as_ref().map(|q| q.try_send((kind, digest)));
+        if !matches!(queued, Some(Ok(()))) {
+            upload(&self.local, &*self.shared, kind, &digest);
         }
-        self.local.adopt(kind, spool)
+        Ok(())
     }
 
     fn contains(&self, kind: Kind, digest: &Digest) -> bool {
