@@ -463,7 +463,9 @@ impl PeerClients {
             if !resp.status().is_success() {
                 return Err(format!("answered {}", resp.status()));
             }
-            resp.text().await.map_err(|e| error_chain(&e))
+            // an instance id is 16 hex digits: anything much longer is no member
+            let body = read_limited(resp, 64).await.map_err(|e| e.message)?;
+            Ok(String::from_utf8_lossy(&body).into_owned())
         });
         match asked.await {
             Ok(r) => r.map(|id| id.trim().to_owned()),
