@@ -262,7 +262,7 @@ mkdir -p "$W/weed"
 start weed "$WEED" mini -dir="$W/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port=18020 -s3.port.grpc=18030 \
   -master.port=18021 -master.port.grpc=18031 -volume.port=18022 -volume.port.grpc=18032 -filer.port=18023 \
   -filer.port.grpc=18033 -admin.port=18024 -admin.port.grpc=18034 -s3.port.iceberg=0 -s3.port.lance=0 \
-  -webdav=false -s3.config="$W/s3.json" -bucket=wharf,dist
+  -webdav=false -master.telemetry=false -s3.config="$W/s3.json" -bucket=wharf,dist
 for _ in $(seq 300); do curl -s -H 'Accept: application/json' "http://127.0.0.1:18023/buckets/" | grep -q '"/buckets/dist"' && break; sleep 0.1; done
 head -c 32 /dev/urandom | base64 >"$W/cluster-secret"
 for i in 1 2 3; do

@@ -60,6 +60,8 @@ impl S3 {
             .arg(format!("-s3.port={port}"))
             .arg(format!("-s3.config={}", identities.display()))
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false"])
+            // it reports usage to telemetry.seaweedfs.com unless told not to: tests stay on loopback
+            .arg("-master.telemetry=false")
             .arg(format!("-bucket={bucket}"));
         for service in ["master", "volume", "filer", "admin", "s3"] {
             if service != "s3" {

@@ -21,6 +21,7 @@ start weed "$HOME/.cache/wharf-test/seaweedfs/bin/weed" mini -dir="$C/weed" -ip=
   -s3.port=15020 -s3.port.grpc=15030 -master.port=15021 -master.port.grpc=15031 \
   -volume.port=15022 -volume.port.grpc=15032 -filer.port=15023 -filer.port.grpc=15033 \
   -admin.port=15024 -admin.port.grpc=15034 -s3.port.iceberg=0 -s3.port.lance=0 -webdav=false \
+  -master.telemetry=false \
   -s3.config="$C/s3.json" -bucket=wharf
 filer_ls() { curl -sf -H 'Accept: application/json' "http://$FILER/buckets/$1?limit=10000"; }
 bucket_made() { curl -s -o /dev/null "http://$S3/" && filer_ls '' | grep -q '"FullPath":"/buckets/wharf"'; }
