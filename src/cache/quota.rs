@@ -32,6 +32,7 @@ pub struct DiskQuota {
     used: IntGauge,
     max: Option<u64>,
     jobs: mpsc::Sender<Job>,
+    store: Arc<dyn ContentStore>,
 }
 
 /// Objects are weighed in KiB so that one weight (u32) covers blobs up to 4 TiB.
@@ -58,7 +59,7 @@ impl DiskQuota {
 
         let (jobs, queue) = mpsc::channel::<Job>();
         let remover = {
-            let used = used.clone();
+            let (used, store) = (used.clone(), store.clone());
             move || {
                 for job in queue {
                     match job {
@@ -104,13 +105,14 @@ impl DiskQuota {
             used,
             max,
             jobs,
+            store,
         }
     }
 
     /// Index what the store holds, least recently used first (evicting down to the quota as it
     /// goes). Blocking: at startup it runs on a thread of its own. Returns the objects found.
-    pub fn load(&self, store: &dyn ContentStore) -> std::io::Result<usize> {
-        let mut found = store.list()?;
+    pub fn load(&self) -> std::io::Result<usize> {
+        let mut found = self.store.list()?;
         found.sort_by_key(|o| o.modified);
         let n = found.len();
         for o in found {
@@ -186,7 +188,7 @@ mod tests {
 
         // a restart rebuilds the index from disk, oldest mtime first, under a smaller quota
         let small = DiskQuota::new(store.clone(), Some(4 << 10));
-        assert_eq!(small.load(&*store).unwrap(), 3);
+        assert_eq!(small.load().unwrap(), 3);
         small.flush();
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(small.used() <= 4 << 10);

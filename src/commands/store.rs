@@ -2,7 +2,6 @@
 //! re-hashing everything in it.
 
 use std::io;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::json;
@@ -80,9 +79,9 @@ pub fn gc(cache: &Cache, max: u64) -> Result<(usize, u64), String> {
         Ok((l.len(), l.iter().map(|o| o.size).sum()))
     };
     let before = list(cache)?;
-    let quota = DiskQuota::new(Arc::clone(&cache.store), Some(max));
+    let quota = DiskQuota::new(cache.disk.clone(), Some(max));
     quota
-        .load(&*cache.disk)
+        .load()
         .map_err(|e| format!("cannot index the store: {e}"))?;
     quota.flush();
     let after = list(cache)?;

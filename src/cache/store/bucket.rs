@@ -26,7 +26,9 @@ use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
-use super::{mismatch, ContentStore, Hashing, Kind, Object, ObjectBytes, Stored, Upload, Use};
+use super::{
+    found, mismatch, ContentStore, Hashing, Kind, Object, ObjectBytes, Stored, Upload, Use,
+};
 use crate::registry::Digest;
 
 /// Bytes of one part of a multipart upload (S3 wants at least 5 MiB but for the last), and so
@@ -36,22 +38,35 @@ const PART: usize = 8 << 20;
 /// A bucket (and prefix in it) holding manifests and blobs.
 pub struct BucketStore {
     url: String,
+    prefix: Key,
+    bucket: Bucket,
+    /// What `bucket`'s handle drives on, owned here.
+    _runtime: Runtime,
+}
+
+/// The bucket as every call reaches it: the client, its multipart side, the runtime that
+/// drives them, and where multipart uploads in flight are written down.
+#[derive(Clone)]
+struct Bucket {
     objects: Arc<dyn ObjectStore>,
     parts: Arc<dyn MultipartStore>,
-    prefix: Key,
-    /// Where multipart uploads in flight are written down.
+    runtime: tokio::runtime::Handle,
     journal: PathBuf,
-    runtime: Runtime,
+}
+
+impl Bucket {
+    /// Run `work` on the bucket's runtime and wait for it. Blocking.
+    fn wait<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = object_store::Result<T>> + Send + 'static,
+    ) -> io::Result<T> {
+        let joined = self.runtime.block_on(self.runtime.spawn(work));
+        joined.map_err(io::Error::other)?.map_err(to_io)
+    }
 }
 
 /// `object_store`'s own runtime (shut down without waiting when the store goes).
 struct Runtime(Option<tokio::runtime::Runtime>);
-
-impl Runtime {
-    fn handle(&self) -> &tokio::runtime::Handle {
-        self.0.as_ref().expect("runtime lives until drop").handle()
-    }
-}
 
 impl Drop for Runtime {
     fn drop(&mut self) {
@@ -100,11 +115,14 @@ impl BucketStore {
             .map_err(|e| format!("cannot start the bucket's runtime: {e}"))?;
         Ok(BucketStore {
             url: url.trim_end_matches('/').to_owned(),
-            objects: s3.clone(),
-            parts: s3,
             prefix,
-            journal: journal.to_owned(),
-            runtime: Runtime(Some(runtime)),
+            bucket: Bucket {
+                objects: s3.clone(),
+                parts: s3,
+                runtime: runtime.handle().clone(),
+                journal: journal.to_owned(),
+            },
+            _runtime: Runtime(Some(runtime)),
         })
     }
 
@@ -116,34 +134,26 @@ impl BucketStore {
             .join(digest.hex())
     }
 
-    /// Run `work` on the bucket's runtime and wait for it. Blocking.
-    fn wait<T: Send + 'static>(
-        &self,
-        work: impl std::future::Future<Output = object_store::Result<T>> + Send + 'static,
-    ) -> io::Result<T> {
-        let joined = self
-            .runtime
-            .handle()
-            .block_on(self.runtime.handle().spawn(work));
-        joined.map_err(io::Error::other)?.map_err(to_io)
-    }
-
     fn record_key(&self, name: &str) -> Key {
         self.prefix.clone().join("uses").join(name)
     }
 
     /// Put a small record (not content: see `cache::uses`) under `<prefix>/uses/`. Blocking.
     pub fn put_record(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
-        let (objects, key) = (self.objects.clone(), self.record_key(name));
+        let (objects, key) = (self.bucket.objects.clone(), self.record_key(name));
         let data = PutPayload::from(Bytes::from(bytes));
-        self.wait(async move { objects.put(&key, data).await })
+        self.bucket
+            .wait(async move { objects.put(&key, data).await })
             .map(drop)
     }
 
     /// The names of the records, oldest first. Blocking.
     pub fn records(&self) -> io::Result<Vec<String>> {
-        let (objects, dir) = (self.objects.clone(), self.prefix.clone().join("uses"));
-        let metas = self.wait(async move {
+        let (objects, dir) = (
+            self.bucket.objects.clone(),
+            self.prefix.clone().join("uses"),
+        );
+        let metas = self.bucket.wait(async move {
             let all: Vec<_> = objects.list(Some(&dir)).collect().await;
             all.into_iter().collect::<object_store::Result<Vec<_>>>()
         })?;
@@ -157,23 +167,25 @@ impl BucketStore {
 
     /// One record whole. Blocking.
     pub fn read_record(&self, name: &str) -> io::Result<Bytes> {
-        let (objects, key) = (self.objects.clone(), self.record_key(name));
-        self.wait(async move { objects.get(&key).await?.bytes().await })
+        let (objects, key) = (self.bucket.objects.clone(), self.record_key(name));
+        self.bucket
+            .wait(async move { objects.get(&key).await?.bytes().await })
     }
 
     pub fn remove_record(&self, name: &str) -> io::Result<()> {
-        let (objects, key) = (self.objects.clone(), self.record_key(name));
-        match self.wait(async move { objects.delete(&key).await }) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        let (objects, key) = (self.bucket.objects.clone(), self.record_key(name));
+        found(self.bucket.wait(async move { objects.delete(&key).await })).map(drop)
     }
 
     /// Abort the multipart uploads an earlier run left in the journal. For the server, at
     /// start; blocking.
     pub fn abort_leftovers(&self) -> usize {
         let mut aborted = 0;
-        for entry in fs::read_dir(&self.journal).into_iter().flatten().flatten() {
+        for entry in fs::read_dir(&self.bucket.journal)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let Ok(text) = fs::read_to_string(entry.path()) else {
                 continue;
             };
@@ -181,8 +193,11 @@ impl BucketStore {
                 let _ = fs::remove_file(entry.path());
                 continue;
             };
-            let (parts, key, id) = (self.parts.clone(), Key::from(key), id.to_owned());
-            match self.wait(async move { parts.abort_multipart(&key, &id).await }) {
+            let (parts, key, id) = (self.bucket.parts.clone(), Key::from(key), id.to_owned());
+            match self
+                .bucket
+                .wait(async move { parts.abort_multipart(&key, &id).await })
+            {
                 Ok(()) => aborted += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => {
@@ -205,18 +220,10 @@ fn to_io(e: object_store::Error) -> io::Error {
     io::Error::new(kind, e)
 }
 
-fn found<T>(r: io::Result<T>) -> io::Result<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 impl ContentStore for BucketStore {
     fn stat(&self, kind: Kind, digest: &Digest) -> io::Result<Option<Stored>> {
-        let (objects, key) = (self.objects.clone(), self.key(kind, digest));
-        let meta = found(self.wait(async move { objects.head(&key).await }))?;
+        let (objects, key) = (self.bucket.objects.clone(), self.key(kind, digest));
+        let meta = found(self.bucket.wait(async move { objects.head(&key).await }))?;
         Ok(meta.map(|m| Stored {
             kind,
             digest: *digest,
@@ -232,9 +239,10 @@ impl ContentStore for BucketStore {
             return Ok(None);
         };
         let bytes = BucketBytes {
-            objects: self.objects.clone(),
+            objects: self.bucket.objects.clone(),
             key: self.key(kind, digest),
-            runtime: self.runtime.handle().clone(),
+            runtime: self.bucket.runtime.clone(),
+            len: stored.size,
             body: Mutex::new(None),
         };
         Ok(Some(Object::new(stored.size, Arc::new(bytes))))
@@ -242,12 +250,7 @@ impl ContentStore for BucketStore {
 
     fn begin(&self, kind: Kind, digest: &Digest) -> io::Result<Box<dyn Upload>> {
         Ok(Box::new(BucketUpload {
-            store: BucketRef {
-                objects: self.objects.clone(),
-                parts: self.parts.clone(),
-                runtime: self.runtime.handle().clone(),
-                journal: self.journal.clone(),
-            },
+            store: self.bucket.clone(),
             key: self.key(kind, digest),
             digest: *digest,
             hashing: Hashing::new(Vec::new()),
@@ -259,16 +262,16 @@ impl ContentStore for BucketStore {
         if self.stat(kind, digest)?.is_none() {
             return Ok(false);
         }
-        let (objects, key) = (self.objects.clone(), self.key(kind, digest));
-        found(self.wait(async move { objects.delete(&key).await })).map(|r| r.is_some())
+        let (objects, key) = (self.bucket.objects.clone(), self.key(kind, digest));
+        found(self.bucket.wait(async move { objects.delete(&key).await })).map(|r| r.is_some())
     }
 
     fn list(&self) -> io::Result<Vec<Stored>> {
         let mut out = Vec::new();
         for kind in [Kind::Manifest, Kind::Blob] {
             let dir = self.prefix.clone().join(kind.dir()).join("sha256");
-            let objects = self.objects.clone();
-            let metas = self.wait(async move {
+            let objects = self.bucket.objects.clone();
+            let metas = self.bucket.wait(async move {
                 let all: Vec<_> = objects.list(Some(&dir)).collect().await;
                 all.into_iter().collect::<object_store::Result<Vec<_>>>()
             })?;
@@ -295,24 +298,6 @@ impl ContentStore for BucketStore {
     }
 }
 
-/// What an upload needs of its store.
-struct BucketRef {
-    objects: Arc<dyn ObjectStore>,
-    parts: Arc<dyn MultipartStore>,
-    runtime: tokio::runtime::Handle,
-    journal: PathBuf,
-}
-
-impl BucketRef {
-    fn wait<T: Send + 'static>(
-        &self,
-        work: impl std::future::Future<Output = object_store::Result<T>> + Send + 'static,
-    ) -> io::Result<T> {
-        let joined = self.runtime.block_on(self.runtime.spawn(work));
-        joined.map_err(io::Error::other)?.map_err(to_io)
-    }
-}
-
 /// A multipart upload under way: its id, the parts sent, and its entry in the journal.
 struct Multipart {
     id: String,
@@ -322,7 +307,7 @@ struct Multipart {
 
 /// An object on its way into the bucket: hashed as it comes, sent a part at a time.
 struct BucketUpload {
-    store: BucketRef,
+    store: Bucket,
     key: Key,
     digest: Digest,
     /// The part being gathered (at most [`PART`] bytes), and the hash of everything so far.
@@ -453,6 +438,7 @@ struct BucketBytes {
     objects: Arc<dyn ObjectStore>,
     key: Key,
     runtime: tokio::runtime::Handle,
+    len: u64,
     /// The GET being read: the offset its next byte is at, the rest of a chunk, the stream.
     body: Mutex<Option<Body>>,
 }
@@ -523,54 +509,32 @@ impl ObjectBytes for BucketBytes {
     }
 
     fn reader(&self) -> io::Result<Box<dyn io::Read + Send>> {
-        Ok(Box::new(BucketReader {
+        let bytes = BucketBytes {
             objects: self.objects.clone(),
             key: self.key.clone(),
             runtime: self.runtime.clone(),
-            body: None,
-            at: 0,
-        }))
+            len: self.len,
+            body: Mutex::new(None),
+        };
+        Ok(Box::new(BucketReader { bytes, at: 0 }))
     }
 }
 
 /// An object in the bucket read from its start, for the commands. Blocking.
 struct BucketReader {
-    objects: Arc<dyn ObjectStore>,
-    key: Key,
-    runtime: tokio::runtime::Handle,
-    body: Option<Body>,
+    bytes: BucketBytes,
     at: u64,
 }
 
 impl io::Read for BucketReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.body.is_none() {
-            let (objects, key, at) = (self.objects.clone(), self.key.clone(), self.at);
-            let opened = self.runtime.block_on(self.runtime.spawn(async move {
-                let opts = GetOptions {
-                    range: (at > 0).then_some(GetRange::Offset(at)),
-                    ..Default::default()
-                };
-                objects.get_opts(&key, opts).await
-            }));
-            let got = opened.map_err(io::Error::other)?.map_err(to_io)?;
-            self.body = Some(Body {
-                at,
-                rest: Bytes::new(),
-                chunks: got.into_stream(),
-            });
+        let n = (self.bytes.len - self.at).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
         }
-        let body = self.body.as_mut().expect("opened above");
-        if body.rest.is_empty() {
-            let next = self.runtime.block_on(body.chunks.next());
-            body.rest = match next {
-                Some(c) => c.map_err(to_io)?,
-                None => return Ok(0),
-            };
-        }
-        let n = body.rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&body.rest.split_to(n));
-        body.at += n as u64;
+        let runtime = self.bytes.runtime.clone();
+        let chunk = runtime.block_on(self.bytes.read_at(self.at, n))?;
+        buf[..n].copy_from_slice(&chunk);
         self.at += n as u64;
         Ok(n)
     }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{mismatch, ContentStore, Hashing, Kind, Object, ObjectBytes, Stored, Upload, Use};
+use super::{
+    found, mismatch, ContentStore, Hashing, Kind, Object, ObjectBytes, Stored, Upload, Use,
+};
 use crate::registry::Digest;
 
 /// How stale a file's mtime may get before a hit refreshes it: the disk's record of recency,
@@ -121,24 +123,21 @@ impl DiskStore {
 
 impl ContentStore for DiskStore {
     fn stat(&self, kind: Kind, digest: &Digest) -> io::Result<Option<Stored>> {
-        match fs::metadata(self.path(kind, digest)) {
-            Ok(meta) => Ok(Some(Stored {
-                kind,
-                digest: *digest,
-                size: meta.len(),
-                modified: meta.modified()?,
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let Some(meta) = found(fs::metadata(self.path(kind, digest)))? else {
+            return Ok(None);
+        };
+        Ok(Some(Stored {
+            kind,
+            digest: *digest,
+            size: meta.len(),
+            modified: meta.modified()?,
+        }))
     }
 
     /// An object served whose mtime is older than [`TOUCH_AFTER`] gets the current time.
     fn open(&self, kind: Kind, digest: &Digest, usage: Use) -> io::Result<Option<Object>> {
-        let file = match File::open(self.path(kind, digest)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(file) = found(File::open(self.path(kind, digest)))? else {
+            return Ok(None);
         };
         let meta = file.metadata()?;
         if usage == Use::Serve {
@@ -161,11 +160,7 @@ impl ContentStore for DiskStore {
     }
 
     fn remove(&self, kind: Kind, digest: &Digest) -> io::Result<bool> {
-        match fs::remove_file(self.path(kind, digest)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(found(fs::remove_file(self.path(kind, digest)))?.is_some())
     }
 
     fn list(&self) -> io::Result<Vec<Stored>> {
@@ -207,11 +202,7 @@ impl ContentStore for DiskStore {
     }
 
     fn read(&self, kind: Kind, digest: &Digest) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.path(kind, digest)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(fs::read(self.path(kind, digest)))
     }
 }
 
@@ -373,9 +364,9 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
 
 /// A file written at an offset that moves on with each write (`pwrite`, so that readers of
 /// the same file are not disturbed).
-pub struct FileAt {
-    pub file: Arc<File>,
-    pub offset: u64,
+struct FileAt {
+    file: Arc<File>,
+    offset: u64,
 }
 
 impl Write for FileAt {

@@ -15,7 +15,7 @@ mod disk;
 mod tiers;
 
 pub use bucket::BucketStore;
-pub use disk::{free_space, read_at, DiskStore, FileAt, Spool};
+pub use disk::{free_space, read_at, DiskStore, Spool};
 pub use tiers::Tiers;
 
 use std::fs::File;
@@ -85,9 +85,15 @@ pub trait ContentStore: Send + Sync + 'static {
     /// Store the verified bytes of a spool (a local temp file, see [`DiskStore::spool`]).
     /// A store on the same disk moves the file; others copy it.
     fn adopt(&self, kind: Kind, spool: Spool) -> io::Result<()> {
-        let mut up = self.begin(kind, &spool.digest)?;
-        io::copy(&mut spool.reader()?, &mut up)?;
-        up.commit().map(drop)
+        self.put(kind, &spool.digest, &mut spool.reader()?)
+            .map(drop)
+    }
+
+    /// Store what `bytes` reads, through [`ContentStore::begin`]: its length once committed.
+    fn put(&self, kind: Kind, digest: &Digest, bytes: &mut dyn io::Read) -> io::Result<u64> {
+        let mut up = self.begin(kind, digest)?;
+        io::copy(bytes, &mut up)?;
+        up.commit()
     }
 
     fn contains(&self, kind: Kind, digest: &Digest) -> bool {
@@ -105,10 +111,8 @@ pub trait ContentStore: Send + Sync + 'static {
     }
 
     /// Store a small object held in memory (a manifest).
-    fn write(&self, kind: Kind, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
-        let mut up = self.begin(kind, digest)?;
-        up.write_all(bytes)?;
-        up.commit().map(drop)
+    fn write(&self, kind: Kind, digest: &Digest, mut bytes: &[u8]) -> io::Result<()> {
+        self.put(kind, digest, &mut bytes).map(drop)
     }
 }
 
@@ -117,6 +121,15 @@ pub trait Upload: Write + Send {
     /// Make the object visible if what was written hashes to its digest (returning its
     /// length); otherwise discard it and fail with `InvalidData`.
     fn commit(self: Box<Self>) -> io::Result<u64>;
+}
+
+/// What a store's lookup found: `None` where the object is not there.
+pub(crate) fn found<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The failure of a commit whose bytes are not what their digest says.

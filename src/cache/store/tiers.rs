@@ -45,6 +45,16 @@ impl Tiers {
     }
 }
 
+impl Tiers {
+    /// Queue an object on the disk for the bucket (or, with the queue full, upload it now).
+    fn upload_soon(&self, kind: Kind, digest: &Digest) {
+        let queued = self.uploads.as_ref().map(|q| q.try_send((kind, *digest)));
+        if !matches!(queued, Some(Ok(()))) {
+            upload(&self.local, &*self.shared, kind, digest);
+        }
+    }
+}
+
 impl Drop for Tiers {
     /// What is queued still goes to the bucket (a command's imports, say) before it closes.
     fn drop(&mut self) {
@@ -60,14 +70,12 @@ fn upload(local: &DiskStore, shared: &dyn ContentStore, kind: Kind, digest: &Dig
     if shared.contains(kind, digest) {
         return;
     }
-    let copied = local.open(kind, digest, Use::Inspect).and_then(|found| {
-        let Some(object) = found else {
-            return Ok(0); // evicted meanwhile
-        };
-        let mut up = shared.begin(kind, digest)?;
-        io::copy(&mut object.reader()?, &mut up)?;
-        up.commit()
-    });
+    let copied = local
+        .open(kind, digest, Use::Inspect)
+        .and_then(|found| match found {
+            Some(object) => shared.put(kind, digest, &mut object.reader()?),
+            None => Ok(0), // evicted meanwhile
+        });
     match copied {
         Ok(len) => METRICS.bucket_writes.inc_by(len),
         Err(e) => {
@@ -116,10 +124,7 @@ impl ContentStore for Tiers {
     fn adopt(&self, kind: Kind, spool: Spool) -> io::Result<()> {
         let digest = spool.digest;
         self.local.adopt(kind, spool)?;
-        let queued = self.uploads.as_ref().map(|q| q.try_send((kind, digest)));
-        if !matches!(queued, Some(Ok(()))) {
-            upload(&self.local, &*self.shared, kind, &digest);
-        }
+        self.upload_soon(kind, &digest);
         Ok(())
     }
 
@@ -134,17 +139,10 @@ impl ContentStore for Tiers {
         }
     }
 
-    /// A manifest stored by this instance goes to both.
+    /// A manifest stored by this instance: on the disk now, in the bucket soon.
     fn write(&self, kind: Kind, digest: &Digest, bytes: &[u8]) -> io::Result<()> {
-        match self.shared.write(kind, digest, bytes) {
-            Ok(()) => METRICS.bucket_writes.inc_by(bytes.len() as u64),
-            Err(e) => {
-                METRICS.bucket_failures.inc();
-                tracing::warn!(
-                    "cannot put {digest} into the shared store, kept on this disk only: {e}"
-                );
-            }
-        }
-        self.local.write(kind, digest, bytes)
+        self.local.write(kind, digest, bytes)?;
+        self.upload_soon(kind, digest);
+        Ok(())
     }
 }
