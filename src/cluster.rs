@@ -20,6 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::metrics::METRICS;
 use crate::registry::{Digest, RegistryError, RepoName};
@@ -37,17 +38,23 @@ pub enum Roster {
 }
 
 /// One member, as last seen.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct Member {
     pub addr: String,
-    /// It answered one of the last [`DOWN_AFTER`] health checks.
-    pub live: bool,
-    /// Health checks it failed in a row.
+    /// Health checks it failed in a row ([`DOWN_AFTER`] for one never seen to answer).
     pub misses: u32,
     /// It is this instance.
     pub me: bool,
     /// Why it is not live, if it is not.
     pub problem: Option<String>,
+}
+
+impl Member {
+    /// Whether keys may be its: it is this instance, or answered one of the last
+    /// [`DOWN_AFTER`] health checks.
+    pub fn live(&self) -> bool {
+        self.me || self.misses < DOWN_AFTER
+    }
 }
 
 /// Health checks a member must fail in a row to be passed over: one slow answer on a busy
@@ -64,6 +71,8 @@ pub struct Members {
     /// This instance's id, which its internal listener tells whoever asks: how a member
     /// recognises itself in a list of addresses.
     pub id: String,
+    /// The cluster's shared secret, which every request between members carries.
+    pub secret: String,
     roster: Roster,
     peers: PeerClients,
     interval: Duration,
@@ -79,9 +88,12 @@ pub enum Owner {
 }
 
 impl Members {
-    pub fn new(roster: Roster, peers: PeerClients, interval: Duration) -> Members {
+    /// The members in `roster`, reached through `peers` (which carry `secret`), looked at
+    /// every `interval`.
+    pub fn new(roster: Roster, peers: PeerClients, secret: String, interval: Duration) -> Members {
         Members {
             id: format!("{:016x}", rand::random::<u64>()),
+            secret,
             roster,
             peers,
             interval,
@@ -98,16 +110,11 @@ impl Members {
         if !seen.iter().any(|m| m.me) {
             return Owner::Me;
         }
-        let best = seen
-            .iter()
-            .filter(|m| m.live)
-            .max_by_key(|m| score(&m.addr, key));
-        debug_assert_eq!(
-            best.map(|m| m.addr.as_str()),
-            rendezvous(seen.iter().filter(|m| m.live).map(|m| m.addr.as_str()), key)
-        );
-        match best {
-            Some(m) if !m.me => Owner::Peer(m.addr.clone()),
+        let live = seen.iter().filter(|m| m.live()).map(|m| m.addr.as_str());
+        match rendezvous(live, key) {
+            Some(addr) if !seen.iter().any(|m| m.me && m.addr == addr) => {
+                Owner::Peer(addr.to_owned())
+            }
             _ => Owner::Me,
         }
     }
@@ -152,8 +159,8 @@ impl Members {
             })
             .collect();
         for m in &now {
-            let was = before.iter().find(|b| b.addr == m.addr).map(|b| b.live);
-            match (was, m.live) {
+            let was = before.iter().find(|b| b.addr == m.addr).map(|b| b.live());
+            match (was, m.live()) {
                 (Some(true), false) => tracing::warn!(
                     "cluster member {} is down: {}",
                     m.addr,
@@ -165,7 +172,7 @@ impl Members {
                 _ => {}
             }
         }
-        let live = now.iter().filter(|m| m.live).count();
+        let live = now.iter().filter(|m| m.live()).count();
         METRICS.cluster_members.set(live as i64);
         *self.seen.write().expect("members") = now;
     }
@@ -226,7 +233,6 @@ fn next_seen(
     match answer {
         Ok(theirs) => Member {
             me: theirs == id,
-            live: true,
             misses: 0,
             problem: None,
             addr,
@@ -234,10 +240,9 @@ fn next_seen(
         Err(e) => {
             // this instance is alive, however slowly it answers itself
             let me = was.is_some_and(|b| b.me);
-            let misses = was.map_or(DOWN_AFTER, |b| b.misses + 1);
+            let misses = was.map_or(DOWN_AFTER, |b| b.misses.saturating_add(1));
             Member {
                 me,
-                live: me || (was.is_some_and(|b| b.live) && misses < DOWN_AFTER),
                 misses,
                 problem: Some(e),
                 addr,
@@ -274,15 +279,21 @@ impl ClusterRemote {
         }
     }
 
-    /// The peer to ask for `key`, if it is not this instance's.
-    fn peer(&self, key: &str) -> Option<(String, Arc<RegistryClient>)> {
-        match self.members.owner(key) {
-            Owner::Me => None,
-            Owner::Peer(addr) => {
-                let r = self.members.remote(&addr, &self.registry);
-                Some((addr, r))
+    /// Ask `key`'s owner with `call`, or the upstream if this instance owns it or the owner
+    /// fails; the answer, and whether the owner gave it.
+    async fn ask<'a, T>(
+        &self,
+        key: &str,
+        call: impl Fn(Arc<dyn Remote>) -> BoxFuture<'a, Result<T, RegistryError>>,
+    ) -> Result<(T, bool), RegistryError> {
+        if let Owner::Peer(addr) = self.members.owner(key) {
+            METRICS.peer_forwarded.inc();
+            match call(self.members.remote(&addr, &self.registry)).await {
+                Err(e) if self.falls_back(&addr, &e) => {}
+                answer => return answer.map(|v| (v, true)),
             }
         }
+        call(self.upstream.clone()).await.map(|v| (v, false))
     }
 
     /// The key of a manifest reference: a digest, or the tag in its repository.
@@ -305,10 +316,6 @@ impl ClusterRemote {
         tracing::warn!("cluster member {addr} failed ({e}); asking the upstream instead");
         true
     }
-
-    fn forwarded(&self) {
-        METRICS.peer_forwarded.inc();
-    }
 }
 
 #[async_trait]
@@ -319,14 +326,13 @@ impl Remote for ClusterRemote {
         reference: &str,
         accept: &str,
     ) -> Result<ManifestBody, RegistryError> {
-        if let Some((addr, peer)) = self.peer(&self.manifest_key(repo, reference)) {
-            self.forwarded();
-            match peer.manifest(repo, reference, accept).await {
-                Err(e) if self.falls_back(&addr, &e) => {}
-                answer => return answer,
-            }
-        }
-        self.upstream.manifest(repo, reference, accept).await
+        let key = self.manifest_key(repo, reference);
+        Ok(self
+            .ask(&key, |r| {
+                async move { r.manifest(repo, reference, accept).await }.boxed()
+            })
+            .await?
+            .0)
     }
 
     async fn manifest_head(
@@ -335,40 +341,33 @@ impl Remote for ClusterRemote {
         reference: &str,
         accept: &str,
     ) -> Result<Head, RegistryError> {
-        if let Some((addr, peer)) = self.peer(&self.manifest_key(repo, reference)) {
-            self.forwarded();
-            match peer.manifest_head(repo, reference, accept).await {
-                Err(e) if self.falls_back(&addr, &e) => {}
-                answer => return answer,
-            }
-        }
-        self.upstream.manifest_head(repo, reference, accept).await
+        let key = self.manifest_key(repo, reference);
+        Ok(self
+            .ask(&key, |r| {
+                async move { r.manifest_head(repo, reference, accept).await }.boxed()
+            })
+            .await?
+            .0)
     }
 
     async fn blob_head(&self, repo: &RepoName, digest: &Digest) -> Result<Head, RegistryError> {
-        if let Some((addr, peer)) = self.peer(&digest.to_string()) {
-            self.forwarded();
-            match peer.blob_head(repo, digest).await {
-                Err(e) if self.falls_back(&addr, &e) => {}
-                answer => return answer,
-            }
-        }
-        self.upstream.blob_head(repo, digest).await
+        Ok(self
+            .ask(&digest.to_string(), |r| {
+                async move { r.blob_head(repo, digest).await }.boxed()
+            })
+            .await?
+            .0)
     }
 
+    /// What an owner sends, the owner puts in the shared store itself.
     async fn blob(&self, repo: &RepoName, digest: &Digest) -> Result<BlobBody, RegistryError> {
-        if let Some((addr, peer)) = self.peer(&digest.to_string()) {
-            self.forwarded();
-            match peer.blob(repo, digest).await {
-                Err(e) if self.falls_back(&addr, &e) => {}
-                Err(e) => return Err(e),
-                Ok(mut body) => {
-                    body.shared_by_source = true;
-                    return Ok(body);
-                }
-            }
-        }
-        self.upstream.blob(repo, digest).await
+        let (mut body, from_owner) = self
+            .ask(&digest.to_string(), |r| {
+                async move { r.blob(repo, digest).await }.boxed()
+            })
+            .await?;
+        body.shared_by_source = from_owner;
+        Ok(body)
     }
 
     /// Tag lists and referrers are not cached for long: the upstream answers them.
@@ -406,12 +405,16 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        let m = Members::new(Roster::Static(vec![]), peers, Duration::from_secs(1));
+        let m = Members::new(
+            Roster::Static(vec![]),
+            peers,
+            "s".into(),
+            Duration::from_secs(1),
+        );
         *m.seen.write().unwrap() = addrs
             .iter()
             .map(|a| Member {
                 addr: a.to_string(),
-                live: true,
                 misses: 0,
                 me: *a == me,
                 problem: None,
@@ -437,7 +440,7 @@ mod tests {
             let n = before.iter().filter(|o| *o == who).count();
             assert!((800..1200).contains(&n), "{who} owns {n} of 3000");
         }
-        all.seen.write().unwrap()[2].live = false; // c:1 goes
+        all.seen.write().unwrap()[2].misses = DOWN_AFTER; // c:1 goes
         let after = owners(&all);
         for (b, a) in before.iter().zip(&after) {
             if b != "c:1" {
@@ -452,18 +455,18 @@ mod tests {
     fn a_member_is_passed_over_after_three_missed_checks_and_this_one_never() {
         let a = || "a:1".to_owned();
         let up = next_seen(None, a(), Ok("them".into()), "me");
-        assert!(up.live && !up.me);
+        assert!(up.live() && !up.me);
         let slow = next_seen(Some(&up), a(), Err("slow".into()), "me");
         let slower = next_seen(Some(&slow), a(), Err("slow".into()), "me");
         assert!(
-            slow.live && slower.live,
+            slow.live() && slower.live(),
             "one or two slow answers move nothing"
         );
         let gone = next_seen(Some(&slower), a(), Err("slow".into()), "me");
-        assert!(!gone.live);
-        assert!(next_seen(Some(&gone), a(), Ok("them".into()), "me").live);
+        assert!(!gone.live());
+        assert!(next_seen(Some(&gone), a(), Ok("them".into()), "me").live());
         assert!(
-            !next_seen(None, a(), Err("refused".into()), "me").live,
+            !next_seen(None, a(), Err("refused".into()), "me").live(),
             "never seen: not live"
         );
         let me = next_seen(None, a(), Ok("me".into()), "me");
@@ -471,7 +474,7 @@ mod tests {
         for _ in 0..5 {
             m = next_seen(Some(&m), a(), Err("busy".into()), "me");
         }
-        assert!(m.live && m.me, "this instance is never passed over");
+        assert!(m.live() && m.me, "this instance is never passed over");
     }
 
     #[test]

@@ -137,7 +137,7 @@ fn members_table(mirror: &Mirror) -> String {
     };
     let mut rows = String::new();
     for m in members.seen() {
-        let state = match (m.me, m.live) {
+        let state = match (m.me, m.live()) {
             (true, _) => "this instance".to_owned(),
             (false, true) if m.misses == 0 => "up".to_owned(),
             (false, true) => format!(

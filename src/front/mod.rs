@@ -51,27 +51,18 @@ pub struct Front {
     tls: Option<Arc<pingora::listeners::tls::Acceptor>>,
     /// This is the internal listener of a cluster member: only members, who prove it with
     /// the cluster's secret, are answered, and always straight from the upstream.
-    peers: Option<Arc<PeerGate>>,
+    peers: Option<Arc<crate::cluster::Members>>,
 }
 
-/// What the internal listener checks, and tells.
-struct PeerGate {
-    secret: String,
-    /// This instance's id in the cluster.
-    id: String,
-}
-
-impl PeerGate {
-    /// Whether a request comes from a member: it carries the secret (compared in constant
-    /// time).
-    fn admits(&self, req: &pingora::http::RequestHeader) -> bool {
-        let given = req
-            .headers
-            .get(crate::upstream::PEER_SECRET)
-            .map_or(&b""[..], |v| v.as_bytes());
-        let want = self.secret.as_bytes();
-        given.len() == want.len() && given.iter().zip(want).fold(0, |d, (a, b)| d | (a ^ b)) == 0
-    }
+/// Whether a request comes from a member of `cluster`: it carries the secret (compared in
+/// constant time).
+fn from_member(cluster: &crate::cluster::Members, req: &pingora::http::RequestHeader) -> bool {
+    let given = req
+        .headers
+        .get(crate::upstream::PEER_SECRET)
+        .map_or(&b""[..], |v| v.as_bytes());
+    let want = cluster.secret.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// Per-request state, for the access log.
@@ -378,8 +369,8 @@ impl Front {
     async fn answer(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Result<()> {
         let req = session.req_header();
         let head = req.method == Method::HEAD;
-        if let Some(gate) = &self.peers {
-            if !gate.admits(req) {
+        if let Some(cluster) = &self.peers {
+            if !from_member(cluster, req) {
                 let e = RegistryError::new(
                     Cause::Unauthenticated,
                     ErrorCode::Unauthorized,
@@ -388,7 +379,7 @@ impl Front {
                 return send(session, Reply::error(e), head, self.timeouts.idle).await;
             }
             if req.uri.path() == crate::upstream::PEER_PING {
-                let id = Reply::text(http::StatusCode::OK, gate.id.clone());
+                let id = Reply::text(http::StatusCode::OK, cluster.id.clone());
                 return send(session, id, head, self.timeouts.idle).await;
             }
             METRICS.peer_served.inc();
@@ -830,11 +821,7 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     if let (Some(c), Some(members)) = (&config.cluster, &mirror.members) {
         std::net::TcpListener::bind(&c.listen)
             .map_err(|e| format!("cannot listen on {} (cluster listen): {e}", c.listen))?;
-        let gate = PeerGate {
-            secret: c.secret()?,
-            id: members.id.clone(),
-        };
-        let internal = front(None, Some(Arc::new(gate)));
+        let internal = front(None, Some(members.clone()));
         let mut service =
             pingora::services::listening::Service::new("wharf-peers".into(), internal);
         service.add_tcp(&c.listen);
@@ -881,7 +868,7 @@ fn start_store_upkeep(mirror: &Arc<Mirror>) {
         let mirror = mirror.clone();
         std::thread::spawn(move || {
             let started = Instant::now();
-            match mirror.cache.quota.load(&*mirror.cache.disk) {
+            match mirror.cache.quota.load() {
                 Ok(n) => tracing::info!(
                     "store indexed: {n} objects, {} bytes, in {:?}",
                     mirror.cache.quota.used(),

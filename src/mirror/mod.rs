@@ -268,8 +268,9 @@ fn cluster_members(
     let slowest = |f: fn(&crate::upstream::UpstreamSettings) -> Duration| {
         upstreams.iter().map(f).max().unwrap_or_default() + Duration::from_secs(5)
     };
+    let secret = c.secret()?;
     let peers = crate::upstream::PeerClients::new(
-        &c.secret()?,
+        &secret,
         c.peer_connect_timeout,
         slowest(|u| u.read_timeout),
         slowest(|u| u.request_timeout),
@@ -277,6 +278,7 @@ fn cluster_members(
     Ok(crate::cluster::Members::new(
         c.roster()?,
         peers,
+        secret,
         c.health_interval,
     ))
 }
