@@ -35,11 +35,9 @@ impl UseLog {
         }
     }
 
-    /// An object was served. Returns whether a flush is due early.
-    pub fn note(&self, kind: Kind, digest: &Digest) -> bool {
-        let mut noted = self.noted.lock().expect("use log");
-        noted.insert((kind, *digest));
-        noted.len() >= MAX_NOTED
+    /// An object was served (the watcher flushes early once [`MAX_NOTED`] are noted).
+    pub fn note(&self, kind: Kind, digest: &Digest) {
+        self.noted.lock().expect("use log").insert((kind, *digest));
     }
 
     /// Write what was noted since the last flush as one record. Blocking.

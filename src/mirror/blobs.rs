@@ -118,7 +118,7 @@ impl Mirror {
         Ok(match joined {
             Joined::Stored => None,
             Joined::Existing(r) => Some((r, Outcome::Coalesced)),
-            Joined::New(fill, r) if self.cache.shared.is_some() => {
+            Joined::New(fill, r) => {
                 // the request may go away while the bucket is asked: the fill then starts
                 // anyway, so that whoever joined it meanwhile is not left waiting
                 let starting = Starting {
@@ -129,7 +129,9 @@ impl Mirror {
                 };
                 let Some(shared) = self.shared_blob(digest).await else {
                     if up.offline {
-                        return Err(starting.offline_miss(r));
+                        let e = offline_error(name, digest);
+                        starting.fail(e.clone());
+                        return Err(e);
                     }
                     starting.start(None);
                     return Ok(Some((r, Outcome::Miss)));
@@ -143,20 +145,7 @@ impl Mirror {
                 starting.start(Some(shared));
                 Some((r, Outcome::HitShared))
             }
-            Joined::New(fill, r) if up.offline => return Err(self.offline_miss(name, fill, r)),
-            Joined::New(fill, r) => {
-                self.spawn_fill(up.clone(), name.clone(), fill, None);
-                Some((r, Outcome::Miss))
-            }
         })
-    }
-
-    /// A new fill that cannot be: wharf is offline and the blob is nowhere in the cache.
-    fn offline_miss(&self, name: &RepoName, fill: Arc<Fill>, r: FillReader) -> RegistryError {
-        let e = offline_error(name, &fill.digest);
-        self.end_unstarted(&fill, e.clone());
-        drop(r);
-        e
     }
 
     /// Fail a fill that was never started, and forget it.
@@ -165,7 +154,7 @@ impl Mirror {
         self.blobs.fills.remove(&fill.digest);
     }
 
-    /// The blob in the shared store, if it is there (and can be reached).
+    /// The blob in the shared store, if there is one, it has the blob, and it can be reached.
     async fn shared_blob(self: &Arc<Self>, digest: &Digest) -> Option<Object> {
         let shared = self.cache.shared.clone()?;
         let d = *digest;
@@ -294,8 +283,7 @@ impl Mirror {
                 .unwrap_or_else(|_| Err(RegistryError::local("blob fill panicked")));
             if let Err(e) = result {
                 tracing::warn!("fill of {name}@{digest} failed: {e}");
-                let f = fill.clone();
-                me.blobs.fill_io.run(move || f.fail(e)).await;
+                fill.fail(e); // readers are told; the spool went with the driver
             }
             me.blobs.fills.remove(&digest);
             METRICS.fills_in_flight.dec();
@@ -475,13 +463,6 @@ impl Starting {
     fn fail(mut self, e: RegistryError) {
         let fill = self.fill.take().expect("decided once");
         self.mirror.end_unstarted(&fill, e);
-    }
-
-    fn offline_miss(self, r: FillReader) -> RegistryError {
-        let e = offline_error(&self.name, &self.fill.as_ref().expect("undecided").digest);
-        self.fail(e.clone());
-        drop(r);
-        e
     }
 }
 
