@@ -11,11 +11,20 @@ use common::{client, eventually, free_port, header, FakeHub, Faults, Wharf};
 
 const SECRET: &str = "a-cluster-secret-for-tests";
 
+/// The `[cluster]` table of a member listening on `listen` for its peers, who are `members`
+/// (a `members` or `members_dns` line); the secret goes in a file in `dir`.
+fn member_conf(dir: &std::path::Path, listen: &str, members: &str) -> String {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    format!(
+        "[cluster]\nlisten = \"{listen}\"\n{members}\nsecret_file = \"{}\"\nhealth_interval = \"200ms\"\n",
+        secret.display()
+    )
+}
+
 /// Three members in front of `hub`, each seeing all three live.
 async fn cluster(hub: &FakeHub, extra: &str) -> (Vec<Wharf>, Vec<String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
     let listens: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
@@ -26,11 +35,8 @@ async fn cluster(hub: &FakeHub, extra: &str) -> (Vec<Wharf>, Vec<String>, tempfi
         .join(", ");
     let mut all = Vec::new();
     for listen in &listens {
-        let conf = format!(
-            "{extra}\n[cluster]\nlisten = \"{listen}\"\nmembers = [{members}]\nsecret_file = \"{}\"\nhealth_interval = \"200ms\"\n",
-            secret.display()
-        );
-        all.push(Wharf::start(&hub.url(), &conf).await);
+        let conf = member_conf(dir.path(), listen, &format!("members = [{members}]"));
+        all.push(Wharf::start(&hub.url(), &format!("{extra}\n{conf}")).await);
     }
     for w in &all {
         eventually(10, "three live members", || async {
@@ -59,8 +65,15 @@ async fn thirty_cold_gets_over_three_members_make_one_upstream_fetch() {
         let c = c.clone();
         async move {
             let r = c.get(url).send().await.unwrap();
-            assert_eq!(r.status(), 200);
-            r.bytes().await.unwrap()
+            let status = r.status();
+            let body = r.bytes().await.unwrap();
+            assert_eq!(
+                status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+            body
         }
     });
     let bodies = futures_util::future::join_all(gets).await;
@@ -144,14 +157,7 @@ async fn the_internal_listener_answers_members_only() {
         .unwrap();
     assert_eq!(r.status(), 200);
     // the status page shows the members
-    let page = c
-        .get(format!("http://{}/", members[0].admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = members[0].admin_page("/").await;
     assert!(page.contains("<h2>Cluster</h2>"), "{page}");
     assert_eq!(page.matches("this instance").count(), 1, "{page}");
     assert_eq!(page.matches("<td>up</td>").count(), 2, "{page}");
@@ -222,24 +228,16 @@ async fn an_owner_killed_mid_fill_never_leads_to_wrong_bytes_and_a_retry_succeed
 async fn members_come_from_a_dns_name() {
     let hub = FakeHub::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("secret");
-    std::fs::write(&secret, SECRET).unwrap();
     let port = free_port();
-    let conf = format!(
-        "[cluster]\nlisten = \"127.0.0.1:{port}\"\nmembers_dns = \"localhost:{port}\"\nsecret_file = \"{}\"\nhealth_interval = \"200ms\"\n",
-        secret.display()
+    let listen = format!("127.0.0.1:{port}");
+    let conf = member_conf(
+        dir.path(),
+        &listen,
+        &format!("members_dns = \"localhost:{port}\""),
     );
     let w = Wharf::start(&hub.url(), &conf).await;
-    let c = client();
     eventually(10, "this instance found by name", || async {
-        let page = c
-            .get(format!("http://{}/", w.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = w.admin_page("/").await;
         page.contains(&format!("<td>127.0.0.1:{port}</td><td>this instance</td>"))
     })
     .await;

@@ -182,14 +182,7 @@ impl Wharf {
     /// when wharf exports the metric but not that sample (a label not seen yet); a metric
     /// wharf does not export at all (renamed, say) fails the test.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = client()
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.admin_page("/metrics").await;
         let family = sample.split('{').next().unwrap_or(sample);
         assert!(
             text.lines().any(|l| l
@@ -201,6 +194,18 @@ impl Wharf {
         text.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// The text the admin listener answers at `path` (`/` is the status page).
+    pub async fn admin_page(&self, path: &str) -> String {
+        client()
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub fn log(&self) -> String {
