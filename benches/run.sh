@@ -17,6 +17,10 @@
 #     bucket, its S3 driver) on SeaweedFS, 30 skopeo pulls of the cold 128 MiB image split over
 #     the three, the upstream behind the 50 MB/s link: upstream bytes per image (each), and
 #     the 30 pulls' wall time against one client's cold pull through one wharf
+#   8 the store's cost as it grows: wharf restarted on a data directory of one million objects
+#     (empty files under digest names, and one real blob): time from start to serving that
+#     blob, how long the background index takes, and its anonymous memory per object (RSS
+#     indexed with the million, less RSS indexed without them)
 # In 4 and 5 (wharf's times) the upstream is reached through benches/uplink.py: one shared
 # 50 MB/s link with a 20 ms round trip, as a site has to its registry. Straight on loopback,
 # skopeo's own work is the whole of a pull and one cold GET takes 0.1 s, so those figures would
@@ -322,6 +326,34 @@ row "7 cluster, 30 pulls | one cold pull through one wharf, s" "$tw30" "$tone" "
 row "7 cluster, 30 pulls cold | the same 30 warm, s (wharf)" "$tw30" "$twarm" "$(ratio "$tw30" "$twarm")" "(2 cores: the clients' own work)"
 for i in 1 2 3; do stop "wc$i"; stop "dc$i"; done
 stop weed
+fi
+
+# ---------------------------------------------------------------- 8: a million objects
+if want 8; then
+log "8: restarting wharf on one million objects"
+fresh_wharf; ok200 "http://$WHARF/v2/bench/small/blobs/$SMALL"; stop wharf
+restart_wharf() { # -> seconds from start to serving the blob; waits for the index
+  local t0 n; t0=$(now); n=$(grep -c 'store indexed' "$W/wharf.log" || true)
+  start wharf env WHARF_LOG=info "$BIN" serve --listen "$WHARF" --data "$W/wharf" --upstream "http://$UP" --config /dev/null
+  until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$WHARF/v2/bench/small/blobs/$SMALL") == 200 ]]; do sleep 0.01; done
+  secs "$t0" "$(now)"
+  for _ in $(seq 600); do (($(grep -c 'store indexed' "$W/wharf.log" || true) > n)) && break; sleep 0.1; done
+  sleep 0.5
+}
+restart_wharf >/dev/null; base=$(rss_anon "$(wharf_pid)"); stop wharf
+python3 - "$W/wharf/blobs/sha256" <<'PY'
+import hashlib, os, sys
+for i in range(1_000_000):
+    os.close(os.open(os.path.join(sys.argv[1], hashlib.sha256(b"%d" % i).hexdigest()), os.O_CREAT | os.O_WRONLY, 0o644))
+PY
+sync
+serving=$(restart_wharf); full=$(rss_anon "$(wharf_pid)"); stop wharf
+indexed=$(grep 'store indexed' "$W/wharf.log" | tail -1 | grep -o 'objects, [0-9]* bytes, in [0-9.]*[a-z]*' | awk '{print $NF}')
+per=$(awk -v a="$full" -v b="$base" 'BEGIN{printf "%.0f", (a-b)*1024/1e6}')
+row "8 1M objects: start to serving a hit, s | index built in" "$serving" "$indexed" "" "target < 1 s"
+row "8 1M objects: anonymous RSS, MiB (with | without them)" "$((full / 1024))" "$((base / 1024))" "" ""
+row "8 1M objects: index memory, bytes / object" "$per" "" "" "target <= 100"
+rm -rf "$W/wharf"
 fi
 
 echo

@@ -6,38 +6,33 @@
 //! a scan of the store, oldest first, in the background, so serving starts at once. Files are
 //! removed by a thread of their own, never on the request path. A client already reading a
 //! removed blob keeps its open file and reads it to the end.
+//!
+//! The index is sized for millions of objects: one 48-byte slot per object in a vector, chained
+//! into an exact LRU list by 32-bit positions, and a hash table of those positions keyed by the
+//! digest, about 60 bytes an object in all.
 
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
-use moka::notification::RemovalCause;
-use moka::policy::EvictionPolicy;
+use hashbrown::HashTable;
 use prometheus::{IntCounter, IntGauge};
 
 use super::store::{ContentStore, Kind};
 use crate::metrics::METRICS;
 use crate::registry::Digest;
 
-type Key = (Kind, Digest);
-
 enum Job {
-    Remove(Key, u64),
+    Remove(Kind, Digest, u64),
     /// Acknowledge once everything queued before it is done.
     Flush(mpsc::SyncSender<()>),
 }
 
 pub struct DiskQuota {
-    objects: moka::sync::Cache<Key, u64>,
+    index: Mutex<Index>,
     /// Bytes in the store (exported as `wharf_store_bytes`).
     used: IntGauge,
     max: Option<u64>,
     jobs: mpsc::Sender<Job>,
     store: Arc<dyn ContentStore>,
-}
-
-/// Objects are weighed in KiB so that one weight (u32) covers blobs up to 4 TiB.
-fn weight(bytes: u64) -> u32 {
-    bytes.div_ceil(1024).max(1).try_into().unwrap_or(u32::MAX)
 }
 
 impl DiskQuota {
@@ -59,24 +54,18 @@ impl DiskQuota {
 
         let (jobs, queue) = mpsc::channel::<Job>();
         let remover = {
-            let (used, store) = (used.clone(), store.clone());
+            let store = store.clone();
             move || {
                 for job in queue {
                     match job {
-                        Job::Remove((kind, digest), size) => {
-                            match store.remove(kind, &digest) {
-                                Ok(true) => {
-                                    evictions.inc();
-                                    tracing::info!("evicted {digest} ({size} bytes)");
-                                }
-                                Ok(false) => {}
-                                Err(e) => {
-                                    tracing::error!("cannot evict {digest}: {e}");
-                                    continue;
-                                }
+                        Job::Remove(kind, digest, size) => match store.remove(kind, &digest) {
+                            Ok(true) => {
+                                evictions.inc();
+                                tracing::info!("evicted {digest} ({size} bytes)");
                             }
-                            used.sub(i64::try_from(size).unwrap_or(i64::MAX));
-                        }
+                            Ok(false) => {}
+                            Err(e) => tracing::error!("cannot evict {digest}: {e}"),
+                        },
                         Job::Flush(ack) => {
                             let _ = ack.send(());
                         }
@@ -88,20 +77,8 @@ impl DiskQuota {
             .name("wharf-evict".into())
             .spawn(remover)
             .expect("spawn the eviction thread");
-        let to_remove = jobs.clone();
-        let objects = moka::sync::Cache::builder()
-            .max_capacity(max.map_or(u64::MAX, |m| m.div_ceil(1024)))
-            .weigher(|_, size: &u64| weight(*size))
-            // plain LRU: a frequency filter would refuse to admit what was just fetched
-            .eviction_policy(EvictionPolicy::lru())
-            .eviction_listener(move |key: Arc<Key>, size: u64, cause| {
-                if matches!(cause, RemovalCause::Size | RemovalCause::Explicit) {
-                    let _ = to_remove.send(Job::Remove(*key, size));
-                }
-            })
-            .build();
         DiskQuota {
-            objects,
+            index: Mutex::new(Index::default()),
             used,
             max,
             jobs,
@@ -115,6 +92,7 @@ impl DiskQuota {
         let mut found = self.store.list()?;
         found.sort_by_key(|o| o.modified);
         let n = found.len();
+        self.lock().reserve(n);
         for o in found {
             self.added(o.kind, o.digest, o.size);
         }
@@ -123,19 +101,24 @@ impl DiskQuota {
 
     /// An object was committed to the store.
     pub fn added(&self, kind: Kind, digest: Digest, size: u64) {
-        if self.objects.contains_key(&(kind, digest)) {
+        let mut index = self.lock();
+        if !index.insert(kind, digest, size) {
             return;
         }
         self.used.add(i64::try_from(size).unwrap_or(i64::MAX));
-        self.objects.insert((kind, digest), size);
-        if self.max.is_some() {
-            self.objects.run_pending_tasks();
+        let Some(max) = self.max else { return };
+        while index.bytes > max {
+            let Some((kind, digest, size)) = index.pop_least_recent() else {
+                break;
+            };
+            self.used.sub(i64::try_from(size).unwrap_or(i64::MAX));
+            let _ = self.jobs.send(Job::Remove(kind, digest, size));
         }
     }
 
     /// An object was served: it becomes the most recently used.
     pub fn touched(&self, kind: Kind, digest: &Digest) {
-        self.objects.get(&(kind, *digest));
+        self.lock().touch(kind, digest);
     }
 
     /// Bytes the store holds.
@@ -149,10 +132,168 @@ impl DiskQuota {
 
     /// Wait until every removal decided so far is done.
     pub fn flush(&self) {
-        self.objects.run_pending_tasks();
         let (ack, done) = mpsc::sync_channel(1);
         if self.jobs.send(Job::Flush(ack)).is_ok() {
             let _ = done.recv();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// No slot: the end of the LRU list, or of the free list.
+const NONE: u32 = u32::MAX;
+/// The top bit of [`Slot::size`] marks a manifest (no object is 2⁶³ bytes).
+const MANIFEST: u64 = 1 << 63;
+
+/// One object: 48 bytes.
+#[derive(Clone, Copy)]
+struct Slot {
+    digest: Digest,
+    /// Its size in bytes, and [`MANIFEST`] for a manifest.
+    size: u64,
+    /// Toward the most recently used.
+    newer: u32,
+    /// Toward the least recently used (in a free slot: the next free one).
+    older: u32,
+}
+
+impl Slot {
+    fn kind(&self) -> Kind {
+        if self.size & MANIFEST != 0 {
+            Kind::Manifest
+        } else {
+            Kind::Blob
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.size & !MANIFEST
+    }
+
+    fn is(&self, kind: Kind, digest: &Digest) -> bool {
+        self.digest == *digest && self.kind() == kind
+    }
+}
+
+/// Objects in least-recently-used order, found by digest.
+struct Index {
+    slots: Vec<Slot>,
+    /// Positions in `slots`, hashed by digest.
+    table: HashTable<u32>,
+    newest: u32,
+    oldest: u32,
+    free: u32,
+    bytes: u64,
+}
+
+impl Default for Index {
+    fn default() -> Index {
+        Index {
+            slots: Vec::new(),
+            table: HashTable::new(),
+            newest: NONE,
+            oldest: NONE,
+            free: NONE,
+            bytes: 0,
+        }
+    }
+}
+
+impl Index {
+    fn reserve(&mut self, more: usize) {
+        self.slots.reserve_exact(more);
+        let slots = &self.slots;
+        self.table
+            .reserve(more, |&i| slots[i as usize].digest.hash64());
+    }
+
+    fn find(&self, kind: Kind, digest: &Digest) -> Option<u32> {
+        self.table
+            .find(digest.hash64(), |&i| {
+                self.slots[i as usize].is(kind, digest)
+            })
+            .copied()
+    }
+
+    /// Add a new object as the most recently used; false if it is indexed already.
+    fn insert(&mut self, kind: Kind, digest: Digest, size: u64) -> bool {
+        if self.find(kind, &digest).is_some() {
+            return false;
+        }
+        let slot = Slot {
+            digest,
+            size: (size & !MANIFEST) | if kind == Kind::Manifest { MANIFEST } else { 0 },
+            newer: NONE,
+            older: NONE,
+        };
+        let i = if self.free != NONE {
+            let i = self.free;
+            self.free = self.slots[i as usize].older;
+            self.slots[i as usize] = slot;
+            i
+        } else {
+            let i = u32::try_from(self.slots.len()).expect("fewer than 2³² objects");
+            self.slots.push(slot);
+            i
+        };
+        let slots = &self.slots;
+        self.table
+            .insert_unique(digest.hash64(), i, |&j| slots[j as usize].digest.hash64());
+        self.link_newest(i);
+        self.bytes += slot.bytes();
+        true
+    }
+
+    fn touch(&mut self, kind: Kind, digest: &Digest) {
+        if let Some(i) = self.find(kind, digest) {
+            if i != self.newest {
+                self.unlink(i);
+                self.link_newest(i);
+            }
+        }
+    }
+
+    /// Remove the least recently used object.
+    fn pop_least_recent(&mut self) -> Option<(Kind, Digest, u64)> {
+        let i = self.oldest;
+        if i == NONE {
+            return None;
+        }
+        let slot = self.slots[i as usize];
+        self.unlink(i);
+        if let Ok(entry) = self.table.find_entry(slot.digest.hash64(), |&j| j == i) {
+            entry.remove();
+        }
+        self.slots[i as usize].older = self.free;
+        self.free = i;
+        self.bytes -= slot.bytes();
+        Some((slot.kind(), slot.digest, slot.bytes()))
+    }
+
+    fn link_newest(&mut self, i: u32) {
+        self.slots[i as usize].older = self.newest;
+        self.slots[i as usize].newer = NONE;
+        if self.newest != NONE {
+            self.slots[self.newest as usize].newer = i;
+        }
+        self.newest = i;
+        if self.oldest == NONE {
+            self.oldest = i;
+        }
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let Slot { newer, older, .. } = self.slots[i as usize];
+        match newer {
+            NONE => self.newest = older,
+            n => self.slots[n as usize].older = older,
+        }
+        match older {
+            NONE => self.oldest = newer,
+            o => self.slots[o as usize].newer = newer,
         }
     }
 }
@@ -192,5 +333,41 @@ mod tests {
         small.flush();
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(small.used() <= 4 << 10);
+    }
+
+    #[test]
+    fn the_index_keeps_exact_recency_in_48_bytes_an_object() {
+        assert_eq!(std::mem::size_of::<Slot>(), 48);
+        let d = |i: u32| Digest::of(&i.to_le_bytes());
+        let mut index = Index::default();
+        for i in 0..1000 {
+            assert!(index.insert(Kind::Blob, d(i), 10));
+        }
+        assert!(!index.insert(Kind::Blob, d(7), 10), "indexed once");
+        // the same digest as a manifest is another object
+        assert!(index.insert(Kind::Manifest, d(7), 1));
+        for i in (0..1000).step_by(2) {
+            index.touch(Kind::Blob, &d(i));
+        }
+        index.touch(Kind::Manifest, &d(7));
+        let order: Vec<_> = std::iter::from_fn(|| index.pop_least_recent()).collect();
+        let expect: Vec<_> = (1..1000)
+            .step_by(2)
+            .chain((0..1000).step_by(2))
+            .map(|i| (Kind::Blob, d(i), 10))
+            .chain([(Kind::Manifest, d(7), 1)])
+            .collect();
+        assert!(order == expect, "least recently used first");
+        assert_eq!(index.bytes, 0);
+        assert!(index.find(Kind::Blob, &d(3)).is_none());
+
+        // freed slots are used again
+        let held = index.slots.len();
+        for i in 0..1000 {
+            assert!(index.insert(Kind::Blob, d(i + 5000), 1));
+        }
+        assert_eq!(index.slots.len(), held);
+        assert!(index.find(Kind::Blob, &d(5999)).is_some());
+        assert_eq!(index.bytes, 1000);
     }
 }

@@ -125,6 +125,12 @@ impl Digest {
         Digest(bytes)
     }
 
+    /// A 64-bit hash of the digest for in-memory tables: its first eight bytes, already as
+    /// uniform as SHA-256 makes them (and stored digests are of verified content).
+    pub fn hash64(&self) -> u64 {
+        u64::from_le_bytes(self.0[..8].try_into().expect("eight bytes"))
+    }
+
     /// The digest of `data`.
     pub fn of(data: &[u8]) -> Self {
         use sha2::Digest as _;
