@@ -38,7 +38,25 @@ fn weed() -> PathBuf {
 
 impl S3 {
     /// Start a server with one bucket, `bucket`; returns once it accepts signed requests.
+    /// Its ports are picked free, but another process may take one before weed binds it (an
+    /// outgoing connection's source port, say): a server that exits while starting is started
+    /// again on other ports, twice at most.
     pub async fn start(bucket: &str) -> S3 {
+        let mut exits = Vec::new();
+        for _ in 0..3 {
+            let mut s3 = S3::spawn(bucket);
+            match s3.wait_ready(bucket).await {
+                Ok(()) => return s3,
+                Err(log) => exits.push(log),
+            }
+        }
+        panic!(
+            "weed exited while starting, three times; logs:\n{}",
+            exits.join("\n---\n")
+        );
+    }
+
+    fn spawn(bucket: &str) -> S3 {
         let dir = tempfile::tempdir().unwrap();
         let identities = dir.path().join("s3.json");
         std::fs::write(
@@ -76,13 +94,11 @@ impl S3 {
             .stderr(log)
             .spawn()
             .expect("run weed");
-        let mut s3 = S3 {
+        S3 {
             endpoint: format!("http://127.0.0.1:{port}"),
             child,
             dir,
-        };
-        s3.wait_ready(bucket).await;
-        s3
+        }
     }
 
     /// The configuration of a wharf on this server's `bucket` (under `prefix`).
@@ -116,14 +132,15 @@ impl S3 {
         let _ = self.child.wait();
     }
 
-    /// Wait until the bucket takes a signed PUT (the server starts its parts one by one).
-    async fn wait_ready(&mut self, bucket: &str) {
+    /// Wait until the bucket takes a signed PUT (the server starts its parts one by one); its
+    /// log if it exits first.
+    async fn wait_ready(&mut self, bucket: &str) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let probe = format!("s3://{bucket}/ready-probe");
         let journal = self.dir.path().join("probe-uploads");
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                panic!("weed exited; log:\n{}", self.log());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("weed exited ({status}); log:\n{}", self.log()));
             }
             let (probe, options, journal) = (probe.clone(), self.options(), journal.clone());
             let ok = tokio::task::spawn_blocking(move || {
@@ -137,7 +154,7 @@ impl S3 {
             .await
             .unwrap();
             if ok {
-                return;
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
