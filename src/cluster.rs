@@ -81,7 +81,13 @@ pub struct Members {
     remotes: RwLock<HashMap<(String, String), Arc<RegistryClient>>>,
 }
 
+/// The key whose owner revalidates a tag.
+pub fn tag_key(registry: &str, repo: &RepoName, tag: &str) -> String {
+    format!("{registry}/{repo}:{tag}")
+}
+
 /// Who owns a key.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Owner {
     Me,
     Peer(String),
@@ -300,7 +306,7 @@ impl ClusterRemote {
     fn manifest_key(&self, repo: &RepoName, reference: &str) -> String {
         match Digest::parse(reference) {
             Ok(d) => d.to_string(),
-            Err(_) => format!("{}/{repo}:{reference}", self.registry),
+            Err(_) => tag_key(&self.registry, repo, reference),
         }
     }
 

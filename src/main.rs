@@ -267,7 +267,7 @@ fn import(config: &Config, path: &std::path::Path, json: bool) -> Result<bool, S
 /// `wharf ls`: the cached images, one a line.
 fn ls(config: &Config, json: bool) -> Result<bool, String> {
     let cache = commands::open_cache(config)?;
-    let list = commands::store::ls(&cache);
+    let list = commands::store::ls(&cache)?;
     let lines: Vec<String> = list
         .iter()
         .map(|l| {

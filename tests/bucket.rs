@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::hub::pseudo_random;
 use common::s3::S3;
 use common::{client, eventually, header, FakeHub, Wharf};
-use wharf::cache::{BucketStore, ContentStore, Kind, Use};
+use wharf::cache::{BucketStore, ContentStore, Kind, Shelf, Use};
 use wharf::registry::Digest;
 
 const BUCKET: &str = "wharf";
@@ -225,7 +225,7 @@ async fn the_bucket_is_collected_by_least_recent_use_across_instances() {
         log.note(Kind::Blob, &a);
         assert_eq!(log.flush().unwrap(), 1);
         assert_eq!(log.flush().unwrap(), 0, "nothing new, nothing written");
-        assert_eq!(store.records().unwrap().len(), 1);
+        assert_eq!(store.records(Shelf::Uses).unwrap().len(), 1);
         // another instance served c later (its record's name carries the time)
         let later = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -234,6 +234,7 @@ async fn the_bucket_is_collected_by_least_recent_use_across_instances() {
             + 100;
         store
             .put_record(
+                Shelf::Uses,
                 &format!("{later:012}-other"),
                 format!("b {}\n", c.hex()).into_bytes(),
             )
@@ -244,7 +245,7 @@ async fn the_bucket_is_collected_by_least_recent_use_across_instances() {
         assert_eq!((done.removed, done.bytes, done.records), (1, 1024, 2));
         assert!(store.contains(Kind::Blob, &a) && store.contains(Kind::Blob, &c));
         assert!(!store.contains(Kind::Blob, &b));
-        let records = store.records().unwrap();
+        let records = store.records(Shelf::Uses).unwrap();
         assert_eq!(
             records.len(),
             1,
@@ -259,4 +260,143 @@ async fn the_bucket_is_collected_by_least_recent_use_across_instances() {
         assert!(store.contains(Kind::Blob, &c));
     })
     .await;
+}
+
+/// Tag records are shared through the bucket: an instance with an empty disk takes another's
+/// mapping as fresh within its TTL (no upstream request), and `wharf ls` there lists it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tag_mapping_is_shared_through_the_bucket() {
+    let s3 = S3::start(BUCKET).await;
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/tagged", "v1", 11, &[4096]);
+    let conf = format!("tag_ttl = \"1h\"\n{}", s3.store_config(BUCKET, "tags"));
+    let a = Wharf::start(&hub.url(), &conf).await;
+    let c = client();
+    let get = |w: &Wharf| {
+        c.get(w.url("/v2/library/tagged/manifests/v1"))
+            .header("accept", common::hub::DOCKER_MANIFEST)
+            .send()
+    };
+    let r = get(&a).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "docker-content-digest"), img.digest);
+    eventually(10, "the manifest in the bucket", || async {
+        a.metric("wharf_bucket_written_bytes_total").await >= img.manifest.len() as f64
+    })
+    .await;
+    let asked = hub.counters();
+
+    let b = Wharf::start(&hub.url(), &conf).await;
+    let r = get(&b).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", b.log());
+    assert_eq!(header(&r, "docker-content-digest"), img.digest);
+    assert!(r.bytes().await.unwrap() == img.manifest);
+    let now = hub.counters();
+    assert_eq!(
+        (now.manifest_gets, now.manifest_heads),
+        (asked.manifest_gets, asked.manifest_heads),
+        "b took a's mapping as fresh"
+    );
+
+    // a third data directory, no server: ls sees the tag the cluster shares
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wharf.toml");
+    std::fs::write(&config, &conf).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
+        .arg("ls")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--json")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        listed.contains("docker.io/library/tagged:v1") && listed.contains(&img.digest),
+        "{listed}"
+    );
+}
+
+/// A TCP relay to `to` that cuts every connection after `cut` bytes toward the client, as
+/// a bucket's load balancer drops long or idle connections; its address.
+async fn cutting_relay(to: String, cut: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let to = to.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&to).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut sent = 0;
+                let mut buf = vec![0; 64 << 10];
+                while sent < cut {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n.min(cut - sent),
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A blob read from the bucket whose connection is cut on the way is asked for again from
+/// where it stopped: every byte is the object's, and the read does not fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_cut_off_on_the_way_goes_on_from_where_it_stopped() {
+    let s3 = S3::start(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = pseudo_random(5, 40 << 20);
+    let digest = Digest::of(&data);
+    let writer = open(&s3, "cut", dir.path());
+    {
+        let data = data.clone();
+        blocking(move || writer.write(Kind::Blob, &digest, &data).unwrap()).await;
+    }
+    let relay = cutting_relay(s3.endpoint.trim_start_matches("http://").into(), 6 << 20).await;
+    let options: Vec<_> = s3
+        .options()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "aws_endpoint" => (k, format!("http://{relay}")),
+            _ => (k, v),
+        })
+        .collect();
+    let store = BucketStore::open(&format!("s3://{BUCKET}/cut"), &options, dir.path()).unwrap();
+    let store = Arc::new(store);
+    let object = {
+        let store = store.clone();
+        blocking(move || {
+            store
+                .open(Kind::Blob, &digest, Use::Serve)
+                .unwrap()
+                .unwrap()
+        })
+        .await
+    };
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        let n = (1 << 20).min(data.len() - got.len());
+        let bytes = object.read_at(got.len() as u64, n).await;
+        got.extend_from_slice(&bytes.expect("a cut body is read on"));
+    }
+    assert!(got == data, "the object whole and right");
 }

@@ -18,7 +18,7 @@ pub use flight::Flights;
 pub use links::RepoLinks;
 pub use memory::MemoryTier;
 pub use quota::DiskQuota;
-pub use store::{BucketStore, ContentStore, DiskStore, Kind, Object, Tiers, Use};
+pub use store::{BucketStore, ContentStore, DiskStore, Kind, Object, Shelf, Tiers, Use};
 pub use tags::{TagEntry, TagIndex, TagRecord};
 
 use std::path::Path;
@@ -58,8 +58,6 @@ impl Cache {
     ) -> Result<Cache, String> {
         let disk = DiskStore::open(data)
             .map_err(|e| format!("cannot open the data directory {}: {e}", data.display()))?;
-        let tags = TagIndex::open(&data.join("tags"))
-            .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
         let links_dir = data.join("links");
         let links_fresh = !links_dir.exists();
         let links = RepoLinks::open(&links_dir)
@@ -73,6 +71,8 @@ impl Cache {
                 Some(Arc::new(BucketStore::open(&c.url, &options, &uploads)?))
             }
         };
+        let tags = TagIndex::open(&data.join("tags"), shared.clone())
+            .map_err(|e| format!("cannot open the tag index in {}: {e}", data.display()))?;
         let store: Arc<dyn ContentStore> = match &shared {
             None => disk.clone(),
             Some(bucket) => Arc::new(
@@ -105,7 +105,11 @@ impl Cache {
     pub fn link_tagged(&self) -> usize {
         let mut n = 0;
         let read = |d: &Digest| self.store.read(Kind::Manifest, d).ok().flatten();
-        for (registry, repo, _, record) in self.tags.all() {
+        let all = self.tags.all().unwrap_or_else(|e| {
+            tracing::warn!("cannot list the shared tags: {e}");
+            Vec::new()
+        });
+        for (registry, repo, _, record) in all {
             let top: Vec<Digest> = record.by_accept.values().map(|e| e.digest).collect();
             let held = image::reach(&top, read);
             n += held.len();

@@ -7,6 +7,12 @@
 //! `tags/<registry>/<repo>/_tags/<tag>` (`_tags` cannot be a repository component, so paths never
 //! collide), replaced by rename so a crash leaves either the old or the new file. A memory map
 //! in front saves the file reads.
+//!
+//! With a bucket, the records are shared: the instance that asked the upstream (a cluster's
+//! owner of the tag) puts its record on the bucket's `tags` shelf under the same name, and an
+//! instance that has no record of a tag reads the bucket's. So a tag whose owner changes, or
+//! an instance with an empty disk, keeps the cluster's TTL instead of asking the upstream
+//! again; and `ls` and `export` see every tag the cluster knows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -17,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::store::{BucketStore, Shelf};
 use crate::registry::{Digest, RepoName, Tag};
 
 /// What a tag resolved to for one `Accept` set.
@@ -63,16 +70,47 @@ pub struct TagIndex {
     memory: RwLock<HashMap<String, Arc<TagRecord>>>,
     /// Serializes read-modify-write of tag files.
     writing: Mutex<()>,
+    /// The bucket whose `tags` shelf the cluster's records are on.
+    shared: Option<Arc<BucketStore>>,
+}
+
+/// A tag and its record: (registry, repository, tag, record).
+pub type Tagged = (String, RepoName, Tag, Arc<TagRecord>);
+
+/// Whether a new mapping goes to the shared records too: it does when this instance had it
+/// from the upstream (or an import), not when a cluster peer passed it on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Share {
+    Yes,
+    No,
 }
 
 impl TagIndex {
-    pub fn open(root: &Path) -> io::Result<Self> {
+    pub fn open(root: &Path, shared: Option<Arc<BucketStore>>) -> io::Result<Self> {
         fs::create_dir_all(root)?;
         Ok(TagIndex {
             root: root.to_owned(),
             memory: RwLock::default(),
             writing: Mutex::default(),
+            shared,
         })
+    }
+
+    /// A tag's name on the bucket's shelf: its path under the local root.
+    fn shared_name(registry: &str, repo: &RepoName, tag: &Tag) -> String {
+        format!("{registry}/{}/_tags/{}", repo.as_str(), tag.as_str())
+    }
+
+    /// The bucket's record of a tag. Blocking.
+    fn read_shared(&self, name: &str) -> Option<TagRecord> {
+        let bucket = self.shared.as_ref()?;
+        match bucket.read_record(Shelf::Tags, name) {
+            Ok(bytes) => serde_json::from_slice(&bytes?).ok(),
+            Err(e) => {
+                tracing::warn!("cannot read the shared record of {name}: {e}");
+                None
+            }
+        }
     }
 
     fn key(registry: &str, repo: &RepoName, tag: &Tag) -> String {
@@ -95,13 +133,17 @@ impl TagIndex {
         self.memory.read().expect("tag map").get(&key).cloned()
     }
 
-    /// The record for a tag, from memory or disk. Blocking on a memory miss (one small read).
+    /// The record for a tag, from memory, disk or the bucket. Blocking on a memory miss (one
+    /// small read).
     pub fn get(&self, registry: &str, repo: &RepoName, tag: &Tag) -> Option<Arc<TagRecord>> {
         if let Some(r) = self.get_cached(registry, repo, tag) {
             return Some(r);
         }
-        let bytes = fs::read(self.dir(registry, repo).join(tag.as_str())).ok()?;
-        let record: Arc<TagRecord> = Arc::new(serde_json::from_slice(&bytes).ok()?);
+        let on_disk = fs::read(self.dir(registry, repo).join(tag.as_str()))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let record = on_disk.or_else(|| self.read_shared(&Self::shared_name(registry, repo, tag)));
+        let record = Arc::new(record?);
         self.memory
             .write()
             .expect("tag map")
@@ -109,7 +151,8 @@ impl TagIndex {
         Some(record)
     }
 
-    /// Record what `tag` resolved to for clients with `accept_key`. Blocking.
+    /// Record what `tag` resolved to for clients with `accept_key`; with [`Share::Yes`] on the
+    /// bucket too (a failure there is logged: the disk has it). Blocking.
     pub fn put(
         &self,
         registry: &str,
@@ -117,6 +160,7 @@ impl TagIndex {
         tag: &Tag,
         accept_key: &str,
         entry: TagEntry,
+        share: Share,
     ) -> io::Result<()> {
         let _writing = self.writing.lock().expect("tag writer");
         let mut record = self
@@ -127,13 +171,17 @@ impl TagIndex {
         let dir = self.dir(registry, repo);
         fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{}.{:016x}", tag, rand::random::<u64>()));
-        fs::write(
-            &tmp,
-            serde_json::to_vec(&record).expect("tag record serializes"),
-        )?;
+        let json = serde_json::to_vec(&record).expect("tag record serializes");
+        fs::write(&tmp, &json)?;
         if let Err(e) = fs::rename(&tmp, dir.join(tag.as_str())) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
+        }
+        if let (Some(bucket), Share::Yes) = (&self.shared, share) {
+            let name = Self::shared_name(registry, repo, tag);
+            if let Err(e) = bucket.put_record(Shelf::Tags, &name, json) {
+                tracing::warn!("cannot share the record of {name}: {e}");
+            }
         }
         self.memory
             .write()
@@ -142,21 +190,47 @@ impl TagIndex {
         Ok(())
     }
 
-    /// Every tag recorded, as (registry, repository, tag, record), sorted. Blocking.
-    pub fn all(&self) -> Vec<(String, RepoName, Tag, Arc<TagRecord>)> {
-        let mut out = Vec::new();
+    /// Every tag recorded here and, with a bucket, shared (of two mappings for one `Accept`
+    /// key, the one checked last), as (registry, repository, tag, record), sorted. Blocking.
+    pub fn all(&self) -> io::Result<Vec<Tagged>> {
+        let mut all: BTreeMap<(String, String, String), TagRecord> = BTreeMap::new();
         for (registry, repo) in super::repositories(&self.root, "_tags") {
             for t in self.list(&registry, &repo) {
                 let Ok(tag) = Tag::parse(&t) else { continue };
                 if let Some(record) = self.get(&registry, &repo, &tag) {
-                    out.push((registry.clone(), repo.clone(), tag, record));
+                    let key = (registry.clone(), repo.to_string(), t);
+                    all.insert(key, TagRecord::clone(&record));
                 }
             }
         }
-        out.sort_by(|a, b| {
-            (&a.0, a.1.as_str(), a.2.as_str()).cmp(&(&b.0, b.1.as_str(), b.2.as_str()))
-        });
-        out
+        if let Some(bucket) = &self.shared {
+            for name in bucket.records(Shelf::Tags)? {
+                let Some((path, tag)) = name.rsplit_once("/_tags/") else {
+                    continue;
+                };
+                let Some((registry, repo)) = path.split_once('/') else {
+                    continue;
+                };
+                let Some(shared) = self.read_shared(&name) else {
+                    continue;
+                };
+                let key = (registry.to_owned(), repo.to_owned(), tag.to_owned());
+                let record = all.entry(key).or_default();
+                for (accept, entry) in shared.by_accept {
+                    let known = record.by_accept.get(&accept);
+                    if known.is_none_or(|k| k.checked < entry.checked) {
+                        record.by_accept.insert(accept, entry);
+                    }
+                }
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|((registry, repo, tag), record)| {
+                let (repo, tag) = (RepoName::parse(&repo).ok()?, Tag::parse(&tag).ok()?);
+                Some((registry, repo, tag, Arc::new(record)))
+            })
+            .collect())
     }
 
     /// The tags recorded for a repository, sorted. Blocking.
@@ -183,7 +257,7 @@ mod tests {
         let tag = Tag::parse("latest").unwrap();
         let (d1, d2) = (Digest::of(b"index"), Digest::of(b"manifest"));
         {
-            let idx = TagIndex::open(dir.path()).unwrap();
+            let idx = TagIndex::open(dir.path(), None).unwrap();
             assert!(idx.get("docker.io", &repo, &tag).is_none());
             idx.put(
                 "docker.io",
@@ -191,12 +265,14 @@ mod tests {
                 &tag,
                 "*/*",
                 TagEntry::new(&d1, "x/index"),
+                Share::Yes,
             )
             .unwrap();
-            idx.put("docker.io", &repo, &tag, "x/m", TagEntry::new(&d2, "x/m"))
+            let entry = TagEntry::new(&d2, "x/m");
+            idx.put("docker.io", &repo, &tag, "x/m", entry, Share::No)
                 .unwrap();
         }
-        let idx = TagIndex::open(dir.path()).unwrap();
+        let idx = TagIndex::open(dir.path(), None).unwrap();
         let r = idx.get("docker.io", &repo, &tag).unwrap();
         assert_eq!(r.by_accept["*/*"].digest, d1);
         assert_eq!(r.by_accept["x/m"].digest, d2);
@@ -204,7 +280,7 @@ mod tests {
         assert!(!r.by_accept["x/m"].is_fresh(Duration::ZERO));
         assert!(idx.get("ghcr.io", &repo, &tag).is_none());
         assert_eq!(idx.list("docker.io", &repo), ["latest"]);
-        let all = idx.all();
+        let all = idx.all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(
             (all[0].0.as_str(), all[0].1.as_str(), all[0].2.as_str()),

@@ -13,7 +13,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::store::{BucketStore, ContentStore, Kind, Stored};
+use super::store::{BucketStore, ContentStore, Kind, Shelf, Stored};
 use crate::registry::Digest;
 
 /// Objects noted at most between two flushes (beyond: a flush is due early).
@@ -54,7 +54,10 @@ impl UseLog {
             text.push('\n');
         }
         let name = format!("{:012}-{}", now_secs(), self.instance);
-        if let Err(e) = self.bucket.put_record(&name, text.into_bytes()) {
+        if let Err(e) = self
+            .bucket
+            .put_record(Shelf::Uses, &name, text.into_bytes())
+        {
             // kept for the next flush: a lost record could make gc take hot objects
             self.noted.lock().expect("use log").extend(noted);
             return Err(e);
@@ -118,14 +121,16 @@ pub fn collect(bucket: &BucketStore, max: u64) -> io::Result<Collected> {
         .map(|o| ((o.kind, o.digest), secs(o.modified)))
         .collect();
     let uploaded: HashMap<(Kind, Digest), u64> = last.clone();
-    let records = bucket.records()?;
+    let records = bucket.records(Shelf::Uses)?;
     for name in &records {
         let when: u64 = name
             .split('-')
             .next()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let text = bucket.read_record(name)?;
+        let Some(text) = bucket.read_record(Shelf::Uses, name)? else {
+            continue; // collected meanwhile
+        };
         for line in String::from_utf8_lossy(&text).lines() {
             let mut fields = line.split(' ');
             let kind = match fields.next() {
@@ -168,10 +173,14 @@ pub fn collect(bucket: &BucketStore, max: u64) -> io::Result<Collected> {
         }
     }
     if !folded.is_empty() {
-        bucket.put_record(&format!("{:012}-gc", now_secs()), folded.into_bytes())?;
+        bucket.put_record(
+            Shelf::Uses,
+            &format!("{:012}-gc", now_secs()),
+            folded.into_bytes(),
+        )?;
     }
     for name in &records {
-        bucket.remove_record(name)?;
+        bucket.remove_record(Shelf::Uses, name)?;
     }
     Ok(done)
 }

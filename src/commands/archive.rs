@@ -13,6 +13,7 @@ use indicatif::ProgressBar;
 use serde_json::{json, Value};
 
 use crate::cache::store::Spool;
+use crate::cache::tags::Share;
 use crate::cache::{Cache, Kind, TagEntry, Use};
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
@@ -79,7 +80,11 @@ fn top_entries(cache: &Cache, images: &[ImageRef]) -> Result<Vec<Entry>, String>
     };
     let mut entries = Vec::new();
     if images.is_empty() {
-        for (registry, repo, tag, record) in cache.tags.all() {
+        let all = cache
+            .tags
+            .all()
+            .map_err(|e| format!("cannot list the shared tags: {e}"))?;
+        for (registry, repo, tag, record) in all {
             let Some(e) = preferred(&record.by_accept) else {
                 continue;
             };
@@ -496,6 +501,7 @@ fn record_tags(cache: &Cache, top: &[Value]) -> Result<Vec<String>, String> {
                 tag,
                 &key,
                 TagEntry::new(&digest, media_type),
+                Share::Yes,
             )
             .map_err(|e| format!("cannot record {image}: {e}"))?;
         tags.push(image.to_string());

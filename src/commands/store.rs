@@ -33,11 +33,16 @@ impl Listed {
     }
 }
 
-/// Every cached tag with its digest, size and last use. Blocking.
-pub fn ls(cache: &Cache) -> Vec<Listed> {
+/// Every cached tag (with a bucket, every tag the cluster shares) with its digest, size and
+/// last use. Blocking.
+pub fn ls(cache: &Cache) -> Result<Vec<Listed>, String> {
     let store = &cache.store;
     let mut out = Vec::new();
-    for (registry, repo, tag, record) in cache.tags.all() {
+    let all = cache
+        .tags
+        .all()
+        .map_err(|e| format!("cannot list the shared tags: {e}"))?;
+    for (registry, repo, tag, record) in all {
         let mut listed: Vec<Digest> = Vec::new();
         for entry in record.by_accept.values() {
             let top = entry.digest;
@@ -65,7 +70,7 @@ pub fn ls(cache: &Cache) -> Vec<Listed> {
             });
         }
     }
-    out
+    Ok(out)
 }
 
 /// Evict least recently used objects until the store holds at most `max` bytes. Returns the

@@ -10,7 +10,9 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, Reply};
 use crate::cache::flight::Full;
+use crate::cache::tags::Share;
 use crate::cache::{ContentStore, Flights, Kind, MemoryTier, TagEntry, TagRecord, Use};
+use crate::cluster::{self, Owner};
 use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
@@ -545,6 +547,16 @@ impl Mirror {
         key: &str,
         entry: TagEntry,
     ) {
+        // what a cluster peer passed on is shared by the peer that asked the upstream
+        let share = match &self.members {
+            Some(members)
+                if members.owner(&cluster::tag_key(&up.registry, name, tag.as_str()))
+                    != Owner::Me =>
+            {
+                Share::No
+            }
+            _ => Share::Yes,
+        };
         let (registry, n, t, k) = (
             up.registry.clone(),
             name.clone(),
@@ -552,7 +564,7 @@ impl Mirror {
             key.to_owned(),
         );
         let result = self
-            .blocking(move |m| m.cache.tags.put(&registry, &n, &t, &k, entry))
+            .blocking(move |m| m.cache.tags.put(&registry, &n, &t, &k, entry, share))
             .await;
         if let Err(e) = result {
             tracing::error!("cannot record tag {name}:{tag}: {e}");

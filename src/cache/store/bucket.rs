@@ -35,6 +35,27 @@ use crate::registry::Digest;
 /// the most an upload holds in memory.
 const PART: usize = 8 << 20;
 
+/// How long a bucket request is retried at most.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where small records are kept beside the content, `<prefix>/<shelf>/…`.
+#[derive(Clone, Copy, Debug)]
+pub enum Shelf {
+    /// What each instance served, for the bucket's recency (`cache::uses`).
+    Uses,
+    /// What each tag resolved to, and when (`cache::tags`).
+    Tags,
+}
+
+impl Shelf {
+    fn dir(self) -> &'static str {
+        match self {
+            Shelf::Uses => "uses",
+            Shelf::Tags => "tags",
+        }
+    }
+}
+
 /// A bucket (and prefix in it) holding manifests and blobs.
 pub struct BucketStore {
     url: String,
@@ -102,6 +123,14 @@ impl BucketStore {
                 .map_err(|e| format!("store option {k:?}: {e}"))?;
             builder = builder.with_config(key, v);
         }
+        // a bucket that does not answer must not hold a request for object_store's default
+        // three minutes of retries: a miss then goes to the upstream, a fill keeps its spool
+        let retry = object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: RETRY_FOR,
+            ..Default::default()
+        };
+        builder = builder.with_retry(retry);
         let s3 = Arc::new(builder.build().map_err(|e| format!("store {url}: {e}"))?);
         let prefix = Key::parse(parsed.path().trim_matches('/'))
             .map_err(|e| format!("store url {url:?}: {e}"))?;
@@ -134,46 +163,61 @@ impl BucketStore {
             .join(digest.hex())
     }
 
-    fn record_key(&self, name: &str) -> Key {
-        self.prefix.clone().join("uses").join(name)
+    fn record_key(&self, shelf: Shelf, name: &str) -> Key {
+        // names are made of validated parts (digests, registry hosts, repository names, tags)
+        let mut key = self.prefix.clone().join(shelf.dir());
+        for part in name.split('/') {
+            key = key.join(part);
+        }
+        key
     }
 
-    /// Put a small record (not content: see `cache::uses`) under `<prefix>/uses/`. Blocking.
-    pub fn put_record(&self, name: &str, bytes: Vec<u8>) -> io::Result<()> {
-        let (objects, key) = (self.bucket.objects.clone(), self.record_key(name));
+    /// Put a small record (not content) on `shelf`, replacing any of that name. Blocking.
+    pub fn put_record(&self, shelf: Shelf, name: &str, bytes: Vec<u8>) -> io::Result<()> {
+        let (objects, key) = (self.bucket.objects.clone(), self.record_key(shelf, name));
         let data = PutPayload::from(Bytes::from(bytes));
         self.bucket
             .wait(async move { objects.put(&key, data).await })
             .map(drop)
     }
 
-    /// The names of the records, oldest first. Blocking.
-    pub fn records(&self) -> io::Result<Vec<String>> {
+    /// The names of the records on `shelf` (paths below it, as they were put), sorted.
+    /// Blocking.
+    pub fn records(&self, shelf: Shelf) -> io::Result<Vec<String>> {
         let (objects, dir) = (
             self.bucket.objects.clone(),
-            self.prefix.clone().join("uses"),
+            self.prefix.clone().join(shelf.dir()),
         );
-        let metas = self.bucket.wait(async move {
-            let all: Vec<_> = objects.list(Some(&dir)).collect().await;
-            all.into_iter().collect::<object_store::Result<Vec<_>>>()
+        let metas = self.bucket.wait({
+            let dir = dir.clone();
+            async move {
+                let all: Vec<_> = objects.list(Some(&dir)).collect().await;
+                all.into_iter().collect::<object_store::Result<Vec<_>>>()
+            }
         })?;
         let mut names: Vec<String> = metas
             .iter()
-            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .filter_map(|m| {
+                let parts: Vec<_> = m.location.prefix_match(&dir)?.collect();
+                let parts: Vec<&str> = parts.iter().map(|p| p.as_ref()).collect();
+                Some(parts.join("/"))
+            })
             .collect();
         names.sort();
         Ok(names)
     }
 
-    /// One record whole. Blocking.
-    pub fn read_record(&self, name: &str) -> io::Result<Bytes> {
-        let (objects, key) = (self.bucket.objects.clone(), self.record_key(name));
-        self.bucket
-            .wait(async move { objects.get(&key).await?.bytes().await })
+    /// One record whole, if there is one of that name. Blocking.
+    pub fn read_record(&self, shelf: Shelf, name: &str) -> io::Result<Option<Bytes>> {
+        let (objects, key) = (self.bucket.objects.clone(), self.record_key(shelf, name));
+        found(
+            self.bucket
+                .wait(async move { objects.get(&key).await?.bytes().await }),
+        )
     }
 
-    pub fn remove_record(&self, name: &str) -> io::Result<()> {
-        let (objects, key) = (self.bucket.objects.clone(), self.record_key(name));
+    pub fn remove_record(&self, shelf: Shelf, name: &str) -> io::Result<()> {
+        let (objects, key) = (self.bucket.objects.clone(), self.record_key(shelf, name));
         found(self.bucket.wait(async move { objects.delete(&key).await })).map(drop)
     }
 
@@ -450,7 +494,23 @@ struct Body {
 }
 
 impl BucketBytes {
-    /// Exactly `len` bytes from `offset`, continuing `body` if it is there.
+    /// The object from `offset` to its end, as a stream.
+    async fn body_from(objects: &dyn ObjectStore, key: &Key, offset: u64) -> io::Result<Body> {
+        let opts = GetOptions {
+            range: Some(GetRange::Offset(offset)),
+            ..Default::default()
+        };
+        let got = objects.get_opts(key, opts).await.map_err(to_io)?;
+        Ok(Body {
+            at: offset,
+            rest: Bytes::new(),
+            chunks: got.into_stream(),
+        })
+    }
+
+    /// Exactly `len` bytes from `offset`, continuing `body` if it is there. A body that fails
+    /// on the way (the bucket or a balancer in front drops a long or idle connection) is
+    /// asked for again from where it stopped, once a read.
     async fn read(
         objects: Arc<dyn ObjectStore>,
         key: Key,
@@ -458,29 +518,25 @@ impl BucketBytes {
         offset: u64,
         len: usize,
     ) -> io::Result<(Bytes, Body)> {
-        let mut body = match body.filter(|b| b.at == offset) {
-            Some(b) => b,
-            None => {
-                let opts = GetOptions {
-                    range: Some(GetRange::Offset(offset)),
-                    ..Default::default()
-                };
-                let got = objects.get_opts(&key, opts).await.map_err(to_io)?;
-                Body {
-                    at: offset,
-                    rest: Bytes::new(),
-                    chunks: got.into_stream(),
-                }
-            }
+        let (mut body, mut asked_again) = match body.filter(|b| b.at == offset) {
+            Some(b) => (b, false),
+            None => (Self::body_from(&*objects, &key, offset).await?, true),
         };
         let mut out = BytesMut::new();
         while out.len() < len {
             if body.rest.is_empty() {
                 body.rest = match body.chunks.next().await {
-                    Some(c) => c.map_err(to_io)?,
+                    Some(Ok(c)) => c,
+                    Some(Err(e)) if !asked_again => {
+                        tracing::debug!("reading {key} again from {}: {e}", body.at);
+                        body = Self::body_from(&*objects, &key, body.at).await?;
+                        asked_again = true;
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(to_io(e)),
                     None => return Err(io::ErrorKind::UnexpectedEof.into()),
                 };
-                if body.rest.len() >= len && out.is_empty() {
+                if body.rest.len() >= len - out.len() && out.is_empty() {
                     // the common case: one chunk holds the whole read, no copy
                     let first = body.rest.split_to(len);
                     body.at += len as u64;

@@ -14,7 +14,7 @@ mod bucket;
 mod disk;
 mod tiers;
 
-pub use bucket::BucketStore;
+pub use bucket::{BucketStore, Shelf};
 pub use disk::{free_space, read_at, DiskStore, Spool};
 pub use tiers::Tiers;
 
