@@ -54,7 +54,7 @@ impl DiskQuota {
 
         let (jobs, queue) = mpsc::channel::<Job>();
         let remover = {
-            let store = store.clone();
+            let (store, used) = (store.clone(), used.clone());
             move || {
                 for job in queue {
                     match job {
@@ -64,7 +64,11 @@ impl DiskQuota {
                                 tracing::info!("evicted {digest} ({size} bytes)");
                             }
                             Ok(false) => {}
-                            Err(e) => tracing::error!("cannot evict {digest}: {e}"),
+                            Err(e) => {
+                                // still on the disk: counted again (indexed at a restart)
+                                used.add(i64::try_from(size).unwrap_or(i64::MAX));
+                                tracing::error!("cannot evict {digest}: {e}");
+                            }
                         },
                         Job::Flush(ack) => {
                             let _ = ack.send(());
@@ -101,6 +105,12 @@ impl DiskQuota {
 
     /// An object was committed to the store.
     pub fn added(&self, kind: Kind, digest: Digest, size: u64) {
+        if self.max.is_some_and(|max| size > max) {
+            // it could never fit: it goes, and nothing else for it (readers keep their file)
+            tracing::warn!("{digest} ({size} bytes) is larger than max_size: not kept");
+            let _ = self.jobs.send(Job::Remove(kind, digest, size));
+            return;
+        }
         let mut index = self.lock();
         if !index.insert(kind, digest, size) {
             return;
@@ -325,6 +335,17 @@ mod tests {
         );
         assert!(store.contains(Kind::Blob, &c));
         assert!(store.contains(Kind::Blob, &d));
+        assert_eq!(quota.used(), 9 << 10);
+        // one that could never fit goes alone: nothing is evicted for it
+        let big = vec![9u8; 11 << 10];
+        let e = Digest::of(&big);
+        store.write(Kind::Blob, &e, &big).unwrap();
+        quota.added(Kind::Blob, e, big.len() as u64);
+        quota.flush();
+        assert!(!store.contains(Kind::Blob, &e));
+        for kept in [a, c, d] {
+            assert!(store.contains(Kind::Blob, &kept));
+        }
         assert_eq!(quota.used(), 9 << 10);
 
         // a restart rebuilds the index from disk, oldest mtime first, under a smaller quota
