@@ -284,6 +284,17 @@ async fn a_tag_mapping_is_shared_through_the_bucket() {
         a.metric("wharf_bucket_written_bytes_total").await >= img.manifest.len() as f64
     })
     .await;
+    // the mapping goes up on its own, after the reply
+    let journal = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(open(&s3, "tags", journal.path()));
+    eventually(10, "the tag's record in the bucket", || {
+        let bucket = bucket.clone();
+        async move {
+            let name = "docker.io/library/tagged/_tags/v1";
+            blocking(move || bucket.read_record(Shelf::Tags, name).unwrap().is_some()).await
+        }
+    })
+    .await;
     let asked = hub.counters();
 
     let b = Wharf::start(&hub.url(), &conf).await;

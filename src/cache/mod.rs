@@ -105,11 +105,7 @@ impl Cache {
     pub fn link_tagged(&self) -> usize {
         let mut n = 0;
         let read = |d: &Digest| self.store.read(Kind::Manifest, d).ok().flatten();
-        let all = self.tags.all().unwrap_or_else(|e| {
-            tracing::warn!("cannot list the shared tags: {e}");
-            Vec::new()
-        });
-        for (registry, repo, _, record) in all {
+        for (registry, repo, _, record) in self.tags.all() {
             let top: Vec<Digest> = record.by_accept.values().map(|e| e.digest).collect();
             let held = image::reach(&top, read);
             n += held.len();

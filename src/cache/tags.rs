@@ -72,6 +72,23 @@ pub struct TagIndex {
     writing: Mutex<()>,
     /// The bucket whose `tags` shelf the cluster's records are on.
     shared: Option<Arc<BucketStore>>,
+    /// Tags found on neither disk nor bucket lately: not asked of the bucket again for a
+    /// while (unknown names, tags the upstream lacks, requests racing a first fetch).
+    unshared: moka::sync::Cache<String, ()>,
+}
+
+/// How long a tag the bucket did not have is not asked of it again.
+const UNSHARED_FOR: Duration = Duration::from_secs(30);
+
+/// Two records of one tag as one: for each `Accept` key, the mapping checked last.
+fn merge(mut ours: TagRecord, theirs: TagRecord) -> TagRecord {
+    for (accept, entry) in theirs.by_accept {
+        let known = ours.by_accept.get(&accept);
+        if known.is_none_or(|k| k.checked < entry.checked) {
+            ours.by_accept.insert(accept, entry);
+        }
+    }
+    ours
 }
 
 /// A tag and its record: (registry, repository, tag, record).
@@ -93,6 +110,10 @@ impl TagIndex {
             memory: RwLock::default(),
             writing: Mutex::default(),
             shared,
+            unshared: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(UNSHARED_FOR)
+                .build(),
         })
     }
 
@@ -104,13 +125,20 @@ impl TagIndex {
     /// The bucket's record of a tag. Blocking.
     fn read_shared(&self, name: &str) -> Option<TagRecord> {
         let bucket = self.shared.as_ref()?;
-        match bucket.read_record(Shelf::Tags, name) {
-            Ok(bytes) => serde_json::from_slice(&bytes?).ok(),
+        if self.unshared.contains_key(name) {
+            return None;
+        }
+        let found = match bucket.read_record(Shelf::Tags, name) {
+            Ok(bytes) => bytes.and_then(|b| serde_json::from_slice(&b).ok()),
             Err(e) => {
                 tracing::warn!("cannot read the shared record of {name}: {e}");
                 None
             }
+        };
+        if found.is_none() {
+            self.unshared.insert(name.to_owned(), ());
         }
+        found
     }
 
     fn key(registry: &str, repo: &RepoName, tag: &Tag) -> String {
@@ -171,17 +199,24 @@ impl TagIndex {
         let dir = self.dir(registry, repo);
         fs::create_dir_all(&dir)?;
         let tmp = dir.join(format!(".{}.{:016x}", tag, rand::random::<u64>()));
-        let json = serde_json::to_vec(&record).expect("tag record serializes");
-        fs::write(&tmp, &json)?;
+        fs::write(
+            &tmp,
+            serde_json::to_vec(&record).expect("tag record serializes"),
+        )?;
         if let Err(e) = fs::rename(&tmp, dir.join(tag.as_str())) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
         if let (Some(bucket), Share::Yes) = (&self.shared, share) {
+            // merged with what other instances shared (other Accept keys), off the request path
             let name = Self::shared_name(registry, repo, tag);
-            if let Err(e) = bucket.put_record(Shelf::Tags, &name, json) {
-                tracing::warn!("cannot share the record of {name}: {e}");
-            }
+            self.unshared.invalidate(&name);
+            let ours = record.clone();
+            bucket.update_record_soon(Shelf::Tags, name, move |theirs| {
+                let theirs = theirs.and_then(|b| serde_json::from_slice(&b).ok());
+                let merged = merge(ours, theirs.unwrap_or_default());
+                serde_json::to_vec(&merged).expect("tag record serializes")
+            });
         }
         self.memory
             .write()
@@ -191,8 +226,9 @@ impl TagIndex {
     }
 
     /// Every tag recorded here and, with a bucket, shared (of two mappings for one `Accept`
-    /// key, the one checked last), as (registry, repository, tag, record), sorted. Blocking.
-    pub fn all(&self) -> io::Result<Vec<Tagged>> {
+    /// key, the one checked last), sorted. A bucket that cannot be listed is logged, and this
+    /// disk's tags are listed alone. Blocking.
+    pub fn all(&self) -> Vec<Tagged> {
         let mut all: BTreeMap<(String, String, String), TagRecord> = BTreeMap::new();
         for (registry, repo) in super::repositories(&self.root, "_tags") {
             for t in self.list(&registry, &repo) {
@@ -203,34 +239,34 @@ impl TagIndex {
                 }
             }
         }
-        if let Some(bucket) = &self.shared {
-            for name in bucket.records(Shelf::Tags)? {
-                let Some((path, tag)) = name.rsplit_once("/_tags/") else {
-                    continue;
-                };
-                let Some((registry, repo)) = path.split_once('/') else {
-                    continue;
-                };
-                let Some(shared) = self.read_shared(&name) else {
-                    continue;
-                };
-                let key = (registry.to_owned(), repo.to_owned(), tag.to_owned());
-                let record = all.entry(key).or_default();
-                for (accept, entry) in shared.by_accept {
-                    let known = record.by_accept.get(&accept);
-                    if known.is_none_or(|k| k.checked < entry.checked) {
-                        record.by_accept.insert(accept, entry);
-                    }
-                }
+        let shared = match self.shared.as_ref().map(|b| b.records(Shelf::Tags)) {
+            Some(Ok(names)) => names,
+            Some(Err(e)) => {
+                tracing::warn!("cannot list the shared tags (listing this disk's only): {e}");
+                Vec::new()
             }
+            None => Vec::new(),
+        };
+        for name in shared {
+            let Some((path, tag)) = name.rsplit_once("/_tags/") else {
+                continue;
+            };
+            let Some((registry, repo)) = path.split_once('/') else {
+                continue;
+            };
+            let Some(shared) = self.read_shared(&name) else {
+                continue;
+            };
+            let key = (registry.to_owned(), repo.to_owned(), tag.to_owned());
+            let record = all.entry(key).or_default();
+            *record = merge(std::mem::take(record), shared);
         }
-        Ok(all
-            .into_iter()
+        all.into_iter()
             .filter_map(|((registry, repo, tag), record)| {
                 let (repo, tag) = (RepoName::parse(&repo).ok()?, Tag::parse(&tag).ok()?);
                 Some((registry, repo, tag, Arc::new(record)))
             })
-            .collect())
+            .collect()
     }
 
     /// The tags recorded for a repository, sorted. Blocking.
@@ -280,7 +316,7 @@ mod tests {
         assert!(!r.by_accept["x/m"].is_fresh(Duration::ZERO));
         assert!(idx.get("ghcr.io", &repo, &tag).is_none());
         assert_eq!(idx.list("docker.io", &repo), ["latest"]);
-        let all = idx.all().unwrap();
+        let all = idx.all();
         assert_eq!(all.len(), 1);
         assert_eq!(
             (all[0].0.as_str(), all[0].1.as_str(), all[0].2.as_str()),

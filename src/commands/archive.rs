@@ -80,11 +80,7 @@ fn top_entries(cache: &Cache, images: &[ImageRef]) -> Result<Vec<Entry>, String>
     };
     let mut entries = Vec::new();
     if images.is_empty() {
-        let all = cache
-            .tags
-            .all()
-            .map_err(|e| format!("cannot list the shared tags: {e}"))?;
-        for (registry, repo, tag, record) in all {
+        for (registry, repo, tag, record) in cache.tags.all() {
             let Some(e) = preferred(&record.by_accept) else {
                 continue;
             };

@@ -38,11 +38,7 @@ impl Listed {
 pub fn ls(cache: &Cache) -> Result<Vec<Listed>, String> {
     let store = &cache.store;
     let mut out = Vec::new();
-    let all = cache
-        .tags
-        .all()
-        .map_err(|e| format!("cannot list the shared tags: {e}"))?;
-    for (registry, repo, tag, record) in all {
+    for (registry, repo, tag, record) in cache.tags.all() {
         let mut listed: Vec<Digest> = Vec::new();
         for entry in record.by_accept.values() {
             let top = entry.digest;

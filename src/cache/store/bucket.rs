@@ -207,6 +207,31 @@ impl BucketStore {
         Ok(names)
     }
 
+    /// Replace the record `name` on `shelf` by what `update` makes of it (None: there is
+    /// none), soon: on the bucket's own runtime, not waited for; a failure is logged.
+    pub fn update_record_soon(
+        &self,
+        shelf: Shelf,
+        name: String,
+        update: impl FnOnce(Option<Bytes>) -> Vec<u8> + Send + 'static,
+    ) {
+        let (objects, key) = (self.bucket.objects.clone(), self.record_key(shelf, &name));
+        self.bucket.runtime.spawn(async move {
+            let old = match objects.get(&key).await {
+                Ok(got) => got.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let put = match old {
+                Ok(old) => objects.put(&key, PutPayload::from(update(old))).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = put {
+                tracing::warn!("cannot share the record {name}: {e}");
+            }
+        });
+    }
+
     /// One record whole, if there is one of that name. Blocking.
     pub fn read_record(&self, shelf: Shelf, name: &str) -> io::Result<Option<Bytes>> {
         let (objects, key) = (self.bucket.objects.clone(), self.record_key(shelf, name));
