@@ -175,6 +175,10 @@ pub struct StoreConfig {
     /// How often each instance writes down what it served, for that recency.
     #[serde(default = "default_use_interval", with = "humantime_serde")]
     pub use_interval: Duration,
+    /// Send clients to a presigned bucket URL valid this long for a blob this instance's disk
+    /// lacks, instead of streaming it through (none: stream it).
+    #[serde(default, with = "humantime_serde")]
+    pub presigned_for: Option<Duration>,
 }
 
 fn default_use_interval() -> Duration {

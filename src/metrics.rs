@@ -164,7 +164,7 @@ impl Metrics {
             ),
             outcomes: counter_vec(
                 "wharf_cache_requests_total",
-                "Requests by cache outcome: hit-memory, hit-disk, miss, coalesced (shared a fetch), stale, upstream (passed through), local",
+                "Requests by cache outcome: hit-memory, hit-disk, hit-shared (from the bucket), presigned (sent to the bucket), miss, coalesced (shared a fetch), stale, upstream (passed through), local",
                 &["outcome"],
             ),
             bytes_served: counter_vec(

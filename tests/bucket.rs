@@ -411,3 +411,86 @@ async fn a_read_cut_off_on_the_way_goes_on_from_where_it_stopped() {
     }
     assert!(got == data, "the object whole and right");
 }
+
+/// With `presigned_for`, a blob only the bucket holds is a 307 to a presigned URL of it, which
+/// serves it (ranges too) to a client with no credentials; only for a repository that holds
+/// it, and a blob the bucket lacks is fetched and streamed as ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blob_only_the_bucket_holds_can_be_a_presigned_redirect() {
+    let s3 = S3::start(BUCKET).await;
+    // scoped: the upstream says which repository holds what
+    let hub = FakeHub::start_with(common::HubOptions {
+        scoped: true,
+        ..Default::default()
+    })
+    .await;
+    let img = hub.add_image("library/signed", "1", 13, &[300_000, 5000]);
+    let (digest, bytes) = img.blobs[1].clone();
+    let (other, other_bytes) = img.blobs[2].clone();
+    let conf = s3.store_config(BUCKET, "signed").replacen(
+        "[store]\n",
+        "[store]\npresigned_for = \"5m\"\n",
+        1,
+    );
+    let conf = format!("memory_object_max = 1024\n{conf}");
+    let a = Wharf::start(&hub.url(), &conf).await;
+    let b = Wharf::start(&hub.url(), &conf).await;
+    let c = client();
+    let path = format!("/v2/library/signed/blobs/{digest}");
+    let r = c.get(a.url(&path)).send().await.unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "miss", "a's own fetch streams");
+    assert!(r.bytes().await.unwrap() == bytes);
+    eventually(10, "the blob in the bucket", || async {
+        a.metric("wharf_bucket_written_bytes_total").await >= bytes.len() as f64
+    })
+    .await;
+
+    let r = c.get(b.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), 307, "{}", b.log());
+    assert_eq!(header(&r, "x-wharf-cache"), "presigned");
+    assert_eq!(header(&r, "docker-content-digest"), digest);
+    let location = header(&r, "location").to_owned();
+    assert!(
+        location.starts_with(&s3.endpoint) && location.contains("X-Amz-Signature="),
+        "{location}"
+    );
+    let plain = reqwest::Client::new();
+    let got = plain.get(&location).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(
+        got.bytes().await.unwrap() == bytes,
+        "the presigned URL serves the blob"
+    );
+    let part = plain
+        .get(&location)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert!(part.bytes().await.unwrap() == bytes[1000..2000]);
+    let unsigned = location.split('?').next().unwrap().to_owned();
+    let refused = plain.get(&unsigned).send().await.unwrap();
+    assert!(
+        refused.status().is_client_error(),
+        "the bucket itself is not open"
+    );
+
+    // under a repository that does not hold it: no URL
+    let r = c
+        .get(b.url(&format!("/v2/library/elsewhere/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().get("location").is_none());
+    // a blob the bucket does not have yet streams through b
+    let r = c
+        .get(b.url(&format!("/v2/library/signed/blobs/{other}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-wharf-cache"), "miss");
+    assert!(r.bytes().await.unwrap() == other_bytes);
+}

@@ -27,10 +27,16 @@ pub(super) struct BlobState {
     /// for that repository must have.
     pub(super) sizes: moka::sync::Cache<(String, Digest), u64>,
     pub(super) limits: BlobLimits,
+    /// How long the presigned URLs that blobs only the bucket holds are sent to are valid;
+    /// none: such blobs stream through this instance.
+    pub(super) presigned_for: Option<std::time::Duration>,
 }
 
 impl BlobState {
-    pub(super) fn new(limits: BlobLimits) -> Result<BlobState, String> {
+    pub(super) fn new(
+        limits: BlobLimits,
+        presigned_for: Option<std::time::Duration>,
+    ) -> Result<BlobState, String> {
         let fill_io = FillIo::new(limits.fill_threads)
             .map_err(|e| format!("cannot start the fill threads: {e}"))?;
         Ok(BlobState {
@@ -38,6 +44,7 @@ impl BlobState {
             fill_io,
             sizes: moka::sync::Cache::new(200_000),
             limits,
+            presigned_for,
         })
     }
 }
@@ -57,6 +64,9 @@ impl Mirror {
         }
         if head || (up.offline && self.cache.shared.is_none()) {
             return self.blob_head_upstream(up, name, &digest).await;
+        }
+        if let Some(reply) = self.presigned(up, name, &digest).await? {
+            return Ok(reply);
         }
         let (mut reader, outcome) = match self.join_fill(up, name, &digest).await? {
             Some(joined) => joined,
@@ -146,6 +156,50 @@ impl Mirror {
                 Some((r, Outcome::HitShared))
             }
         })
+    }
+
+    /// With `presigned_for`, a blob this disk lacks and the bucket holds is not copied through
+    /// this instance: the client is sent to a presigned URL of it (307), as distribution
+    /// does; only once the repository is known to hold it, as for any other answer. `None`
+    /// when it is not so (the bucket lacks it or cannot be asked: it is served as usual).
+    async fn presigned(
+        self: &Arc<Self>,
+        up: &Arc<Upstream>,
+        name: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<Reply>, RegistryError> {
+        let (Some(valid_for), Some(shared)) = (self.blobs.presigned_for, self.cache.shared.clone())
+        else {
+            return Ok(None);
+        };
+        let d = *digest;
+        let signed = self
+            .blocking(move |_| match shared.stat(Kind::Blob, &d)? {
+                Some(_) => shared.signed_url(Kind::Blob, &d, valid_for).map(Some),
+                None => Ok(None),
+            })
+            .await;
+        let url = match signed {
+            Ok(Some(url)) => url,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!("cannot presign {d}, serving it through: {e}");
+                return Ok(None);
+            }
+        };
+        let Ok(location) = HeaderValue::from_str(&url) else {
+            return Ok(None);
+        };
+        self.vouch(up, name, Kind::Blob, digest).await?;
+        self.cache.touched(Kind::Blob, digest);
+        let mut headers = blob_headers(digest);
+        headers.push((header::LOCATION, location));
+        Ok(Some(Reply {
+            status: StatusCode::TEMPORARY_REDIRECT,
+            headers,
+            body: Body::Empty,
+            outcome: Outcome::Presigned,
+        }))
     }
 
     /// Fail a fill that was never started, and forget it.

@@ -51,6 +51,8 @@ pub enum Outcome {
     Miss,
     /// This request shared an upstream fetch another request started.
     Coalesced,
+    /// Sent to a presigned URL of the shared store (`[store] presigned_for`).
+    Presigned,
     /// Served from the cache because the upstream could not confirm a tag.
     Stale,
     /// Passed through to the upstream, not cached (tag lists, blob HEADs).
@@ -60,10 +62,11 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::HitMemory,
         Outcome::HitDisk,
         Outcome::HitShared,
+        Outcome::Presigned,
         Outcome::Miss,
         Outcome::Coalesced,
         Outcome::Stale,
@@ -75,7 +78,11 @@ impl Outcome {
     pub fn is_hit(self) -> bool {
         matches!(
             self,
-            Outcome::HitMemory | Outcome::HitDisk | Outcome::HitShared | Outcome::Stale
+            Outcome::HitMemory
+                | Outcome::HitDisk
+                | Outcome::HitShared
+                | Outcome::Presigned
+                | Outcome::Stale
         )
     }
 
@@ -89,6 +96,7 @@ impl Outcome {
             Outcome::HitMemory => "hit-memory",
             Outcome::HitDisk => "hit-disk",
             Outcome::HitShared => "hit-shared",
+            Outcome::Presigned => "presigned",
             Outcome::Miss => "miss",
             Outcome::Coalesced => "coalesced",
             Outcome::Stale => "stale",
@@ -350,7 +358,10 @@ impl Mirror {
             members: None,
             upstreams,
             freshness,
-            blobs: blobs::BlobState::new(limits)?,
+            blobs: blobs::BlobState::new(
+                limits,
+                config.store.as_ref().and_then(|s| s.presigned_for),
+            )?,
             manifests: manifests::ManifestState::new(limits.max_manifest_fetches, negative),
             referrers: referrers::cache(),
             holding: holding::Unheld::new(negative),

@@ -101,6 +101,25 @@ check "the bucket holds every blob, each matching its digest" in_bucket
 no_partial() { ! filer_ls wharf/.uploads/ 2>/dev/null | grep -q '"FullPath"'; }
 check "no upload was left unfinished in the bucket" no_partial
 for i in 1 2 3; do stop "wharf-c$i"; done
+
+# a fourth instance, empty disk, with presigned_for: the blobs the bucket holds are 307s to
+# presigned SeaweedFS URLs, which skopeo and containerd follow; the upstream serves no blob
+sed -e '/^\[cluster\]$/,$d' -e 's/^\[store\]$/[store]\npresigned_for = "10m"/' "$C/wharf-1.toml" >"$C/wharf-4.toml"
+start wharf-c4 env WHARF_LOG=info "$ROOT/target/debug/wharf" serve --listen 127.0.0.1:15054 \
+  --admin 127.0.0.1:15064 --data "$C/data-4" --config "$C/wharf-4.toml"
+wait_for "the fourth instance" curl -sf http://127.0.0.1:15054/v2/
+before=$(upstream_blobs | wc -l)
+presigned_pull() {
+  rm -rf "$C/sk4"
+  skopeo copy --quiet --src-tls-verify=false docker://127.0.0.1:15054/library/layers:1 "oci:$C/sk4:x" || return 1
+  printf 'server = "http://127.0.0.1:9"\n[host."http://127.0.0.1:15054"]\n  capabilities = ["pull", "resolve"]\n' >"$C/ctr/docker.io/hosts.toml"
+  CTR_HOSTS=$C/ctr containerd_pull docker.io/library/busybox:latest "$BUSYBOX" || return 1
+  local sent; sent=$(curl -sf http://127.0.0.1:15064/metrics | awk '$1 == "wharf_cache_requests_total{outcome=\"presigned\"}" {print $2}')
+  log "the fourth instance sent ${sent:-0} blob requests to presigned URLs"
+  ((${sent:-0} > 0)) && (($(upstream_blobs | wc -l) == before))
+}
+check "skopeo and containerd pull through presigned bucket URLs, no blob from the upstream" presigned_pull
+stop wharf-c4
 stop weed
 
 # ------------------------------------------------------------ the container image

@@ -17,6 +17,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -24,6 +25,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as Key;
+use object_store::signer::{Method, Signer};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
 use super::{
@@ -36,7 +38,7 @@ use crate::registry::Digest;
 const PART: usize = 8 << 20;
 
 /// How long a bucket request is retried at most.
-const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+const RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Where small records are kept beside the content, `<prefix>/<shelf>/…`.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +73,7 @@ pub struct BucketStore {
 struct Bucket {
     objects: Arc<dyn ObjectStore>,
     parts: Arc<dyn MultipartStore>,
+    signer: Arc<dyn Signer>,
     runtime: tokio::runtime::Handle,
     journal: PathBuf,
 }
@@ -147,7 +150,8 @@ impl BucketStore {
             prefix,
             bucket: Bucket {
                 objects: s3.clone(),
-                parts: s3,
+                parts: s3.clone(),
+                signer: s3,
                 runtime: runtime.handle().clone(),
                 journal: journal.to_owned(),
             },
@@ -205,6 +209,20 @@ impl BucketStore {
             .collect();
         names.sort();
         Ok(names)
+    }
+
+    /// A URL that lets its holder GET an object (Range too) for `valid_for`, with no other
+    /// credentials: a presigned S3 request. Made here, without asking the bucket. Blocking.
+    pub fn signed_url(
+        &self,
+        kind: Kind,
+        digest: &Digest,
+        valid_for: Duration,
+    ) -> io::Result<String> {
+        let (signer, key) = (self.bucket.signer.clone(), self.key(kind, digest));
+        self.bucket
+            .wait(async move { signer.signed_url(Method::GET, &key, valid_for).await })
+            .map(String::from)
     }
 
     /// Replace the record `name` on `shelf` by what `update` makes of it (None: there is
