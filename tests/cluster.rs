@@ -243,3 +243,71 @@ async fn members_come_from_a_dns_name() {
     .await;
     assert_eq!(w.metric("wharf_cluster_members_live").await, 1.0);
 }
+
+/// A member that answers health checks but never a request (stuck, or as slow as can be).
+async fn stuck_member() -> String {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/_wharf/peer", get(|| async { "00000000000000ff" }))
+        .fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            "never"
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Two members that disagree on who owns a digest (while the roster changes, say) could each
+/// forward to the other, and each member's request join the other's forwarded fill: a wait
+/// cycle. A member's request never waits for a fill that is itself asking a member: it gets a
+/// 503 at once, and the member that asked goes to the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_members_request_never_waits_for_a_fill_that_asks_a_member() {
+    let hub = FakeHub::start().await;
+    let stuck = stuck_member().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let members = format!("members = [\"{listen}\", \"{stuck}\"]");
+    // a blob the stuck member owns
+    let (digest, _) = (0..)
+        .map(|seed| {
+            let img = hub.add_image("library/loop", &format!("t{seed}"), seed, &[1000]);
+            img.blobs.last().unwrap().clone()
+        })
+        .find(|(d, _)| {
+            wharf::cluster::rendezvous([listen.as_str(), stuck.as_str()].into_iter(), d)
+                == Some(stuck.as_str())
+        })
+        .unwrap();
+    let conf = member_conf(dir.path(), &listen, &members);
+    let w = Wharf::start(&hub.url(), &conf).await;
+    eventually(10, "two live members", || async {
+        w.metric("wharf_cluster_members_live").await == 2.0
+    })
+    .await;
+    // a client's GET: the fill asks the stuck member
+    let path = format!("/v2/library/loop/blobs/{digest}");
+    let url = w.url(&path);
+    let waiting = tokio::spawn(async move { client().get(url).send().await });
+    eventually(10, "the fill asking the stuck member", || async {
+        w.metric("wharf_fills_in_flight").await == 1.0
+    })
+    .await;
+    // a member asks for the same blob: answered at once, not held
+    let asked = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(format!(
+            "http://{listen}/v2/docker.io/library/loop/blobs/{digest}"
+        ))
+        .header("x-wharf-peer-secret", SECRET)
+        .send()
+        .await
+        .expect("an answer within 5 s");
+    assert_eq!(asked.status(), 503);
+    assert_eq!(common::error_code(asked).await, "UNAVAILABLE");
+    waiting.abort();
+}

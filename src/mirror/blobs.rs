@@ -127,6 +127,13 @@ impl Mirror {
             })?;
         Ok(match joined {
             Joined::Stored => None,
+            Joined::Existing(_) if self.answers_a_member(up) && self.fill_asks_a_member(digest) => {
+                // that member may be the one the fill is waiting for: it asks the upstream
+                return Err(RegistryError::busy(
+                    format!("this member is itself asking another member for {digest}"),
+                    1,
+                ));
+            }
             Joined::Existing(r) => Some((r, Outcome::Coalesced)),
             Joined::New(fill, r) => {
                 // the request may go away while the bucket is asked: the fill then starts
@@ -200,6 +207,18 @@ impl Mirror {
             body: Body::Empty,
             outcome: Outcome::Presigned,
         }))
+    }
+
+    /// Whether `up` is how a cluster member's request is answered (the registry directly).
+    fn answers_a_member(&self, up: &Arc<Upstream>) -> bool {
+        self.members.is_some() && Arc::ptr_eq(&self.direct(up), up)
+    }
+
+    fn fill_asks_a_member(&self, digest: &Digest) -> bool {
+        self.blobs
+            .fills
+            .get(digest)
+            .is_some_and(|f| f.asks_a_member())
     }
 
     /// Fail a fill that was never started, and forget it.
@@ -328,6 +347,15 @@ impl Mirror {
         shared: Option<Object>,
     ) {
         let me = self.clone();
+        let owned_elsewhere = |members: &Arc<crate::cluster::Members>| {
+            members.owner(&fill.digest.to_string()) != crate::cluster::Owner::Me
+        };
+        if shared.is_none()
+            && !self.answers_a_member(&up)
+            && self.members.as_ref().is_some_and(owned_elsewhere)
+        {
+            fill.ask_a_member();
+        }
         METRICS.fills_in_flight.inc();
         tokio::spawn(async move {
             let digest = fill.digest;

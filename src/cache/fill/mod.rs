@@ -106,6 +106,8 @@ pub struct Fill {
     limits: Arc<Limits>,
     /// Wakes the fill's driver when it must give up (too many orphans).
     abandon: Notify,
+    /// It asks another cluster member for the blob (see [`Fill::asks_a_member`]).
+    asks_a_member: std::sync::atomic::AtomicBool,
 }
 
 impl Fill {
@@ -123,6 +125,7 @@ impl Fill {
             interest: Mutex::default(),
             limits,
             abandon: Notify::new(),
+            asks_a_member: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -176,6 +179,19 @@ impl Fill {
     }
 
     /// Whether every reader has left.
+    /// Say that this fill asks another cluster member for its blob.
+    pub fn ask_a_member(&self) {
+        self.asks_a_member
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether it asks another member: a member's request must not wait for it, since that
+    /// member may be the one it waits for (two members that disagree on who owns a digest).
+    pub fn asks_a_member(&self) -> bool {
+        self.asks_a_member
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn is_orphaned(&self) -> bool {
         self.interest.lock().expect("fill interest").orphaned
     }
