@@ -176,9 +176,25 @@ pub struct StoreConfig {
     #[serde(default = "default_use_interval", with = "humantime_serde")]
     pub use_interval: Duration,
     /// Send clients to a presigned bucket URL valid this long for a blob this instance's disk
-    /// lacks, instead of streaming it through (none: stream it).
-    #[serde(default, with = "humantime_serde")]
-    pub presigned_for: Option<Duration>,
+    /// lacks, instead of streaming it through (none: stream it). See [`Self::presigned_for`].
+    #[serde(default, rename = "presigned_for", with = "humantime_serde")]
+    presigned: Option<Duration>,
+}
+
+impl StoreConfig {
+    /// `presigned_for`, checked: from a minute (a slow client must get to use it) to seven
+    /// days (the most S3's signatures allow).
+    pub fn presigned_for(&self) -> Result<Option<Duration>, String> {
+        match self.presigned {
+            Some(d) if d < Duration::from_secs(60) || d > Duration::from_secs(7 * 24 * 3600) => {
+                Err(format!(
+                    "[store] presigned_for = {:?}: give from \"1m\" to \"7d\"",
+                    humantime::format_duration(d).to_string()
+                ))
+            }
+            d => Ok(d),
+        }
+    }
 }
 
 fn default_use_interval() -> Duration {
@@ -465,6 +481,23 @@ mod tests {
         assert_eq!(e.listen, c.listen);
         assert_eq!(e.memory_bytes, c.memory_bytes);
         assert_eq!(e.upstream_settings().unwrap()[0].url, ups[0].url);
+    }
+
+    #[test]
+    fn presigned_for_is_one_a_bucket_honours() {
+        let store = |v: &str| {
+            let c = Config::parse(&format!("[store]\nurl = \"s3://b/p\"\n{v}")).unwrap();
+            c.store.unwrap().presigned_for()
+        };
+        assert_eq!(store(""), Ok(None));
+        assert_eq!(
+            store("presigned_for = \"20m\""),
+            Ok(Some(Duration::from_secs(1200)))
+        );
+        for refused in ["0s", "30s", "8days"] {
+            let e = store(&format!("presigned_for = \"{refused}\"")).unwrap_err();
+            assert!(e.contains("presigned_for"), "{e}");
+        }
     }
 
     #[test]

@@ -448,6 +448,11 @@ async fn a_blob_only_the_bucket_holds_can_be_a_presigned_redirect() {
     let r = c.get(b.url(&path)).send().await.unwrap();
     assert_eq!(r.status(), 307, "{}", b.log());
     assert_eq!(header(&r, "x-wharf-cache"), "presigned");
+    assert_eq!(
+        header(&r, "content-length"),
+        "0",
+        "the connection can go on"
+    );
     assert_eq!(header(&r, "docker-content-digest"), digest);
     let location = header(&r, "location").to_owned();
     assert!(
@@ -493,4 +498,44 @@ async fn a_blob_only_the_bucket_holds_can_be_a_presigned_redirect() {
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-wharf-cache"), "miss");
     assert!(r.bytes().await.unwrap() == other_bytes);
+}
+
+/// A damaged copy in the bucket (bit rot, a writer that is not wharf) is never served as the
+/// blob: the fill from it fails at the end, the copy is found damaged and removed, and the
+/// next request fetches the blob from the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_copy_in_the_bucket_is_removed_and_fetched_again() {
+    use object_store::ObjectStoreExt;
+    let s3 = S3::start(BUCKET).await;
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/rot", "1", 17, &[3 << 20]);
+    let (digest, bytes) = img.blobs.last().unwrap().clone();
+    let mut rotten = bytes.to_vec();
+    rotten[1 << 20] ^= 0x40;
+    let mut raw = object_store::aws::AmazonS3Builder::new().with_bucket_name(BUCKET);
+    for (k, v) in s3.options() {
+        raw = raw.with_config(k.parse().unwrap(), v);
+    }
+    let raw = raw.build().unwrap();
+    let key = format!("rot/blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    raw.put(&key.as_str().into(), rotten.into()).await.unwrap();
+
+    let w = Wharf::start(&hub.url(), &s3.store_config(BUCKET, "rot")).await;
+    let path = format!("/v2/library/rot/blobs/{digest}");
+    let r = client().get(w.url(&path)).send().await.unwrap();
+    assert_eq!(header(&r, "x-wharf-cache"), "hit-shared");
+    common::assert_not_served_whole(r).await;
+    let journal = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(open(&s3, "rot", journal.path()));
+    let d = Digest::parse(&digest).unwrap();
+    eventually(10, "the damaged copy removed", || {
+        let bucket = bucket.clone();
+        async move { !blocking(move || bucket.contains(Kind::Blob, &d)).await }
+    })
+    .await;
+    let r = client().get(w.url(&path)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", w.log());
+    assert_eq!(header(&r, "x-wharf-cache"), "miss");
+    assert!(r.bytes().await.unwrap() == bytes);
+    assert_eq!(hub.cdn_fetches(&digest), 1);
 }

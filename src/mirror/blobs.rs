@@ -11,6 +11,7 @@ use http::{header, HeaderValue, StatusCode};
 
 use super::{digest_headers, BlobLimits, Body, Headers, Mirror, Outcome, Reply};
 use crate::cache::fill::{self, Busy, FillIo, Limits as FillLimits, Sink, Source};
+use crate::cache::store::hashes_to;
 use crate::cache::{ContentStore, Fill, FillReader, Fills, Joined, Kind, Object, Use};
 use crate::metrics::METRICS;
 use crate::registry::media;
@@ -65,10 +66,16 @@ impl Mirror {
         if head || (up.offline && self.cache.shared.is_none()) {
             return self.blob_head_upstream(up, name, &digest).await;
         }
-        if let Some(reply) = self.presigned(up, name, &digest).await? {
-            return Ok(reply);
+        let mut ask_bucket = true;
+        if !self.answers_a_member(up) && self.blobs.fills.get(&digest).is_none() {
+            match self.presigned(up, name, &digest).await? {
+                Presigned::Redirect(reply) => return Ok(reply),
+                Presigned::Asked => ask_bucket = false,
+                Presigned::Off => {}
+            }
         }
-        let (mut reader, outcome) = match self.join_fill(up, name, &digest).await? {
+        let joined = self.join_fill(up, name, &digest, ask_bucket).await?;
+        let (mut reader, outcome) = match joined {
             Some(joined) => joined,
             None => {
                 let reply = self
@@ -106,11 +113,13 @@ impl Mirror {
 
     /// Read along the fill for `digest`, starting it if none runs: `None` if the blob is in
     /// the store by now. Past `max_fills` a new fill is refused with a 503 to retry.
+    /// `ask_bucket` false: the shared store was just asked, and has no (usable) copy.
     async fn join_fill(
         self: &Arc<Self>,
         up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
+        ask_bucket: bool,
     ) -> Result<Option<(FillReader, Outcome)>, RegistryError> {
         // only this disk counts as stored: what is in the shared store only is filled from it
         let disk: Arc<dyn ContentStore> = self.cache.disk.clone();
@@ -127,7 +136,7 @@ impl Mirror {
             })?;
         Ok(match joined {
             Joined::Stored => None,
-            Joined::Existing(_) if self.answers_a_member(up) && self.fill_asks_a_member(digest) => {
+            Joined::Existing(r) if self.answers_a_member(up) && r.asks_a_member() => {
                 // that member may be the one the fill is waiting for: it asks the upstream
                 return Err(RegistryError::busy(
                     format!("this member is itself asking another member for {digest}"),
@@ -144,7 +153,11 @@ impl Mirror {
                     name: name.clone(),
                     fill: Some(fill),
                 };
-                let Some(shared) = self.shared_blob(digest).await else {
+                let shared = match ask_bucket {
+                    true => self.shared_blob(digest).await,
+                    false => None,
+                };
+                let Some(shared) = shared else {
                     if up.offline {
                         let e = offline_error(name, digest);
                         starting.fail(e.clone());
@@ -167,17 +180,16 @@ impl Mirror {
 
     /// With `presigned_for`, a blob this disk lacks and the bucket holds is not copied through
     /// this instance: the client is sent to a presigned URL of it (307), as distribution
-    /// does; only once the repository is known to hold it, as for any other answer. `None`
-    /// when it is not so (the bucket lacks it or cannot be asked: it is served as usual).
+    /// does; only once the repository is known to hold it, as for any other answer.
     async fn presigned(
         self: &Arc<Self>,
         up: &Arc<Upstream>,
         name: &RepoName,
         digest: &Digest,
-    ) -> Result<Option<Reply>, RegistryError> {
+    ) -> Result<Presigned, RegistryError> {
         let (Some(valid_for), Some(shared)) = (self.blobs.presigned_for, self.cache.shared.clone())
         else {
-            return Ok(None);
+            return Ok(Presigned::Off);
         };
         let d = *digest;
         let signed = self
@@ -188,20 +200,22 @@ impl Mirror {
             .await;
         let url = match signed {
             Ok(Some(url)) => url,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(Presigned::Asked),
             Err(e) => {
-                tracing::warn!("cannot presign {d}, serving it through: {e}");
-                return Ok(None);
+                tracing::warn!("cannot presign {d}, fetching it: {e}");
+                return Ok(Presigned::Asked);
             }
         };
         let Ok(location) = HeaderValue::from_str(&url) else {
-            return Ok(None);
+            return Ok(Presigned::Asked);
         };
         self.vouch(up, name, Kind::Blob, digest).await?;
         self.cache.touched(Kind::Blob, digest);
-        let mut headers = blob_headers(digest);
+        let mut headers = digest_headers(digest).to_vec();
         headers.push((header::LOCATION, location));
-        Ok(Some(Reply {
+        // an empty body said to be empty: the connection stays open for the next blob
+        headers.push((header::CONTENT_LENGTH, HeaderValue::from_static("0")));
+        Ok(Presigned::Redirect(Reply {
             status: StatusCode::TEMPORARY_REDIRECT,
             headers,
             body: Body::Empty,
@@ -209,16 +223,40 @@ impl Mirror {
         }))
     }
 
-    /// Whether `up` is how a cluster member's request is answered (the registry directly).
-    fn answers_a_member(&self, up: &Arc<Upstream>) -> bool {
-        self.members.is_some() && Arc::ptr_eq(&self.direct(up), up)
+    /// Read the shared store's copy of a blob whole, and remove it if it does not hash to its
+    /// digest. In the background.
+    fn recheck_shared(self: &Arc<Self>, digest: Digest) {
+        let Some(shared) = self.cache.shared.clone() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            let intact = shared
+                .open(Kind::Blob, &digest, Use::Inspect)
+                .and_then(|o| match o {
+                    Some(o) => hashes_to(&mut o.reader()?, &digest).map(Some),
+                    None => Ok(None),
+                });
+            match intact {
+                Ok(Some(false)) => match shared.remove(Kind::Blob, &digest) {
+                    Ok(_) => tracing::error!(
+                        "the shared store's copy of blob {digest} is damaged: removed"
+                    ),
+                    Err(e) => tracing::error!(
+                        "the shared store's copy of blob {digest} is damaged, and cannot be removed: {e}"
+                    ),
+                },
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("cannot check the shared store's copy of blob {digest}: {e}")
+                }
+            }
+        });
     }
 
-    fn fill_asks_a_member(&self, digest: &Digest) -> bool {
-        self.blobs
-            .fills
-            .get(digest)
-            .is_some_and(|f| f.asks_a_member())
+    /// Whether `up` is how a cluster member's request is answered (the registry directly).
+    fn answers_a_member(&self, up: &Upstream) -> bool {
+        let direct = self.direct.get(&up.registry);
+        self.members.is_some() && direct.is_some_and(|d| std::ptr::eq(&**d, up))
     }
 
     /// Fail a fill that was never started, and forget it.
@@ -251,7 +289,7 @@ impl Mirror {
         name: &RepoName,
         digest: &Digest,
     ) -> Result<(u64, Outcome), RegistryError> {
-        match self.join_fill(up, name, digest).await? {
+        match self.join_fill(up, name, digest, true).await? {
             Some((mut reader, outcome)) => Ok((reader.stored().await?, outcome)),
             None => {
                 let (store, d) = (self.cache.store.clone(), *digest);
@@ -347,15 +385,6 @@ impl Mirror {
         shared: Option<Object>,
     ) {
         let me = self.clone();
-        let owned_elsewhere = |members: &Arc<crate::cluster::Members>| {
-            members.owner(&fill.digest.to_string()) != crate::cluster::Owner::Me
-        };
-        if shared.is_none()
-            && !self.answers_a_member(&up)
-            && self.members.as_ref().is_some_and(owned_elsewhere)
-        {
-            fill.ask_a_member();
-        }
         METRICS.fills_in_flight.inc();
         tokio::spawn(async move {
             let digest = fill.digest;
@@ -391,9 +420,21 @@ impl Mirror {
         if let Some(n) = described {
             self.room_for(fill, Some(n)).await?;
         }
+        let from_shared = shared.is_some();
         let body = match shared {
             Some(object) => shared_body(object),
-            None => up.blob(name, &digest).await?,
+            None => {
+                // decided as the cluster's remote decides, just before it asks
+                let elsewhere = |m: &Arc<crate::cluster::Members>| {
+                    m.owner(&digest.to_string()) != crate::cluster::Owner::Me
+                };
+                let via_member = self.members.as_ref().is_some_and(elsewhere);
+                fill.ask_a_member(via_member && !self.answers_a_member(up));
+                let body = up.blob(name, &digest).await;
+                let from_member = matches!(&body, Ok(b) if b.shared_by_source);
+                fill.ask_a_member(from_member);
+                body?
+            }
         };
         let declared = body.len;
         if let (Some(d), Some(n)) = (declared, described) {
@@ -431,7 +472,13 @@ impl Mirror {
             store: &store,
             keep: self.blobs.limits.min_free_space,
         };
-        if let Some(len) = fill::drive(fill, source, sink).await? {
+        let filled = fill::drive(fill, source, sink).await;
+        if from_shared && matches!(&filled, Err(e) if e.cause == Cause::UpstreamFailed) {
+            // the bucket's copy came out wrong (or short): look again, and if it is damaged
+            // remove it, so that the next request fetches it from the upstream instead
+            self.recheck_shared(digest);
+        }
+        if let Some(len) = filled? {
             self.cache.quota.added(Kind::Blob, digest, len);
             self.link(up, name, vec![digest]).await;
         }
@@ -528,6 +575,15 @@ fn offline_error(name: &RepoName, digest: &Digest) -> RegistryError {
 
 /// A fill a request created and has not started yet. Dropped undecided (the request went
 /// away), it is started from the upstream, as fills belong to no client.
+/// What [`Mirror::presigned`] made of a blob.
+enum Presigned {
+    Redirect(Reply),
+    /// The bucket was asked and has no copy, or could not answer: not to be asked again.
+    Asked,
+    /// No presigned redirects here.
+    Off,
+}
+
 struct Starting {
     mirror: Arc<Mirror>,
     up: Arc<Upstream>,

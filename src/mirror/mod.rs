@@ -360,7 +360,12 @@ impl Mirror {
             freshness,
             blobs: blobs::BlobState::new(
                 limits,
-                config.store.as_ref().and_then(|s| s.presigned_for),
+                config
+                    .store
+                    .as_ref()
+                    .map(|s| s.presigned_for())
+                    .transpose()?
+                    .flatten(),
             )?,
             manifests: manifests::ManifestState::new(limits.max_manifest_fetches, negative),
             referrers: referrers::cache(),

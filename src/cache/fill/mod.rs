@@ -178,11 +178,11 @@ impl Fill {
         }
     }
 
-    /// Whether every reader has left.
-    /// Say that this fill asks another cluster member for its blob.
-    pub fn ask_a_member(&self) {
+    /// Say whether this fill asks another cluster member for its blob (it does while it
+    /// waits for the member's answer; not once it went to the upstream instead).
+    pub fn ask_a_member(&self, asks: bool) {
         self.asks_a_member
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .store(asks, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether it asks another member: a member's request must not wait for it, since that
@@ -192,6 +192,7 @@ impl Fill {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether every reader has left.
     pub fn is_orphaned(&self) -> bool {
         self.interest.lock().expect("fill interest").orphaned
     }
@@ -284,6 +285,13 @@ pub struct FillReader {
     fill: Arc<Fill>,
     state: watch::Receiver<FillState>,
     pos: u64,
+}
+
+impl FillReader {
+    /// Whether the fill it reads asks another cluster member ([`Fill::asks_a_member`]).
+    pub fn asks_a_member(&self) -> bool {
+        self.fill.asks_a_member()
+    }
 }
 
 impl Drop for FillReader {

@@ -140,6 +140,13 @@ pub fn mismatch(want: &Digest, got: &Digest) -> io::Error {
     )
 }
 
+/// Whether `bytes`, read to their end, hash to `digest`. Blocking.
+pub fn hashes_to(bytes: &mut dyn io::Read, digest: &Digest) -> io::Result<bool> {
+    let mut hashed = Hashing::new(io::sink());
+    io::copy(bytes, &mut hashed)?;
+    Ok(hashed.finish().0 == *digest)
+}
+
 /// A stored object, opened: its length, and its bytes a range at a time.
 #[derive(Clone)]
 pub struct Object {
