@@ -539,3 +539,45 @@ async fn a_damaged_copy_in_the_bucket_is_removed_and_fetched_again() {
     assert!(r.bytes().await.unwrap() == bytes);
     assert_eq!(hub.cdn_fetches(&digest), 1);
 }
+
+/// What waits for the bucket outlives the instance: an object the bucket could not take (here
+/// it cannot be reached) stays written down, and goes up when the disk is opened in front of
+/// a bucket again.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_bucket_could_not_take_goes_up_at_the_next_start() {
+    use wharf::cache::{DiskStore, Tiers};
+    let s3 = S3::start(BUCKET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let good = s3.options();
+    let nowhere = format!("http://127.0.0.1:{}", common::free_port());
+    let away: Vec<_> = good
+        .iter()
+        .cloned()
+        .map(|(k, v)| match k.as_str() {
+            "aws_endpoint" => (k, nowhere.clone()),
+            _ => (k, v),
+        })
+        .collect();
+    let url = format!("s3://{BUCKET}/queued");
+    blocking(move || {
+        let bytes = b"a manifest stored while the bucket was away";
+        let d = Digest::of(bytes);
+        let disk = Arc::new(DiskStore::open(&data).unwrap());
+        let queued = data.join("queued");
+        let waiting = || std::fs::read_dir(&queued).unwrap().count();
+        {
+            let bucket = BucketStore::open(&url, &away, &data.join("uploads")).unwrap();
+            let tiers = Tiers::new(disk.clone(), Arc::new(bucket), &queued).unwrap();
+            tiers.write(Kind::Manifest, &d, bytes).unwrap();
+        } // dropped once the uploader tried (and failed)
+        assert!(disk.contains(Kind::Manifest, &d));
+        assert_eq!(waiting(), 1, "still waiting for the bucket");
+        let bucket = Arc::new(BucketStore::open(&url, &good, &data.join("uploads")).unwrap());
+        assert!(!bucket.contains(Kind::Manifest, &d));
+        drop(Tiers::new(disk, bucket.clone(), &queued).unwrap()); // once its queue is done
+        assert_eq!(bucket.read(Kind::Manifest, &d).unwrap().unwrap(), bytes);
+        assert_eq!(waiting(), 0);
+    })
+    .await;
+}

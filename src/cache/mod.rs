@@ -76,7 +76,7 @@ impl Cache {
         let store: Arc<dyn ContentStore> = match &shared {
             None => disk.clone(),
             Some(bucket) => Arc::new(
-                Tiers::new(disk.clone(), bucket.clone())
+                Tiers::new(disk.clone(), bucket.clone(), &data.join("queued"))
                     .map_err(|e| format!("cannot start the uploader: {e}"))?,
             ),
         };

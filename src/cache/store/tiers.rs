@@ -6,8 +6,15 @@
 //! it never touches the bucket. What this instance fetches goes to its disk at once, and to
 //! the bucket from there on an uploader thread of its own (so that a slow bucket holds up no
 //! fill); if the bucket cannot take it, the disk still has it (logged and counted).
+//!
+//! What waits for the uploader is written down, one empty file per object in `queued/`
+//! (`<m|b>-<hex>`), removed once the object is in the bucket: what a stop, a crash or a
+//! bucket outage left waiting is queued again at the next start, so the bucket catches up
+//! with what this instance fetched.
 
+use std::fs;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{ContentStore, DiskStore, Kind, Object, Spool, Stored, Upload, Use};
@@ -17,6 +24,8 @@ use crate::registry::Digest;
 pub struct Tiers {
     pub local: Arc<DiskStore>,
     pub shared: Arc<dyn ContentStore>,
+    /// Where what waits for the uploader is written down.
+    queued: Arc<Queued>,
     /// Objects on the disk waiting to go to the bucket (`None` once closing).
     uploads: Option<std::sync::mpsc::SyncSender<(Kind, Digest)>>,
     uploader: Option<std::thread::JoinHandle<()>>,
@@ -26,32 +35,100 @@ pub struct Tiers {
 const UPLOAD_QUEUE: usize = 10_000;
 
 impl Tiers {
-    pub fn new(local: Arc<DiskStore>, shared: Arc<dyn ContentStore>) -> io::Result<Tiers> {
+    /// The disk `local` in front of `shared`, what waits for the uploader written down in
+    /// `queued` (and what an earlier run left there queued again).
+    pub fn new(
+        local: Arc<DiskStore>,
+        shared: Arc<dyn ContentStore>,
+        queued: &Path,
+    ) -> io::Result<Tiers> {
+        let queued = Arc::new(Queued::open(queued)?);
         let (uploads, queue) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
-        let (l, s) = (local.clone(), shared.clone());
+        let (l, s, q) = (local.clone(), shared.clone(), queued.clone());
         let uploader = std::thread::Builder::new()
             .name("wharf-uploads".into())
             .spawn(move || {
                 for (kind, digest) in queue {
-                    upload(&l, &*s, kind, &digest);
+                    if upload(&l, &*s, kind, &digest) {
+                        q.done(kind, &digest);
+                    }
                 }
             })?;
+        let left = queued.left();
+        if !left.is_empty() {
+            tracing::info!(
+                "{} objects an earlier run left for the bucket: queued",
+                left.len()
+            );
+        }
+        for (kind, digest) in left {
+            // past a full queue, the rest wait for the next start
+            if uploads.try_send((kind, digest)).is_err() {
+                break;
+            }
+        }
         Ok(Tiers {
             local,
             shared,
+            queued,
             uploads: Some(uploads),
             uploader: Some(uploader),
         })
     }
-}
 
-impl Tiers {
     /// Queue an object on the disk for the bucket (or, with the queue full, upload it now).
     fn upload_soon(&self, kind: Kind, digest: &Digest) {
+        self.queued.add(kind, digest);
         let queued = self.uploads.as_ref().map(|q| q.try_send((kind, *digest)));
-        if !matches!(queued, Some(Ok(()))) {
-            upload(&self.local, &*self.shared, kind, digest);
+        if !matches!(queued, Some(Ok(()))) && upload(&self.local, &*self.shared, kind, digest) {
+            self.queued.done(kind, digest);
         }
+    }
+}
+
+/// The objects waiting for the bucket, as empty files named `<m|b>-<hex>`.
+struct Queued(PathBuf);
+
+impl Queued {
+    fn open(dir: &Path) -> io::Result<Queued> {
+        fs::create_dir_all(dir)?;
+        Ok(Queued(dir.to_owned()))
+    }
+
+    fn name(&self, kind: Kind, digest: &Digest) -> PathBuf {
+        let letter = match kind {
+            Kind::Manifest => "m",
+            Kind::Blob => "b",
+        };
+        self.0.join(format!("{letter}-{}", digest.hex()))
+    }
+
+    /// Write it down (a failure only loses the retry at the next start).
+    fn add(&self, kind: Kind, digest: &Digest) {
+        if let Err(e) = fs::File::create(self.name(kind, digest)) {
+            tracing::warn!("cannot note {digest} as waiting for the bucket: {e}");
+        }
+    }
+
+    fn done(&self, kind: Kind, digest: &Digest) {
+        let _ = fs::remove_file(self.name(kind, digest));
+    }
+
+    /// What is written down.
+    fn left(&self) -> Vec<(Kind, Digest)> {
+        let names = fs::read_dir(&self.0).into_iter().flatten().flatten();
+        names
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (letter, hex) = name.split_once('-')?;
+                let kind = match letter {
+                    "m" => Kind::Manifest,
+                    "b" => Kind::Blob,
+                    _ => return None,
+                };
+                Some((kind, Digest::parse(&format!("sha256:{hex}")).ok()?))
+            })
+            .collect()
     }
 }
 
@@ -65,10 +142,11 @@ impl Drop for Tiers {
     }
 }
 
-/// Copy an object from the disk into the bucket (unless it is there already). Blocking.
-fn upload(local: &DiskStore, shared: &dyn ContentStore, kind: Kind, digest: &Digest) {
+/// Copy an object from the disk into the bucket (unless it is there already): whether it is
+/// done with (there now, or gone from the disk). Blocking.
+fn upload(local: &DiskStore, shared: &dyn ContentStore, kind: Kind, digest: &Digest) -> bool {
     if shared.contains(kind, digest) {
-        return;
+        return true;
     }
     let copied = local
         .open(kind, digest, Use::Inspect)
@@ -77,12 +155,16 @@ fn upload(local: &DiskStore, shared: &dyn ContentStore, kind: Kind, digest: &Dig
             None => Ok(0), // evicted meanwhile
         });
     match copied {
-        Ok(len) => METRICS.bucket_writes.inc_by(len),
+        Ok(len) => {
+            METRICS.bucket_writes.inc_by(len);
+            true
+        }
         Err(e) => {
             METRICS.bucket_failures.inc();
             tracing::warn!(
-                "cannot put {digest} into the shared store, kept on this disk only: {e}"
+                "cannot put {digest} into the shared store, kept on this disk (and tried again at the next start): {e}"
             );
+            false
         }
     }
 }
