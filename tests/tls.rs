@@ -4,66 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use common::ca::Ca;
 use common::{error_code, eventually, header, FakeHub, HubOptions, Wharf};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
 use sha2::{Digest, Sha256};
-
-/// A certificate authority of the test's own.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca {
-            issuer: Issuer::new(params, key),
-            pem,
-        }
-    }
-
-    /// A certificate and key (PEM) for `cn`, a server for 127.0.0.1 or a client.
-    fn issue(&self, cn: &str, server: bool) -> (String, String) {
-        let names = if server {
-            vec!["127.0.0.1".into(), "localhost".into()]
-        } else {
-            vec![]
-        };
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    /// A server certificate written to `dir` as wharf.crt and wharf.key (replacing them at
-    /// once, as a deployment tool would).
-    fn install_server(&self, dir: &Path) -> (PathBuf, PathBuf) {
-        let (cert, key) = self.issue("wharf", true);
-        let (c, k) = (dir.join("wharf.crt"), dir.join("wharf.key"));
-        for (path, text) in [(&k, key), (&c, cert)] {
-            let tmp = path.with_extension("new");
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, path).unwrap();
-        }
-        (c, k)
-    }
-}
 
 /// An HTTPS client trusting only `ca`, with a client certificate if given; HTTP/1.1 only, or
 /// HTTP/2 and HTTP/1.1 offered by ALPN.

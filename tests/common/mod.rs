@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod ca;
 pub mod hub;
 pub mod liar;
 pub mod s3;
