@@ -406,6 +406,7 @@ mod tests {
     fn members(addrs: &[&str], me: &str) -> Members {
         let peers = PeerClients::new(
             "s",
+            None,
             Duration::from_secs(1),
             Duration::from_secs(1),
             Duration::from_secs(1),

@@ -114,6 +114,24 @@ pub struct ClusterConfig {
     /// How long a member may take to accept a connection before it is passed over.
     #[serde(default = "default_peer_connect_timeout", with = "humantime_serde")]
     pub peer_connect_timeout: Duration,
+    /// Mutual TLS between the members (none: plain HTTP, for a network only they reach).
+    #[serde(default)]
+    pub tls: Option<MemberTls>,
+}
+
+/// `[cluster.tls]`: this member's certificate, and the cluster's own CA, which signed every
+/// member's. The internal listener takes only clients with a certificate from that CA, and a
+/// member takes only such a certificate from the member it asks (any name: members are
+/// addressed by whatever the roster says, often bare IPs).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberTls {
+    /// This member's certificate chain (PEM), leaf first: for serving and for asking.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The cluster's CA certificate(s) (PEM).
+    pub ca: PathBuf,
 }
 
 fn default_health_interval() -> Duration {

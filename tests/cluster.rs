@@ -311,3 +311,118 @@ async fn a_members_request_never_waits_for_a_fill_that_asks_a_member() {
     assert_eq!(common::error_code(asked).await, "UNAVAILABLE");
     waiting.abort();
 }
+
+/// With `[cluster.tls]` the members speak TLS to each other, with certificates from the
+/// cluster's own CA that name no host (members are reached by roster addresses): one fetch for
+/// the cluster still holds, and the internal listener takes no one without such a certificate,
+/// whatever secret they know.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_speak_mutual_tls_with_certificates_from_the_clusters_ca() {
+    use common::ca::Ca;
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/sealed", "1", 23, &[1 << 20]);
+    let (digest, bytes) = img.blobs.last().unwrap().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("the cluster");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let listens: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let roster = listens
+        .iter()
+        .map(|l| format!("\"{l}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut members = Vec::new();
+    for (i, listen) in listens.iter().enumerate() {
+        let (cert, key) = ca.issue_member(&format!("member-{i}"));
+        let (c, k) = (
+            dir.path().join(format!("m{i}.crt")),
+            dir.path().join(format!("m{i}.key")),
+        );
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        let conf = format!(
+            "{}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            member_conf(dir.path(), listen, &format!("members = [{roster}]")),
+            c.display(),
+            k.display(),
+            ca_file.display()
+        );
+        members.push(Wharf::start(&hub.url(), &conf).await);
+    }
+    for w in &members {
+        eventually(10, "three live members over TLS", || async {
+            w.metric("wharf_cluster_members_live").await == 3.0
+        })
+        .await;
+    }
+    let path = format!("/v2/library/sealed/blobs/{digest}");
+    let gets = (0..9).map(|i| {
+        let url = members[i % 3].url(&path);
+        async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+        }
+    });
+    for got in futures_util::future::join_all(gets).await {
+        assert!(got == bytes);
+    }
+    assert_eq!(hub.cdn_fetches(&digest), 1, "one fetch for the cluster");
+    let mut forwarded = 0.0;
+    for w in &members {
+        forwarded += w.metric("wharf_peer_forwarded_total").await;
+    }
+    assert!(forwarded >= 1.0, "the members asked each other");
+
+    // the internal listener: only a certificate from the cluster's CA gets in
+    let ping = format!("https://{}/_wharf/peer", listens[0]);
+    let tls_client = |me: Option<(String, String)>| {
+        // the test does not check the member's certificate (it names no host): the listener
+        // is the one checking here
+        let mut b = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(5));
+        if let Some((cert, key)) = me {
+            let pem = format!("{cert}{key}");
+            b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    };
+    let plain = client()
+        .get(format!("http://{}/_wharf/peer", listens[0]))
+        .header("x-wharf-peer-secret", SECRET)
+        .send()
+        .await;
+    assert!(
+        plain.is_err() || plain.unwrap().status() != 200,
+        "plain HTTP"
+    );
+    let stranger = Ca::new("not the cluster").issue_member("stranger");
+    for (who, me) in [("no certificate", None), ("another CA's", Some(stranger))] {
+        let r = tls_client(me)
+            .get(&ping)
+            .header("x-wharf-peer-secret", SECRET)
+            .send()
+            .await;
+        assert!(r.is_err(), "{who}: {r:?}");
+    }
+    let r = tls_client(Some(ca.issue_member("a new member")))
+        .get(&ping)
+        .header("x-wharf-peer-secret", SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a certificate from the cluster's CA, and the secret"
+    );
+}

@@ -821,7 +821,11 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
     if let (Some(c), Some(members)) = (&config.cluster, &mirror.members) {
         std::net::TcpListener::bind(&c.listen)
             .map_err(|e| format!("cannot listen on {} (cluster listen): {e}", c.listen))?;
-        let internal = front(None, Some(members.clone()));
+        let tls = match &c.tls {
+            Some(t) => Some(Arc::new(tls::member_settings(t)?.build())),
+            None => None,
+        };
+        let internal = front(tls, Some(members.clone()));
         let mut service =
             pingora::services::listening::Service::new("wharf-peers".into(), internal);
         service.add_tcp(&c.listen);
@@ -829,7 +833,12 @@ pub fn serve(config: &Config) -> std::result::Result<(), String> {
         members
             .watch()
             .map_err(|e| format!("cannot watch the cluster's members: {e}"))?;
-        tracing::info!("cluster listener on {} (members only)", c.listen);
+        let how = if c.tls.is_some() {
+            "mutual TLS"
+        } else {
+            "plain HTTP"
+        };
+        tracing::info!("cluster listener on {} (members only, {how})", c.listen);
     }
     if let Some(addr) = &config.admin {
         add_admin(&mut server, addr, &data, &mirror)?;

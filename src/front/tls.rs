@@ -66,6 +66,27 @@ pub fn settings(config: &TlsConfig) -> Result<(TlsSettings, Arc<Certificate>), S
     Ok((settings, cert))
 }
 
+/// The TLS settings for a cluster's internal listener: this member's certificate, and a
+/// client certificate from the cluster's CA required of every connection.
+pub fn member_settings(tls: &crate::config::MemberTls) -> Result<TlsSettings, String> {
+    let cert = Arc::new(Certificate::load(&tls.cert, &tls.key)?);
+    let mut settings = TlsSettings::with_callbacks(Box::new(NameClients))
+        .map_err(|e| format!("cannot set up the cluster's TLS: {e}"))?;
+    settings.set_cert_resolver(cert);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(&tls.ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("cluster ca {}: unusable certificate: {e}", tls.ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| format!("cluster ca {}: {e}", tls.ca.display()))?;
+    settings.set_client_cert_verifier(verifier);
+    Ok(settings)
+}
+
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?

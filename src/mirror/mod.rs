@@ -279,6 +279,7 @@ fn cluster_members(
     let secret = c.secret()?;
     let peers = crate::upstream::PeerClients::new(
         &secret,
+        c.tls.as_ref(),
         c.peer_connect_timeout,
         slowest(|u| u.read_timeout),
         slowest(|u| u.request_timeout),

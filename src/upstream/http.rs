@@ -393,6 +393,8 @@ pub const PEER_SECRET: &str = "x-wharf-peer-secret";
 /// upstreams does not apply; they never redirect.
 pub struct PeerClients {
     http: reqwest::Client,
+    /// `https` with the cluster's TLS, else `http`.
+    scheme: &'static str,
     read_timeout: Duration,
     request_timeout: Duration,
 }
@@ -402,6 +404,7 @@ impl PeerClients {
     /// and give a peer `connect_timeout` to take the connection.
     pub fn new(
         secret: &str,
+        tls: Option<&crate::config::MemberTls>,
         connect_timeout: Duration,
         read_timeout: Duration,
         request_timeout: Duration,
@@ -411,8 +414,12 @@ impl PeerClients {
             .map_err(|_| "the cluster secret must be printable text".to_string())?;
         value.set_sensitive(true);
         headers.insert(PEER_SECRET, value);
+        let (scheme, tls) = match tls {
+            Some(t) => ("https", member_tls_config(t)?),
+            None => ("http", tls_config(None)?),
+        };
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(None)?)
+            .tls_backend_preconfigured(tls)
             .user_agent(concat!("wharf/", env!("CARGO_PKG_VERSION"), " (peer)"))
             .redirect(reqwest::redirect::Policy::none())
             .default_headers(headers)
@@ -426,6 +433,7 @@ impl PeerClients {
             .map_err(|e| format!("cannot build the peer HTTP client: {e}"))?;
         Ok(PeerClients {
             http,
+            scheme,
             read_timeout,
             request_timeout,
         })
@@ -434,7 +442,7 @@ impl PeerClients {
     /// The remote that is the member at `addr` (`host:port` of its internal listener),
     /// standing in for `registry`.
     pub fn remote(&self, registry: &str, addr: &str) -> RegistryClient {
-        let base = format!("http://{addr}/");
+        let base = format!("{}://{addr}/", self.scheme);
         let url = url::Url::parse(&base)
             .unwrap_or_else(|_| url::Url::parse("http://invalid/").expect("a URL"));
         let egress = Arc::new(egress::Egress::new(&url, &[]));
@@ -452,7 +460,7 @@ impl PeerClients {
 
     /// Ask the member at `addr` who it is (its instance id), within `timeout`.
     pub async fn ping(&self, addr: &str, timeout: Duration) -> Result<String, String> {
-        let url = format!("http://{addr}{PEER_PING}");
+        let url = format!("{}://{addr}{PEER_PING}", self.scheme);
         let asked = tokio::time::timeout(timeout, async {
             let resp = self
                 .http
@@ -602,6 +610,98 @@ pub(super) async fn read_limited(
 }
 
 /// rustls with ring (the provider Pingora uses), the system's roots and an optional extra CA.
+/// TLS to the members: their certificate must come from the cluster's CA (whatever name it
+/// bears: the roster may name members by bare IPs), and this member shows its own.
+fn member_tls_config(tls: &crate::config::MemberTls) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        match certs.is_empty() {
+            true => Err(format!("{} holds no certificate", path.display())),
+            false => Ok(certs),
+        }
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read(&tls.ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("unusable certificate in {}: {e}", tls.ca.display()))?;
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("cannot read the key {}: {e}", tls.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("cluster ca {}: {e}", tls.ca.display()))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(FromClusterCa(webpki)))
+        .with_client_auth_cert(read(&tls.cert)?, key)
+        .map_err(|e| format!("cluster cert {}: {e}", tls.cert.display()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// A member's certificate is checked as any server's (chain to the cluster's CA, validity,
+/// usage) but for the name it is for.
+#[derive(Debug)]
+struct FromClusterCa(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for FromClusterCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        let checked =
+            self.0
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        match checked {
+            // the chain, dates and usage were checked before the name
+            Err(rustls::Error::InvalidCertificate(
+                NotValidForName | NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
