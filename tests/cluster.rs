@@ -326,7 +326,9 @@ async fn members_speak_mutual_tls_with_certificates_from_the_clusters_ca() {
     let ca = Ca::new("the cluster");
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
-    let listens: Vec<String> = (0..3)
+    // three members, and at a fourth roster address an impostor that knows the secret and
+    // takes the members' certificates, but shows one from another CA
+    let listens: Vec<String> = (0..4)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
     let roster = listens
@@ -334,23 +336,29 @@ async fn members_speak_mutual_tls_with_certificates_from_the_clusters_ca() {
         .map(|l| format!("\"{l}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut members = Vec::new();
-    for (i, listen) in listens.iter().enumerate() {
-        let (cert, key) = ca.issue_member(&format!("member-{i}"));
+    let other = Ca::new("not the cluster");
+    let both = dir.path().join("both.pem");
+    std::fs::write(&both, format!("{}{}", ca.pem, other.pem)).unwrap();
+    let member = |i: usize, issuer: &Ca, trusted: &std::path::Path| {
+        let (cert, key) = issuer.issue_member(&format!("member-{i}"));
         let (c, k) = (
             dir.path().join(format!("m{i}.crt")),
             dir.path().join(format!("m{i}.key")),
         );
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();
-        let conf = format!(
+        format!(
             "{}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            member_conf(dir.path(), listen, &format!("members = [{roster}]")),
+            member_conf(dir.path(), &listens[i], &format!("members = [{roster}]")),
             c.display(),
             k.display(),
-            ca_file.display()
-        );
-        members.push(Wharf::start(&hub.url(), &conf).await);
+            trusted.display()
+        )
+    };
+    let impostor = Wharf::start(&hub.url(), &member(3, &other, &both)).await;
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(Wharf::start(&hub.url(), &member(i, &ca, &ca_file)).await);
     }
     for w in &members {
         eventually(10, "three live members over TLS", || async {
@@ -358,6 +366,12 @@ async fn members_speak_mutual_tls_with_certificates_from_the_clusters_ca() {
         })
         .await;
     }
+    tokio::time::sleep(Duration::from_secs(1)).await; // five health checks more
+    for w in &members {
+        let live = w.metric("wharf_cluster_members_live").await;
+        assert_eq!(live, 3.0, "the impostor is never taken for a member");
+    }
+    drop(impostor);
     let path = format!("/v2/library/sealed/blobs/{digest}");
     let gets = (0..9).map(|i| {
         let url = members[i % 3].url(&path);

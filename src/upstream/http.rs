@@ -609,7 +609,6 @@ pub(super) async fn read_limited(
     Ok(out.freeze())
 }
 
-/// rustls with ring (the provider Pingora uses), the system's roots and an optional extra CA.
 /// TLS to the members: their certificate must come from the cluster's CA (whatever name it
 /// bears: the roster may name members by bare IPs), and this member shows its own.
 fn member_tls_config(tls: &crate::config::MemberTls) -> Result<rustls::ClientConfig, String> {
@@ -702,6 +701,7 @@ impl rustls::client::danger::ServerCertVerifier for FromClusterCa {
     }
 }
 
+/// rustls with ring (the provider Pingora uses), the system's roots and an optional extra CA.
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
