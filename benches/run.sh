@@ -64,6 +64,10 @@ YML
 }
 
 # ---------------------------------------------------------------- servers and content
+# a server left from an earlier run would answer in place of the ones started here
+for a in "$UP" "$WHARF" "$DIST" "$NGINX" "$LINK"; do
+  if curl -s -o /dev/null --max-time 1 "http://$a/"; then log "something already listens on $a (left from an earlier run?)"; exit 1; fi
+done
 registry_config "$W/upstream.yml" "$UP" "$W/upstream"
 start upstream /usr/bin/docker-registry serve "$W/upstream.yml"
 wait_http "http://$UP/v2/"
@@ -139,7 +143,7 @@ wrk_run() { # URL -> "req/s p50_ms p99_ms"
     END {printf "%s %.2f %.2f\n", r, p50, p99}'
 }
 rss_anon() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
-wharf_pid() { pgrep -f "serve --listen $WHARF" | head -1; }
+wharf_pid() { pgrep -nf "serve --listen $WHARF"; }
 pull() { rm -rf "$W/pulled"; local t0; t0=$(now); skopeo copy -q --src-tls-verify=false "docker://$1/bench/layers:1" "dir:$W/pulled" >/dev/null; secs "$t0" "$(now)"; }
 # BENCH_ONLY="4 7": run only those sections (to work on one figure); default: all
 want() { [[ -z ${BENCH_ONLY:-} || " $BENCH_ONLY " == *" $1 "* ]]; }
@@ -332,22 +336,23 @@ fi
 if want 8; then
 log "8: restarting wharf on one million objects"
 fresh_wharf; ok200 "http://$WHARF/v2/bench/small/blobs/$SMALL"; stop wharf
-restart_wharf() { # -> seconds from start to serving the blob; waits for the index
+restart_wharf() { # sets SERVING: seconds from start to serving the blob; waits for the index
   local t0 n; t0=$(now); n=$(grep -c 'store indexed' "$W/wharf.log" || true)
   start wharf env WHARF_LOG=info "$BIN" serve --listen "$WHARF" --data "$W/wharf" --upstream "http://$UP" --config /dev/null
   until [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$WHARF/v2/bench/small/blobs/$SMALL") == 200 ]]; do sleep 0.01; done
-  secs "$t0" "$(now)"
+  SERVING=$(secs "$t0" "$(now)")
   for _ in $(seq 600); do (($(grep -c 'store indexed' "$W/wharf.log" || true) > n)) && break; sleep 0.1; done
   sleep 0.5
 }
-restart_wharf >/dev/null; base=$(rss_anon "$(wharf_pid)"); stop wharf
+# (not in a subshell: `start` must record the pid here, for `stop`)
+restart_wharf; base=$(rss_anon "$(wharf_pid)"); stop wharf
 python3 - "$W/wharf/blobs/sha256" <<'PY'
 import hashlib, os, sys
 for i in range(1_000_000):
     os.close(os.open(os.path.join(sys.argv[1], hashlib.sha256(b"%d" % i).hexdigest()), os.O_CREAT | os.O_WRONLY, 0o644))
 PY
 sync
-serving=$(restart_wharf); full=$(rss_anon "$(wharf_pid)"); stop wharf
+restart_wharf; serving=$SERVING; full=$(rss_anon "$(wharf_pid)"); stop wharf
 indexed=$(grep 'store indexed' "$W/wharf.log" | tail -1 | grep -o 'objects, [0-9]* bytes, in [0-9.]*[a-z]*' | awk '{print $NF}')
 per=$(awk -v a="$full" -v b="$base" 'BEGIN{printf "%.0f", (a-b)*1024/1e6}')
 row "8 1M objects: start to serving a hit, s | index built in" "$serving" "$indexed" "" "target < 1 s"
