@@ -3,7 +3,8 @@
 //!
 //! Recency is kept in memory (a hit only bumps it) and on disk as each file's mtime, which hits
 //! refresh at most hourly, so the order survives restarts: at startup the index is rebuilt from
-//! a scan of the store, oldest first, in the background, so serving starts at once. Files are
+//! a scan of the store in the background, so serving starts at once (what the scan finds is
+//! older than anything stored or served meanwhile). Files are
 //! removed by a thread of their own, never on the request path. A client already reading a
 //! removed blob keeps its open file and reads it to the end.
 //!
@@ -92,19 +93,24 @@ impl DiskQuota {
 
     /// Index what the store holds, least recently used first (evicting down to the quota as it
     /// goes). Blocking: at startup it runs on a thread of its own. Returns the objects found.
+    /// What was stored or served while it runs stays more recent than all it finds.
     pub fn load(&self) -> std::io::Result<usize> {
         let mut found = self.store.list()?;
         found.sort_by_key(|o| o.modified);
         let n = found.len();
         self.lock().reserve(n);
         for o in found {
-            self.added(o.kind, o.digest, o.size);
+            self.add(o.kind, o.digest, o.size, End::Found);
         }
         Ok(n)
     }
 
     /// An object was committed to the store.
     pub fn added(&self, kind: Kind, digest: Digest, size: u64) {
+        self.add(kind, digest, size, End::Newest);
+    }
+
+    fn add(&self, kind: Kind, digest: Digest, size: u64, end: End) {
         if self.max.is_some_and(|max| size > max) {
             // it could never fit: it goes, and nothing else for it (readers keep their file)
             tracing::warn!("{digest} ({size} bytes) is larger than max_size: not kept");
@@ -112,7 +118,7 @@ impl DiskQuota {
             return;
         }
         let mut index = self.lock();
-        if !index.insert(kind, digest, size) {
+        if !index.insert(kind, digest, size, end) {
             return;
         }
         self.used.add(i64::try_from(size).unwrap_or(i64::MAX));
@@ -151,6 +157,16 @@ impl DiskQuota {
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Where in the recency list an object joins.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Just stored or served: the newest.
+    Newest,
+    /// Found in the store at startup, oldest first: newer than all found before it, older
+    /// than anything this run stored or served.
+    Found,
 }
 
 /// No slot: the end of the LRU list, or of the free list.
@@ -195,6 +211,9 @@ struct Index {
     table: HashTable<u32>,
     newest: u32,
     oldest: u32,
+    /// The least recent object this run stored or served: what the startup scan finds goes
+    /// just behind it.
+    boundary: u32,
     free: u32,
     bytes: u64,
 }
@@ -206,6 +225,7 @@ impl Default for Index {
             table: HashTable::new(),
             newest: NONE,
             oldest: NONE,
+            boundary: NONE,
             free: NONE,
             bytes: 0,
         }
@@ -228,8 +248,8 @@ impl Index {
             .copied()
     }
 
-    /// Add a new object as the most recently used; false if it is indexed already.
-    fn insert(&mut self, kind: Kind, digest: Digest, size: u64) -> bool {
+    /// Add a new object at `end`; false if it is indexed already.
+    fn insert(&mut self, kind: Kind, digest: Digest, size: u64, end: End) -> bool {
         if self.find(kind, &digest).is_some() {
             return false;
         }
@@ -252,17 +272,30 @@ impl Index {
         let slots = &self.slots;
         self.table
             .insert_unique(digest.hash64(), i, |&j| slots[j as usize].digest.hash64());
-        self.link_newest(i);
+        match (end, self.boundary) {
+            (End::Newest, NONE) => {
+                self.link_newest(i);
+                self.boundary = i;
+            }
+            (End::Newest, _) | (End::Found, NONE) => self.link_newest(i),
+            (End::Found, boundary) => self.link_older_than(boundary, i),
+        }
         self.bytes += slot.bytes();
         true
     }
 
     fn touch(&mut self, kind: Kind, digest: &Digest) {
-        if let Some(i) = self.find(kind, digest) {
-            if i != self.newest {
-                self.unlink(i);
-                self.link_newest(i);
-            }
+        let Some(i) = self.find(kind, digest) else {
+            return;
+        };
+        if self.boundary == NONE {
+            self.boundary = i;
+        } else if i == self.boundary && self.slots[i as usize].newer != NONE {
+            self.boundary = self.slots[i as usize].newer;
+        }
+        if i != self.newest {
+            self.unlink(i);
+            self.link_newest(i);
         }
     }
 
@@ -273,6 +306,9 @@ impl Index {
             return None;
         }
         let slot = self.slots[i as usize];
+        if i == self.boundary {
+            self.boundary = slot.newer;
+        }
         self.unlink(i);
         if let Ok(entry) = self.table.find_entry(slot.digest.hash64(), |&j| j == i) {
             entry.remove();
@@ -292,6 +328,18 @@ impl Index {
         self.newest = i;
         if self.oldest == NONE {
             self.oldest = i;
+        }
+    }
+
+    /// Link `i` just older than `anchor`.
+    fn link_older_than(&mut self, anchor: u32, i: u32) {
+        let older = self.slots[anchor as usize].older;
+        self.slots[i as usize].newer = anchor;
+        self.slots[i as usize].older = older;
+        self.slots[anchor as usize].older = i;
+        match older {
+            NONE => self.oldest = i,
+            o => self.slots[o as usize].newer = i,
         }
     }
 
@@ -362,11 +410,14 @@ mod tests {
         let d = |i: u32| Digest::of(&i.to_le_bytes());
         let mut index = Index::default();
         for i in 0..1000 {
-            assert!(index.insert(Kind::Blob, d(i), 10));
+            assert!(index.insert(Kind::Blob, d(i), 10, End::Newest));
         }
-        assert!(!index.insert(Kind::Blob, d(7), 10), "indexed once");
+        assert!(
+            !index.insert(Kind::Blob, d(7), 10, End::Newest),
+            "indexed once"
+        );
         // the same digest as a manifest is another object
-        assert!(index.insert(Kind::Manifest, d(7), 1));
+        assert!(index.insert(Kind::Manifest, d(7), 1, End::Newest));
         for i in (0..1000).step_by(2) {
             index.touch(Kind::Blob, &d(i));
         }
@@ -385,10 +436,38 @@ mod tests {
         // freed slots are used again
         let held = index.slots.len();
         for i in 0..1000 {
-            assert!(index.insert(Kind::Blob, d(i + 5000), 1));
+            assert!(index.insert(Kind::Blob, d(i + 5000), 1, End::Newest));
         }
         assert_eq!(index.slots.len(), held);
         assert!(index.find(Kind::Blob, &d(5999)).is_some());
         assert_eq!(index.bytes, 1000);
+    }
+
+    #[test]
+    fn what_a_run_stores_before_its_index_is_built_stays_newer_than_what_it_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::cache::DiskStore::open(dir.path()).unwrap());
+        let put = |i: u8, age: u64| {
+            let data = vec![i; 3 << 10];
+            let d = Digest::of(&data);
+            store.write(Kind::Blob, &d, &data).unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            let path = store.location(Kind::Blob, &d);
+            let file = std::fs::File::options().write(true).open(path).unwrap();
+            file.set_modified(when).unwrap();
+            d
+        };
+        let (old, older, recent) = (put(1, 300), put(2, 600), put(3, 100));
+        let quota = DiskQuota::new(store.clone(), Some(10 << 10));
+        // fetched while the index is being built
+        let fresh = put(4, 0);
+        quota.added(Kind::Blob, fresh, 3 << 10);
+        assert_eq!(quota.load().unwrap(), 4);
+        quota.flush();
+        // 12 KiB over 10: the oldest found goes, not what this run fetched
+        assert!(!store.contains(Kind::Blob, &older));
+        for kept in [fresh, recent, old] {
+            assert!(store.contains(Kind::Blob, &kept));
+        }
     }
 }
