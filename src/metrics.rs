@@ -44,6 +44,11 @@ pub struct Metrics {
     pub verification_failures: IntCounter,
     /// Bytes this instance put into the shared store.
     pub bucket_writes: IntCounter,
+    /// Bytes this instance read from the shared store (served, or copied onto its disk).
+    pub bucket_reads: IntCounter,
+    /// Blobs stored by a fill, by where the fill read them: `upstream` (as the owner, or
+    /// alone), `member` (the owning member sent them), `bucket`.
+    pub fills: IntCounterVec,
     /// Objects the shared store could not take (kept on this disk only).
     pub bucket_failures: IntCounter,
     /// Cluster members that answer (this one included).
@@ -220,6 +225,15 @@ impl Metrics {
             bucket_writes: counter(
                 "wharf_bucket_written_bytes_total",
                 "Bytes this instance put into the shared store",
+            ),
+            bucket_reads: counter(
+                "wharf_bucket_read_bytes_total",
+                "Bytes this instance read from the shared store",
+            ),
+            fills: counter_vec(
+                "wharf_fills_total",
+                "Blobs stored by a fill, by its source: upstream, member (the owner sent them), bucket",
+                &["source"],
             ),
             bucket_failures: counter(
                 "wharf_bucket_write_failures_total",

@@ -171,6 +171,11 @@ async fn instances_share_the_bucket_and_their_disks_serve_without_it() {
     })
     .await;
     assert_eq!(b.metric("wharf_bucket_written_bytes_total").await, 0.0);
+    assert_eq!(
+        b.metric("wharf_bucket_read_bytes_total").await,
+        bytes.len() as f64
+    );
+    assert_eq!(b.metric("wharf_fills_total{source=\"bucket\"}").await, 1.0);
     // a manifest a fetched: b reads it from the bucket once, onto its disk
     let r = c
         .get(a.url("/v2/library/shared/manifests/1"))

@@ -93,6 +93,13 @@ async fn thirty_cold_gets_over_three_members_make_one_upstream_fetch() {
         forwarded >= 2.0,
         "the members that do not own it ask the owner"
     );
+    // fills by source: the owner's from the upstream, the others' from the owner
+    let (mut upstream, mut member) = (0.0, 0.0);
+    for m in &members {
+        upstream += m.metric("wharf_fills_total{source=\"upstream\"}").await;
+        member += m.metric("wharf_fills_total{source=\"member\"}").await;
+    }
+    assert_eq!((upstream, member), (1.0, 2.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -421,6 +421,7 @@ impl Mirror {
             self.room_for(fill, Some(n)).await?;
         }
         let from_shared = shared.is_some();
+        let mut origin = if from_shared { "bucket" } else { "upstream" };
         let body = match shared {
             Some(object) => shared_body(object),
             None => {
@@ -433,6 +434,9 @@ impl Mirror {
                 let body = up.blob(name, &digest).await;
                 let from_member = matches!(&body, Ok(b) if b.shared_by_source);
                 fill.ask_a_member(from_member);
+                if from_member {
+                    origin = "member";
+                }
                 body?
             }
         };
@@ -479,6 +483,7 @@ impl Mirror {
             self.recheck_shared(digest);
         }
         if let Some(len) = filled? {
+            METRICS.fills.with_label_values(&[origin]).inc();
             self.cache.quota.added(Kind::Blob, digest, len);
             self.link(up, name, vec![digest]).await;
         }

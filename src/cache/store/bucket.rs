@@ -604,6 +604,9 @@ impl ObjectBytes for BucketBytes {
             .spawn(Self::read(objects, key, body, offset, len));
         let (bytes, body) = read.await.map_err(io::Error::other)??;
         *self.body.lock().expect("bucket body") = Some(body);
+        crate::metrics::METRICS
+            .bucket_reads
+            .inc_by(bytes.len() as u64);
         Ok(bytes)
     }
 
