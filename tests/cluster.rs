@@ -22,20 +22,23 @@ fn member_conf(dir: &std::path::Path, listen: &str, members: &str) -> String {
     )
 }
 
+/// `n` internal listeners on free ports, and the `members = [...]` list of them.
+fn roster(n: usize) -> (Vec<String>, String) {
+    let listens: Vec<String> = (0..n)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let quoted: Vec<String> = listens.iter().map(|l| format!("\"{l}\"")).collect();
+    let members = format!("members = [{}]", quoted.join(", "));
+    (listens, members)
+}
+
 /// Three members in front of `hub`, each seeing all three live.
 async fn cluster(hub: &FakeHub, extra: &str) -> (Vec<Wharf>, Vec<String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let listens: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let members = listens
-        .iter()
-        .map(|l| format!("\"{l}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (listens, members) = roster(3);
     let mut all = Vec::new();
     for listen in &listens {
-        let conf = member_conf(dir.path(), listen, &format!("members = [{members}]"));
+        let conf = member_conf(dir.path(), listen, &members);
         all.push(Wharf::start(&hub.url(), &format!("{extra}\n{conf}")).await);
     }
     for w in &all {
@@ -335,14 +338,7 @@ async fn members_speak_mutual_tls_with_certificates_from_the_clusters_ca() {
     std::fs::write(&ca_file, &ca.pem).unwrap();
     // three members, and at a fourth roster address an impostor that knows the secret and
     // takes the members' certificates, but shows one from another CA
-    let listens: Vec<String> = (0..4)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let roster = listens
-        .iter()
-        .map(|l| format!("\"{l}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (listens, members_line) = roster(4);
     let other = Ca::new("not the cluster");
     let both = dir.path().join("both.pem");
     std::fs::write(&both, format!("{}{}", ca.pem, other.pem)).unwrap();
@@ -356,7 +352,7 @@ async fn members_speak_mutual_tls_with_certificates_from_the_clusters_ca() {
         std::fs::write(&k, key).unwrap();
         format!(
             "{}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            member_conf(dir.path(), &listens[i], &format!("members = [{roster}]")),
+            member_conf(dir.path(), &listens[i], &members_line),
             c.display(),
             k.display(),
             trusted.display()

@@ -609,24 +609,29 @@ pub(super) async fn read_limited(
     Ok(out.freeze())
 }
 
+/// The certificates (PEM) in `path`: at least one.
+fn pem_certs(
+    path: &std::path::Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+    match certs.is_empty() {
+        true => Err(format!("{} holds no certificate", path.display())),
+        false => Ok(certs),
+    }
+}
+
 /// TLS to the members: their certificate must come from the cluster's CA (whatever name it
 /// bears: the roster may name members by bare IPs), and this member shows its own.
 fn member_tls_config(tls: &crate::config::MemberTls) -> Result<rustls::ClientConfig, String> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls_pki_types::PrivateKeyDer;
 
-    let read = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
-        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-        match certs.is_empty() {
-            true => Err(format!("{} holds no certificate", path.display())),
-            false => Ok(certs),
-        }
-    };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in read(&tls.ca)? {
+    for cert in pem_certs(&tls.ca)? {
         roots
             .add(cert)
             .map_err(|e| format!("unusable certificate in {}: {e}", tls.ca.display()))?;
@@ -645,7 +650,7 @@ fn member_tls_config(tls: &crate::config::MemberTls) -> Result<rustls::ClientCon
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(FromClusterCa(webpki)))
-        .with_client_auth_cert(read(&tls.cert)?, key)
+        .with_client_auth_cert(pem_certs(&tls.cert)?, key)
         .map_err(|e| format!("cluster cert {}: {e}", tls.cert.display()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
@@ -703,27 +708,16 @@ impl rustls::client::danger::ServerCertVerifier for FromClusterCa {
 
 /// rustls with ring (the provider Pingora uses), the system's roots and an optional extra CA.
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-        let mut n = 0;
-        for cert in certs {
-            let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        for cert in pem_certs(path)? {
             roots
                 .add(cert)
                 .map_err(|e| format!("unusable certificate in {}: {e}", path.display()))?;
-            n += 1;
-        }
-        if n == 0 {
-            return Err(format!("CA file {} holds no certificate", path.display()));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -109,6 +109,18 @@ impl S3 {
         )
     }
 
+    /// The same options, but for the server at `endpoint` (a relay in front of this one, or
+    /// nothing at all).
+    pub fn options_at(&self, endpoint: &str) -> Vec<(String, String)> {
+        let mut options = self.options();
+        for (k, v) in &mut options {
+            if k == "aws_endpoint" {
+                *v = endpoint.to_owned();
+            }
+        }
+        options
+    }
+
     /// The same, as `object_store` options.
     pub fn options(&self) -> Vec<(String, String)> {
         [
