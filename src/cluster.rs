@@ -333,12 +333,13 @@ impl Remote for ClusterRemote {
         accept: &str,
     ) -> Result<ManifestBody, RegistryError> {
         let key = self.manifest_key(repo, reference);
-        Ok(self
+        let (mut body, from_owner) = self
             .ask(&key, |r| {
                 async move { r.manifest(repo, reference, accept).await }.boxed()
             })
-            .await?
-            .0)
+            .await?;
+        body.shared_by_source = from_owner;
+        Ok(body)
     }
 
     async fn manifest_head(
@@ -348,12 +349,13 @@ impl Remote for ClusterRemote {
         accept: &str,
     ) -> Result<Head, RegistryError> {
         let key = self.manifest_key(repo, reference);
-        Ok(self
+        let (mut head, from_owner) = self
             .ask(&key, |r| {
                 async move { r.manifest_head(repo, reference, accept).await }.boxed()
             })
-            .await?
-            .0)
+            .await?;
+        head.shared_by_source = from_owner;
+        Ok(head)
     }
 
     async fn blob_head(&self, repo: &RepoName, digest: &Digest) -> Result<Head, RegistryError> {

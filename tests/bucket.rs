@@ -340,6 +340,57 @@ async fn a_tag_mapping_is_shared_through_the_bucket() {
     );
 }
 
+/// A member whose tag's owner fails asks the upstream itself, and then it shares the
+/// mapping: what decides is who asked the upstream, not who owns the tag.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_asked_the_upstream_for_a_failing_owner_shares_the_tag() {
+    let s3 = S3::start(BUCKET).await;
+    let hub = FakeHub::start().await;
+    let failing = common::fake_member(Some(500)).await;
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    // a tag the failing member owns
+    let repo = wharf::registry::RepoName::parse("library/fallback").unwrap();
+    let tag = (0..)
+        .map(|n| format!("t{n}"))
+        .find(|t| {
+            let key = wharf::cluster::tag_key("docker.io", &repo, t);
+            wharf::cluster::rendezvous([listen.as_str(), failing.as_str()].into_iter(), &key)
+                == Some(failing.as_str())
+        })
+        .unwrap();
+    let img = hub.add_image("library/fallback", &tag, 12, &[2048]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a-cluster-secret-for-tests").unwrap();
+    let conf = format!(
+        "tag_ttl = \"1h\"\n{}\n[cluster]\nlisten = \"{listen}\"\nmembers = [\"{listen}\", \"{failing}\"]\nsecret_file = \"{}\"\nhealth_interval = \"200ms\"\n",
+        s3.store_config(BUCKET, "fallback"),
+        secret.display()
+    );
+    let w = Wharf::start(&hub.url(), &conf).await;
+    eventually(10, "two live members", || async {
+        w.metric("wharf_cluster_members_live").await == 2.0
+    })
+    .await;
+    let r = client()
+        .get(w.url(&format!("/v2/library/fallback/manifests/{tag}")))
+        .header("accept", common::hub::DOCKER_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", w.log());
+    assert_eq!(header(&r, "docker-content-digest"), img.digest);
+    assert_eq!(w.metric("wharf_peer_fallbacks_total").await, 1.0);
+    let journal = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(open(&s3, "fallback", journal.path()));
+    let name = format!("docker.io/library/fallback/_tags/{tag}");
+    eventually(10, "the tag's record in the bucket", || {
+        let (bucket, name) = (bucket.clone(), name.clone());
+        async move { blocking(move || bucket.read_record(Shelf::Tags, &name).unwrap().is_some()).await }
+    })
+    .await;
+}
+
 /// A TCP relay to `to` that cuts every connection after `cut` bytes toward the client, as
 /// a bucket's load balancer drops long or idle connections; its address.
 async fn cutting_relay(to: String, cut: usize) -> String {

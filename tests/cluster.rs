@@ -254,21 +254,6 @@ async fn members_come_from_a_dns_name() {
     assert_eq!(w.metric("wharf_cluster_members_live").await, 1.0);
 }
 
-/// A member that answers health checks but never a request (stuck, or as slow as can be).
-async fn stuck_member() -> String {
-    use axum::routing::get;
-    let app = axum::Router::new()
-        .route("/_wharf/peer", get(|| async { "00000000000000ff" }))
-        .fallback(|| async {
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            "never"
-        });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 /// Two members that disagree on who owns a digest (while the roster changes, say) could each
 /// forward to the other, and each member's request join the other's forwarded fill: a wait
 /// cycle. A member's request never waits for a fill that is itself asking a member: it gets a
@@ -276,7 +261,7 @@ async fn stuck_member() -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_members_request_never_waits_for_a_fill_that_asks_a_member() {
     let hub = FakeHub::start().await;
-    let stuck = stuck_member().await;
+    let stuck = common::fake_member(None).await;
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
     let members = format!("members = [\"{listen}\", \"{stuck}\"]");

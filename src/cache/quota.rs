@@ -28,7 +28,7 @@ enum Job {
 }
 
 pub struct DiskQuota {
-    index: Mutex<Index>,
+    index: Arc<Mutex<Index>>,
     /// Bytes in the store (exported as `wharf_store_bytes`).
     used: IntGauge,
     max: Option<u64>,
@@ -54,11 +54,16 @@ impl DiskQuota {
         METRICS.register(Box::new(evictions.clone()));
 
         let (jobs, queue) = mpsc::channel::<Job>();
+        let index = Arc::new(Mutex::new(Index::default()));
         let remover = {
-            let (store, used) = (store.clone(), used.clone());
+            let (store, used, index) = (store.clone(), used.clone(), index.clone());
             move || {
                 for job in queue {
                     match job {
+                        // stored again since it was evicted (fetched anew): the file is the
+                        // new one, and stays
+                        Job::Remove(kind, digest, _)
+                            if lock(&index).find(kind, &digest).is_some() => {}
                         Job::Remove(kind, digest, size) => match store.remove(kind, &digest) {
                             Ok(true) => {
                                 evictions.inc();
@@ -83,7 +88,7 @@ impl DiskQuota {
             .spawn(remover)
             .expect("spawn the eviction thread");
         DiskQuota {
-            index: Mutex::new(Index::default()),
+            index,
             used,
             max,
             jobs,
@@ -155,8 +160,12 @@ impl DiskQuota {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.index)
     }
+}
+
+fn lock(index: &Mutex<Index>) -> std::sync::MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where in the recency list an object joins.
@@ -402,6 +411,35 @@ mod tests {
         small.flush();
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(small.used() <= 4 << 10);
+    }
+
+    /// An object evicted and stored again before the eviction thread gets to it (fetched anew
+    /// at once) keeps its new file.
+    #[test]
+    fn what_is_stored_again_before_its_eviction_runs_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::cache::DiskStore::open(dir.path()).unwrap());
+        let quota = DiskQuota::new(store.clone(), Some(10 << 10));
+        let put = |data: &[u8]| {
+            let d = Digest::of(data);
+            store.write(Kind::Blob, &d, data).unwrap();
+            quota.added(Kind::Blob, d, data.len() as u64);
+            d
+        };
+        let a = put(&[1; 6 << 10]);
+        // hold the eviction thread until a is back
+        let (held, release) = mpsc::sync_channel(0);
+        quota.jobs.send(Job::Flush(held)).unwrap();
+        let b = put(&[2; 6 << 10]); // evicts a
+        put(&[1; 6 << 10]); // a again, evicting b
+        release.recv().unwrap();
+        quota.flush();
+        assert!(
+            store.contains(Kind::Blob, &a),
+            "a was stored again: its file stays"
+        );
+        assert!(!store.contains(Kind::Blob, &b));
+        assert_eq!(quota.used(), 6 << 10);
     }
 
     #[test]

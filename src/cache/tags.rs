@@ -172,11 +172,12 @@ impl TagIndex {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let record = on_disk.or_else(|| self.read_shared(&Self::shared_name(registry, repo, tag)));
         let record = Arc::new(record?);
-        self.memory
-            .write()
-            .expect("tag map")
-            .insert(Self::key(registry, repo, tag), record.clone());
-        Some(record)
+        // a put that ran while this read (a slow bucket) has the newer record: it stays
+        let mut memory = self.memory.write().expect("tag map");
+        let kept = memory
+            .entry(Self::key(registry, repo, tag))
+            .or_insert(record);
+        Some(kept.clone())
     }
 
     /// Record what `tag` resolved to for clients with `accept_key`; with [`Share::Yes`] on the

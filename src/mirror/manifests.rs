@@ -12,7 +12,6 @@ use super::{digest_headers, is_unavailable, text_value, Body, Mirror, Outcome, R
 use crate::cache::flight::Full;
 use crate::cache::tags::Share;
 use crate::cache::{ContentStore, Flights, Kind, MemoryTier, TagEntry, TagRecord, Use};
-use crate::cluster::{self, Owner};
 use crate::metrics::METRICS;
 use crate::registry::image;
 use crate::registry::media::{self, Accept};
@@ -85,6 +84,17 @@ fn reusable<'r>(record: &'r TagRecord, accept: &Accept) -> Option<(&'r str, &'r 
 const REVALIDATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub(super) type ManifestResult = Result<Manifest, RegistryError>;
+
+/// Whether this instance shares the tag mapping an answer gave: not when the source (a
+/// cluster peer that asked the upstream) shares it itself, so a peer's answer never
+/// refreshes the shared record; yes when this instance asked the upstream, owner or not.
+fn share(shared_by_source: bool) -> Share {
+    if shared_by_source {
+        Share::No
+    } else {
+        Share::Yes
+    }
+}
 
 /// What the policy for manifests keeps.
 pub(super) struct ManifestState {
@@ -173,6 +183,7 @@ impl Mirror {
         self.fetch_once(key, async move {
             me.fetch_manifest(&up, &name, &d.to_string(), &Accept::default(), Some(d))
                 .await
+                .map(|(m, _)| m)
         })
         .await
     }
@@ -418,11 +429,12 @@ impl Mirror {
             accept.clone(),
         );
         self.fetch_once(key, async move {
-            let m = me
+            let (m, share) = me
                 .fetch_manifest(&up, &name, tag.as_str(), &accept, None)
                 .await?;
             let entry = TagEntry::new(&m.digest, &m.media_type);
-            me.put_tag(&up, &name, &tag, &accept_key, entry).await;
+            me.put_tag(&up, &name, &tag, &accept_key, entry, share)
+                .await;
             Ok(m)
         })
         .await
@@ -498,11 +510,11 @@ impl Mirror {
             let holds = me
                 .revalidate(&up, &name, &tag, &accept, &entry.digest)
                 .await;
-            if matches!(holds, Ok(true)) {
+            if let Ok((true, share)) = holds {
                 let fresh = TagEntry::new(&entry.digest, &entry.media_type);
-                me.put_tag(&up, &name, &tag, &key, fresh).await;
+                me.put_tag(&up, &name, &tag, &key, fresh, share).await;
             }
-            holds
+            holds.map(|(holds, _)| holds)
         };
         match self.manifests.revalidations.run(flight, work).await {
             Ok((Some(holds), _)) => holds,
@@ -524,7 +536,7 @@ impl Mirror {
         tag: &Tag,
         accept: &Accept,
         digest: &Digest,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<(bool, Share), RegistryError> {
         let accept = accept.for_upstream();
         let head = up.manifest_head(name, tag.as_str(), &accept);
         let found = match tokio::time::timeout(REVALIDATE_TIMEOUT, head).await {
@@ -536,7 +548,10 @@ impl Mirror {
                 )));
             }
         };
-        Ok(found.digest.as_ref() == Some(digest))
+        Ok((
+            found.digest.as_ref() == Some(digest),
+            share(found.shared_by_source),
+        ))
     }
 
     async fn put_tag(
@@ -546,17 +561,8 @@ impl Mirror {
         tag: &Tag,
         key: &str,
         entry: TagEntry,
+        share: Share,
     ) {
-        // what a cluster peer passed on is shared by the peer that asked the upstream
-        let share = match &self.members {
-            Some(members)
-                if members.owner(&cluster::tag_key(&up.registry, name, tag.as_str()))
-                    != Owner::Me =>
-            {
-                Share::No
-            }
-            _ => Share::Yes,
-        };
         let (registry, n, t, k) = (
             up.registry.clone(),
             name.clone(),
@@ -579,8 +585,9 @@ impl Mirror {
         reference: &str,
         accept: &Accept,
         expected: Option<Digest>,
-    ) -> ManifestResult {
+    ) -> Result<(Manifest, Share), RegistryError> {
         let answer = up.manifest(name, reference, &accept.for_upstream()).await?;
+        let share = share(answer.shared_by_source);
         let announced = answer.digest.as_deref();
         let content_type = answer.media_type.as_deref();
         let bytes = answer.bytes.clone();
@@ -631,7 +638,7 @@ impl Mirror {
         m.remember(&self.memory);
         self.link_manifest(up, name, m.digest, &m.media_type, &m.bytes)
             .await;
-        Ok(m)
+        Ok((m, share))
     }
 
     /// Remember the sizes an image manifest of `name` gives its config and layers: a fill of

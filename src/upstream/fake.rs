@@ -100,6 +100,7 @@ impl Remote for FakeRemote {
             digest: Some(Digest::of(&bytes).to_string()),
             media_type: Some(media_type),
             bytes,
+            shared_by_source: false,
         })
     }
 
@@ -114,6 +115,7 @@ impl Remote for FakeRemote {
         Ok(Head {
             digest: Some(Digest::of(&bytes)),
             len: Some(bytes.len() as u64),
+            shared_by_source: false,
         })
     }
 
@@ -123,6 +125,7 @@ impl Remote for FakeRemote {
         Ok(Head {
             digest: Some(*digest),
             len: Some(bytes.len() as u64),
+            shared_by_source: false,
         })
     }
 

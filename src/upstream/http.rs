@@ -90,6 +90,7 @@ impl Remote for RegistryClient {
             digest: text(&headers, "docker-content-digest"),
             media_type: text(&headers, header::CONTENT_TYPE),
             bytes,
+            shared_by_source: false,
         })
     }
 
@@ -490,6 +491,7 @@ fn head(headers: &http::HeaderMap) -> Head {
     Head {
         digest: text(headers, "docker-content-digest").and_then(|d| Digest::parse(&d).ok()),
         len: text(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+        shared_by_source: false,
     }
 }
 

@@ -81,6 +81,9 @@ pub struct ManifestBody {
     pub digest: Option<String>,
     /// `Content-Type`, as sent.
     pub media_type: Option<String>,
+    /// The source shares what a tag resolves to itself (a cluster peer that asked the
+    /// upstream): this instance keeps the mapping to itself.
+    pub shared_by_source: bool,
 }
 
 /// What a HEAD says of an object.
@@ -88,6 +91,8 @@ pub struct ManifestBody {
 pub struct Head {
     pub digest: Option<Digest>,
     pub len: Option<u64>,
+    /// As for [`ManifestBody::shared_by_source`].
+    pub shared_by_source: bool,
 }
 
 /// A blob's body: chunks as they arrive, and the length announced for them.

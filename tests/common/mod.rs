@@ -323,3 +323,28 @@ pub async fn error_code(r: reqwest::Response) -> String {
     let v: serde_json::Value = serde_json::from_slice(&body).expect("OCI error JSON body");
     v["errors"][0]["code"].as_str().unwrap_or("").to_owned()
 }
+
+/// A cluster member that answers health checks (as a member with another id would) and
+/// every other request with `status`, or never (`None`: stuck, or as slow as can be); its
+/// address.
+pub async fn fake_member(status: Option<u16>) -> String {
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/_wharf/peer", get(|| async { "00000000000000ff" }))
+        .fallback(move || async move {
+            match status {
+                Some(code) => {
+                    (axum::http::StatusCode::from_u16(code).unwrap(), "no").into_response()
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    "never".into_response()
+                }
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
