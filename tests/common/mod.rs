@@ -3,10 +3,12 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod azure;
 pub mod ca;
 pub mod hub;
 pub mod liar;
 pub mod s3;
+pub mod stores;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

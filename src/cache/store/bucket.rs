@@ -1,5 +1,5 @@
-//! The content store in a bucket (S3 and what speaks its API), through `object_store`: the
-//! store several wharfs share.
+//! The content store in a bucket (S3 and what speaks its API, or an Azure Blob Storage
+//! container), through `object_store`: the store several wharfs share.
 //!
 //! Objects keep the disk's layout under the bucket's prefix, `<prefix>/{blobs,manifests}/
 //! sha256/<hex>`, so a digest names one key. Nothing partial or wrong is ever readable there:
@@ -9,6 +9,8 @@
 //! Multipart uploads in flight are written down in the data directory (`uploads/`), and those
 //! an earlier run left (killed mid-upload) are aborted when the server starts; for an instance
 //! that never comes back, the bucket's lifecycle rule for incomplete uploads is the backstop.
+//! (On Azure an upload is uncommitted blocks, which cannot be aborted: the service drops them
+//! a week after they were written.)
 //!
 //! `object_store` is async; this store runs it on a small runtime of its own, so that its
 //! blocking calls (the [`ContentStore`] contract) can be made from any blocking thread.
@@ -89,6 +91,20 @@ impl Bucket {
     }
 }
 
+/// The three sides of one bucket client, as the store uses them.
+type Handles = (
+    Arc<dyn ObjectStore>,
+    Arc<dyn MultipartStore>,
+    Arc<dyn Signer>,
+);
+
+fn handles<B: ObjectStore + MultipartStore + Signer>(
+    built: object_store::Result<B>,
+) -> object_store::Result<Handles> {
+    let bucket = Arc::new(built?);
+    Ok((bucket.clone(), bucket.clone(), bucket))
+}
+
 /// `object_store`'s own runtime (shut down without waiting when the store goes).
 struct Runtime(Option<tokio::runtime::Runtime>);
 
@@ -101,31 +117,20 @@ impl Drop for Runtime {
 }
 
 impl BucketStore {
-    /// The bucket at `url` (`s3://bucket/prefix`), configured by `options` (`object_store`'s
-    /// keys, e.g. `aws_endpoint`, `aws_region`, `aws_allow_http`) over the usual environment
-    /// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT`, …). Multipart
-    /// uploads in flight are written down in `journal`.
+    /// The bucket at `url` (`s3://bucket/prefix`, or `az://container/prefix` for Azure Blob
+    /// Storage), configured by `options` (`object_store`'s keys, e.g. `aws_endpoint`,
+    /// `aws_region`, `aws_allow_http`; `azure_storage_account_name`, `azure_storage_account_key`)
+    /// over the usual environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ENDPOINT`, …, `AZURE_STORAGE_ACCOUNT_NAME`, …). Multipart uploads in flight are
+    /// written down in `journal`.
     pub fn open(
         url: &str,
         options: &[(String, String)],
         journal: &Path,
     ) -> Result<BucketStore, String> {
         let parsed = url::Url::parse(url).map_err(|e| format!("store url {url:?}: {e}"))?;
-        if parsed.scheme() != "s3" {
-            return Err(format!(
-                "store url {url:?}: only s3:// buckets are supported (S3 and what speaks its API)"
-            ));
-        }
         // object_store's HTTP client takes the process's TLS provider: wharf's is ring
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-        for (k, v) in options {
-            let key = k
-                .to_ascii_lowercase()
-                .parse()
-                .map_err(|e| format!("store option {k:?}: {e}"))?;
-            builder = builder.with_config(key, v);
-        }
         // a bucket that does not answer must not hold a request for object_store's default
         // three minutes of retries: a miss then goes to the upstream, a fill keeps its spool
         let retry = object_store::RetryConfig {
@@ -133,8 +138,35 @@ impl BucketStore {
             retry_timeout: RETRY_FOR,
             ..Default::default()
         };
-        builder = builder.with_retry(retry);
-        let s3 = Arc::new(builder.build().map_err(|e| format!("store {url}: {e}"))?);
+        let option = |k: &String| format!("store option {k:?}");
+        let (objects, parts, signer) = match parsed.scheme() {
+            "s3" => {
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
+                for (k, v) in options {
+                    let key = k.to_ascii_lowercase().parse();
+                    builder =
+                        builder.with_config(key.map_err(|e| format!("{}: {e}", option(k)))?, v);
+                }
+                handles(builder.with_retry(retry).build())
+            }
+            "az" => {
+                let mut builder =
+                    object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
+                for (k, v) in options {
+                    let key = k.to_ascii_lowercase().parse();
+                    builder =
+                        builder.with_config(key.map_err(|e| format!("{}: {e}", option(k)))?, v);
+                }
+                handles(builder.with_retry(retry).build())
+            }
+            _ => {
+                return Err(format!(
+                    "store url {url:?}: the store is s3://<bucket>/<prefix> (S3 and what speaks \
+                     its API) or az://<container>/<prefix> (Azure Blob Storage)"
+                ))
+            }
+        }
+        .map_err(|e| format!("store {url}: {e}"))?;
         let prefix = Key::parse(parsed.path().trim_matches('/'))
             .map_err(|e| format!("store url {url:?}: {e}"))?;
         fs::create_dir_all(journal)
@@ -149,9 +181,9 @@ impl BucketStore {
             url: url.trim_end_matches('/').to_owned(),
             prefix,
             bucket: Bucket {
-                objects: s3.clone(),
-                parts: s3.clone(),
-                signer: s3,
+                objects,
+                parts,
+                signer,
                 runtime: runtime.handle().clone(),
                 journal: journal.to_owned(),
             },
