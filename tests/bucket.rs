@@ -352,6 +352,41 @@ async fn a_member_that_asked_the_upstream_for_a_failing_owner_shares_the_tag() {
     .await;
 }
 
+/// Start-up asks the bucket nothing, not even on a fresh data directory: a bucket that
+/// would take connections sees none while the instance starts and serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_asks_the_bucket_nothing() {
+    let s3 = S3::start(BUCKET).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    let hub = FakeHub::start().await;
+    let conf = s3
+        .store_config(BUCKET, "start")
+        .replace(&s3.endpoint, &endpoint);
+    let w = Wharf::start(&hub.url(), &conf).await;
+    eventually(10, "the store indexed", || async {
+        w.log().contains("store indexed")
+    })
+    .await;
+    let r = client().get(w.url("/v2/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "{}",
+        w.log()
+    );
+}
+
 /// A TCP relay to `to` that cuts every connection after `cut` bytes toward the client, as
 /// a bucket's load balancer drops long or idle connections; its address.
 async fn cutting_relay(to: String, cut: usize) -> String {

@@ -94,6 +94,16 @@ fn merge(mut ours: TagRecord, theirs: TagRecord) -> TagRecord {
 /// A tag and its record: (registry, repository, tag, record).
 pub type Tagged = (String, RepoName, Tag, Arc<TagRecord>);
 
+fn tagged(records: BTreeMap<(String, String, String), TagRecord>) -> Vec<Tagged> {
+    records
+        .into_iter()
+        .filter_map(|((registry, repo, tag), record)| {
+            let (repo, tag) = (RepoName::parse(&repo).ok()?, Tag::parse(&tag).ok()?);
+            Some((registry, repo, tag, Arc::new(record)))
+        })
+        .collect()
+}
+
 /// Whether a new mapping goes to the shared records too: it does when this instance had it
 /// from the upstream (or an import), not when a cluster peer passed it on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,11 +236,13 @@ impl TagIndex {
         Ok(())
     }
 
-    /// Every tag recorded here and, with a bucket, shared (of two mappings for one `Accept`
-    /// key, the one checked last), sorted. A bucket that cannot be listed is logged, and this
-    /// disk's tags are listed alone. Blocking.
-    pub fn all(&self) -> Vec<Tagged> {
-        let mut all: BTreeMap<(String, String, String), TagRecord> = BTreeMap::new();
+    /// Every tag this disk records, sorted: nothing asked of the bucket. Blocking.
+    pub fn on_disk(&self) -> Vec<Tagged> {
+        tagged(self.disk_records())
+    }
+
+    fn disk_records(&self) -> BTreeMap<(String, String, String), TagRecord> {
+        let mut all = BTreeMap::new();
         for (registry, repo) in super::repositories(&self.root, "_tags") {
             for t in self.list(&registry, &repo) {
                 let Ok(tag) = Tag::parse(&t) else { continue };
@@ -240,6 +252,14 @@ impl TagIndex {
                 }
             }
         }
+        all
+    }
+
+    /// Every tag recorded here and, with a bucket, shared (of two mappings for one `Accept`
+    /// key, the one checked last), sorted. A bucket that cannot be listed is logged, and this
+    /// disk's tags are listed alone. Blocking.
+    pub fn all(&self) -> Vec<Tagged> {
+        let mut all = self.disk_records();
         let shared = match self.shared.as_ref().map(|b| b.records(Shelf::Tags)) {
             Some(Ok(names)) => names,
             Some(Err(e)) => {
@@ -262,12 +282,7 @@ impl TagIndex {
             let record = all.entry(key).or_default();
             *record = merge(std::mem::take(record), shared);
         }
-        all.into_iter()
-            .filter_map(|((registry, repo, tag), record)| {
-                let (repo, tag) = (RepoName::parse(&repo).ok()?, Tag::parse(&tag).ok()?);
-                Some((registry, repo, tag, Arc::new(record)))
-            })
-            .collect()
+        tagged(all)
     }
 
     /// The tags recorded for a repository, sorted. Blocking.

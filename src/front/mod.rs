@@ -379,6 +379,7 @@ impl Front {
                 return send(session, Reply::error(e), head, self.timeouts.idle).await;
             }
             if req.uri.path() == crate::upstream::PEER_PING {
+                ctx.route = PING_ROUTE;
                 let id = Reply::text(http::StatusCode::OK, cluster.id.clone());
                 return send(session, id, head, self.timeouts.idle).await;
             }
@@ -472,6 +473,9 @@ fn names_registry(path: &str, registry: &str) -> bool {
         .is_some_and(|first| first == registry)
 }
 
+/// The route of members' health checks (`GET /_wharf/peer` on the internal listener).
+const PING_ROUTE: &str = "member_ping";
+
 /// One access-log line and the request metrics.
 fn log(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
     let req = session.req_header();
@@ -496,6 +500,9 @@ fn log(session: &ServerSession, e: Option<&Error>, ctx: &RequestCtx) {
     let (method, ms) = (req.method.as_str(), (ms * 10.0).round() / 10.0);
     let registry = ctx.registry.as_str();
     let Some(e) = e else {
+        if ctx.route == PING_ROUTE && status == 200 {
+            return; // a member's health check, every health_interval: counted, not logged
+        }
         let user = ctx.who.as_ref().map(|w| w.name());
         return log::write(&log::Line {
             method,
@@ -869,7 +876,9 @@ fn start_store_upkeep(mirror: &Arc<Mirror>) {
         let mirror = mirror.clone();
         std::thread::spawn(move || {
             let n = mirror.cache.link_tagged();
-            tracing::info!("recorded {n} links from the tags of an older cache");
+            if n > 0 {
+                tracing::info!("recorded {n} links from the tags of an older cache");
+            }
         });
     }
     {

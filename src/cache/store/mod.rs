@@ -255,6 +255,8 @@ pub mod conformance {
             assert!(s.stat(Kind::Blob, &d).unwrap().is_none());
             assert!(s.open(Kind::Blob, &d, Use::Serve).unwrap().is_none());
             s.write(Kind::Blob, &d, b"hello, store").unwrap();
+            // another instance (or a retry) storing what is there already is no failure
+            s.write(Kind::Blob, &d, b"hello, store").unwrap();
             assert_eq!(s.stat(Kind::Blob, &d).unwrap().unwrap().size, 12);
             assert!(!s.contains(Kind::Manifest, &d), "kinds live apart");
             assert_eq!(s.read(Kind::Blob, &d).unwrap().unwrap(), b"hello, store");
