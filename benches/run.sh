@@ -16,7 +16,10 @@
 #   7 a cluster: three wharfs (one bucket, [cluster]) and three distribution proxies (one
 #     bucket, its S3 driver) on SeaweedFS, 30 skopeo pulls of the cold 128 MiB image split over
 #     the three, the upstream behind the 50 MB/s link: upstream bytes per image (each), and
-#     the 30 pulls' wall time against one client's cold pull through one wharf
+#     the 30 pulls' wall time against one client's cold pull through one wharf; then the same
+#     with light clients (curl: manifest, config and layers 8 at a time, nothing verified or
+#     kept) on a fresh cluster, where the clients' own work (skopeo: ~1.1 CPU-s a pull, so 30
+#     take ~17 s of this machine's two cores) does not hide the mirror's
 #   8 the store's cost as it grows: wharf restarted on a data directory of one million objects
 #     (empty files under digest names, and one real blob): time from start to serving that
 #     blob, how long the background index takes, and its anonymous memory per object (RSS
@@ -33,6 +36,9 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 W=$(mktemp -d /tmp/wharf-bench.XXXXXX)
+# what the skopeo clients pull goes to memory: the machine's disk is not what is measured, and
+# its writeback of 30 x 128 MiB made the pull figures swing by 2x between runs
+OUT=$(mktemp -d /dev/shm/wharf-bench-pulls.XXXXXX 2>/dev/null || mktemp -d "$W/pulls.XXXXXX")
 UP=127.0.0.1:18000 WHARF=127.0.0.1:18001 DIST=127.0.0.1:18002 NGINX=127.0.0.1:18003
 LINK=127.0.0.1:18004 # the upstream through a shared 50 MB/s link, 20 ms away (benches/uplink.py)
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -50,7 +56,7 @@ declare -A PID
 start() { local name=$1; shift; setsid "$@" >>"$W/$name.log" 2>&1 </dev/null & PID[$name]=$!; }
 stop() { local p=${PID[$1]:-}; [[ -n $p ]] || return 0; kill "$p" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; kill -9 "$p" 2>/dev/null || true; unset "PID[$1]"; }
 wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; log "no answer from $1"; return 1; }
-cleanup() { for n in "${!PID[@]}"; do stop "$n"; done; [[ -n ${KEEP_BENCH:-} ]] || rm -rf "$W"; }
+cleanup() { for n in "${!PID[@]}"; do stop "$n"; done; rm -rf "$OUT"; [[ -n ${KEEP_BENCH:-} ]] || rm -rf "$W"; }
 trap cleanup EXIT
 
 registry_config() { # FILE ADDR DATA [PROXY_URL]
@@ -144,7 +150,7 @@ wrk_run() { # URL -> "req/s p50_ms p99_ms"
 }
 rss_anon() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 wharf_pid() { pgrep -nf "serve --listen $WHARF"; }
-pull() { rm -rf "$W/pulled"; local t0; t0=$(now); skopeo copy -q --src-tls-verify=false "docker://$1/bench/layers:1" "dir:$W/pulled" >/dev/null; secs "$t0" "$(now)"; }
+pull() { rm -rf "$OUT/pulled"; local t0; t0=$(now); skopeo copy -q --src-tls-verify=false "docker://$1/bench/layers:1" "dir:$OUT/pulled" >/dev/null; secs "$t0" "$(now)"; rm -rf "$OUT/pulled"; }
 # BENCH_ONLY="4 7": run only those sections (to work on one figure); default: all
 want() { [[ -z ${BENCH_ONLY:-} || " $BENCH_ONLY " == *" $1 "* ]]; }
 RESULTS=()
@@ -273,12 +279,15 @@ start weed "$WEED" mini -dir="$W/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 -s3.port
   -webdav=false -master.telemetry=false -s3.config="$W/s3.json" -bucket=wharf,dist
 for _ in $(seq 300); do curl -s -H 'Accept: application/json' "http://127.0.0.1:18023/buckets/" | grep -q '"/buckets/dist"' && break; sleep 0.1; done
 head -c 32 /dev/urandom | base64 >"$W/cluster-secret"
-for i in 1 2 3; do
-  cat >"$W/wc$i.toml" <<TOML
+wharf_cluster() { # PREFIX: three fresh wharfs (empty disks) on the bucket's PREFIX, all live
+  local i
+  for i in 1 2 3; do
+    stop "wc$i"; rm -rf "$W/wc$i"
+    cat >"$W/wc$i.toml" <<TOML
 [upstreams."docker.io"]
 url = "http://$LINK"
 [store]
-url = "s3://wharf/bench"
+url = "s3://wharf/$1"
 [store.options]
 aws_endpoint = "http://$S3"
 aws_allow_http = "true"
@@ -291,7 +300,15 @@ members = ["127.0.0.1:18111", "127.0.0.1:18112", "127.0.0.1:18113"]
 secret_file = "$W/cluster-secret"
 health_interval = "500ms"
 TOML
-  start "wc$i" env WHARF_LOG="${WHARF_LOG:-warn}" "$BIN" serve --listen "127.0.0.1:1810$i" --admin "127.0.0.1:1812$i" --data "$W/wc$i" --config "$W/wc$i.toml"
+    start "wc$i" env WHARF_LOG="${WHARF_LOG:-warn}" "$BIN" serve --listen "127.0.0.1:1810$i" --admin "127.0.0.1:1812$i" --data "$W/wc$i" --config "$W/wc$i.toml"
+  done
+  for i in 1 2 3; do
+    wait_http "http://127.0.0.1:1810$i/v2/"
+    for _ in $(seq 100); do curl -s "http://127.0.0.1:1812$i/metrics" | grep -q '^wharf_cluster_members_live 3$' && break; sleep 0.1; done
+  done
+}
+wharf_cluster bench
+for i in 1 2 3; do
   cat >"$W/dc$i.yml" <<YML
 version: 0.1
 log: {level: warn, formatter: text, accesslog: {disabled: true}}
@@ -305,29 +322,56 @@ YML
   # (the AWS SDK in distribution refuses an AWS_CA_BUNDLE with a custom transport)
   start "dc$i" env -u AWS_CA_BUNDLE /usr/bin/docker-registry serve "$W/dc$i.yml"
 done
-for i in 1 2 3; do
-  wait_http "http://127.0.0.1:1810$i/v2/"; wait_http "http://127.0.0.1:1815$i/v2/"
-  for _ in $(seq 100); do curl -s "http://127.0.0.1:1812$i/metrics" | grep -q '^wharf_cluster_members_live 3$' && break; sleep 0.1; done
-done
+for i in 1 2 3; do wait_http "http://127.0.0.1:1815$i/v2/"; done
 # the image's layers (its config is a few hundred bytes) and their sizes
 LAYER_BLOBS=$(q '" ".join(c["bench/layers"]["blobs"])')
 image_bytes=0; for d in $LAYER_BLOBS; do image_bytes=$((image_bytes + $(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'))); done
 upstream_bytes() { local n=0 d; for d in $LAYER_BLOBS; do n=$((n + $(upstream_gets "$d") * $(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'))); done; echo "$n"; }
 pull30() { # PORT_PREFIX : 30 skopeo pulls, ten at each of the three instances; prints seconds
-  local pids=() i t0; t0=$(now)
+  local pids=() i t0 t1 failed=0 p; t0=$(now)
   for ((i = 0; i < 30; i++)); do
-    skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1$((i % 3 + 1))/bench/layers:1" "dir:$W/p30-$i" >/dev/null 2>&1 & pids+=($!)
+    skopeo copy -q --src-tls-verify=false "docker://127.0.0.1:$1$((i % 3 + 1))/bench/layers:1" "dir:$OUT/p30-$i" >"$W/p30-$i.log" 2>&1 & pids+=($!)
   done
-  wait "${pids[@]}"; secs "$t0" "$(now)"; rm -rf "$W"/p30-*
+  for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
+  t1=$(now); rm -rf "$OUT"/p30-*
+  # a pull that failed fast would make the figure look good: none may
+  ((failed == 0)) || { log "$failed of 30 pulls through 127.0.0.1:${1}x failed:"; cat "$W"/p30-*.log >&2; exit 1; }
+  secs "$t0" "$t1"
+}
+# A light client: one curl that GETs the manifest by tag, then the config and the layers, 8 at
+# a time (as skopeo does), to /dev/null: no digest check, no disk; each answer must be a 200
+# with the whole body. What the mirror costs 30 clients, with skopeo's own work left out.
+CONFIG=$(curl -s -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$UP/v2/bench/layers/manifests/1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["digest"])')
+light_pull() { # ADDR LOG
+  local urls=() d
+  for d in $CONFIG $LAYER_BLOBS; do urls+=(-o /dev/null "http://$1/v2/bench/layers/blobs/$d"); done
+  curl -s -o /dev/null -w '%{http_code}\n' -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$1/v2/bench/layers/manifests/1" >"$2"
+  curl -s -Z --parallel-max 8 -w '%{http_code} %{size_download}\n' "${urls[@]}" >>"$2"
+  (($(grep -c '^200' "$2") == 10)) && (($(awk '$2 > 0 {n += $2} END {print n}' "$2") >= image_bytes))
+}
+light30() { # PORT_PREFIX : 30 light pulls, ten at each instance; prints seconds
+  local pids=() i t0 t1 failed=0 p; t0=$(now)
+  for ((i = 0; i < 30; i++)); do light_pull "127.0.0.1:$1$((i % 3 + 1))" "$W/l30-$i.log" & pids+=($!); done
+  for p in "${pids[@]}"; do wait "$p" || failed=$((failed + 1)); done
+  t1=$(now)
+  ((failed == 0)) || { log "$failed of 30 light pulls through 127.0.0.1:${1}x failed:"; cat "$W"/l30-*.log >&2; exit 1; }
+  secs "$t0" "$t1"
 }
 before=$(upstream_bytes); tw30=$(pull30 1810); wharf_up=$(($(upstream_bytes) - before))
 before=$(upstream_bytes); td30=$(pull30 1815); dist_up=$(($(upstream_bytes) - before))
 twarm=$(pull30 1810) # the same again, warm: what 30 clients cost this machine at all
+wharf_cluster bench-light # cold again, for light clients
+before=$(upstream_bytes); tl30=$(light30 1810); light_up=$(($(upstream_bytes) - before))
+tlwarm=$(light30 1810)
 fresh_wharf "$LINK"; tone=$(pull "$WHARF")
+fresh_wharf "$LINK"; t0=$(now); light_pull "$WHARF" "$W/l1.log" || { log "a light pull failed:"; cat "$W/l1.log" >&2; exit 1; }; tlone=$(secs "$t0" "$(now)")
 row "7 cluster, 30 cold pulls: upstream bytes / image (wharf | dist)" "$(ratio "$wharf_up" "$image_bytes")" "$(ratio "$dist_up" "$image_bytes")" "" "target wharf 1.0"
 row "7 cluster, 30 cold pulls: wall time, s (wharf | dist)" "$tw30" "$td30" "$(ratio "$td30" "$tw30")" ""
 row "7 cluster, 30 pulls | one cold pull through one wharf, s" "$tw30" "$tone" "$(ratio "$tw30" "$tone")" "target <= 1.3"
 row "7 cluster, 30 pulls cold | the same 30 warm, s (wharf)" "$tw30" "$twarm" "$(ratio "$tw30" "$twarm")" "(2 cores: the clients' own work)"
+row "7 cluster, 30 light pulls: upstream bytes / image (wharf)" "$(ratio "$light_up" "$image_bytes")" "" "" "target 1.0"
+row "7 cluster, 30 light pulls | one light cold pull, s" "$tl30" "$tlone" "$(ratio "$tl30" "$tlone")" "target <= 1.3"
+row "7 cluster, 30 light pulls cold | the same 30 warm, s" "$tl30" "$tlwarm" "$(ratio "$tl30" "$tlwarm")" ""
 for i in 1 2 3; do stop "wc$i"; stop "dc$i"; done
 stop weed
 fi
