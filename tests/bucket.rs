@@ -55,7 +55,8 @@ async fn a_long_object_goes_up_in_parts_and_only_whole_and_right() {
     let s3 = S3::start(BUCKET).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(&s3, "long", dir.path()));
-    common::stores::long_objects_go_up_only_whole_and_right(store).await;
+    common::stores::long_objects_go_up_only_whole_and_right(store.clone()).await;
+    common::stores::two_uploads_of_one_digest_both_succeed(store).await;
     // every multipart upload was completed or aborted: none left in the journal
     eventually(10, "journal empty", || async {
         std::fs::read_dir(dir.path()).unwrap().count() == 0
@@ -299,6 +300,63 @@ async fn a_tag_mapping_is_shared_through_the_bucket() {
         listed.contains("docker.io/library/tagged:v1") && listed.contains(&img.digest),
         "{listed}"
     );
+}
+
+/// An instance with an empty disk serves a whole image the bucket holds with the upstream
+/// down: the tag's shared record names the manifest, and what the bucket's manifest refers to
+/// is held by the repository without the upstream vouching for each blob.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_instance_serves_an_image_from_the_bucket_with_the_upstream_down() {
+    let s3 = S3::start(BUCKET).await;
+    let hub = FakeHub::start().await;
+    let img = hub.add_image("library/kept", "v1", 13, &[4096, 3 << 20]);
+    let conf = format!("tag_ttl = \"1h\"\n{}", s3.store_config(BUCKET, "kept"));
+    let a = Wharf::start(&hub.url(), &conf).await;
+    let c = client();
+    let get = |w: &Wharf, path: String| {
+        c.get(w.url(&path))
+            .header("accept", common::hub::DOCKER_MANIFEST)
+            .send()
+    };
+    let tag = "/v2/library/kept/manifests/v1".to_owned();
+    assert_eq!(get(&a, tag.clone()).await.unwrap().status(), 200);
+    for (d, bytes) in &img.blobs {
+        let r = get(&a, format!("/v2/library/kept/blobs/{d}"))
+            .await
+            .unwrap();
+        assert!(r.bytes().await.unwrap() == bytes);
+    }
+    let total: usize = img.manifest.len() + img.blobs.iter().map(|(_, b)| b.len()).sum::<usize>();
+    eventually(10, "the image in the bucket", || async {
+        a.metric("wharf_bucket_written_bytes_total").await >= total as f64
+    })
+    .await;
+    let journal = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(open(&s3, "kept", journal.path()));
+    eventually(10, "the tag's record in the bucket", || {
+        let bucket = bucket.clone();
+        async move {
+            let name = "docker.io/library/kept/_tags/v1";
+            blocking(move || bucket.read_record(Shelf::Tags, name).unwrap().is_some()).await
+        }
+    })
+    .await;
+
+    hub.set_faults(common::Faults {
+        status: Some(503),
+        ..Default::default()
+    });
+    let b = Wharf::start(&hub.url(), &conf).await;
+    let r = get(&b, tag).await.unwrap();
+    assert_eq!(r.status(), 200, "{}", b.log());
+    assert!(r.bytes().await.unwrap() == img.manifest);
+    for (d, bytes) in &img.blobs {
+        let r = get(&b, format!("/v2/library/kept/blobs/{d}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{d}: {}", b.log());
+        assert!(r.bytes().await.unwrap() == bytes);
+    }
 }
 
 /// A member whose tag's owner fails asks the upstream itself, and then it shares the

@@ -101,11 +101,12 @@ impl Cache {
     }
 
     /// Link every image this disk has a tag of to its repository: the tag's manifest and all
-    /// it reaches. For a cache from before links, and after an import. The bucket's tags are
-    /// not asked for (a start-up reads nothing from the bucket). Blocking.
+    /// it reaches on this disk. For a cache from before links, and after an import. Nothing
+    /// is asked of the bucket (a start-up reads nothing from it); what an instance reads from
+    /// the bucket later is linked as it is read. Blocking.
     pub fn link_tagged(&self) -> usize {
         let mut n = 0;
-        let read = |d: &Digest| self.store.read(Kind::Manifest, d).ok().flatten();
+        let read = |d: &Digest| self.disk.read(Kind::Manifest, d).ok().flatten();
         for (registry, repo, _, record) in self.tags.on_disk() {
             let top: Vec<Digest> = record.by_accept.values().map(|e| e.digest).collect();
             let held = image::reach(&top, read);

@@ -176,6 +176,7 @@ impl Mirror {
     ) -> Result<(Manifest, Outcome), RegistryError> {
         if let Some(m) = self.local_manifest(digest).await? {
             self.vouch(up, name, Kind::Manifest, digest).await?;
+            self.adopt_shared(up, name, &m).await;
             return Ok(m);
         }
         let key = format!("{}/{}@{digest}", up.registry, name);
@@ -313,7 +314,7 @@ impl Mirror {
             .map(|(_, e)| e);
         if up.offline {
             let found = match fallback {
-                Some(e) => self.tagged_local(e).await?,
+                Some(e) => self.tagged_local(up, name, e).await?,
                 None => None,
             };
             return found.ok_or_else(|| {
@@ -329,16 +330,16 @@ impl Mirror {
                 .await?
             {
                 Mapping::Holds => {
-                    if let Some(found) = self.tagged_local(entry).await? {
+                    if let Some(found) = self.tagged_local(up, name, entry).await? {
                         return Ok(found);
                     }
                 }
                 Mapping::Moved => {}
-                Mapping::Unconfirmed(e) => return self.stale(name, tag, fallback, e).await,
+                Mapping::Unconfirmed(e) => return self.stale(up, name, tag, fallback, e).await,
             }
         }
         match self.fetch_tag(up, name, tag, accept).await {
-            Err(e) if is_unavailable(&e) => self.stale(name, tag, fallback, e).await,
+            Err(e) if is_unavailable(&e) => self.stale(up, name, tag, fallback, e).await,
             Err(e) => Err(self.tag_missing(up, name, tag, e)),
             ok => ok,
         }
@@ -440,18 +441,42 @@ impl Mirror {
         .await
     }
 
-    /// The manifest a tag entry names, if stored.
+    /// The manifest a tag entry of `name` names, if stored.
     async fn tagged_local(
-        &self,
+        self: &Arc<Self>,
+        up: &Upstream,
+        name: &RepoName,
         entry: &TagEntry,
     ) -> Result<Option<(Manifest, Outcome)>, RegistryError> {
-        self.local_manifest(&entry.digest).await
+        let found = self.local_manifest(&entry.digest).await?;
+        if let Some(found) = &found {
+            self.adopt_shared(up, name, found).await;
+        }
+        Ok(found)
+    }
+
+    /// A manifest of `name` (its tag's, or a digest vouched for) that this instance has just
+    /// read from the shared store: `name` holds it and what it refers to, as if this instance
+    /// had fetched it, so that its blobs need no upstream to vouch for them (an instance with
+    /// an empty disk, the upstream down).
+    async fn adopt_shared(
+        self: &Arc<Self>,
+        up: &Upstream,
+        name: &RepoName,
+        found: &(Manifest, Outcome),
+    ) {
+        let (m, outcome) = found;
+        if *outcome == Outcome::HitShared {
+            self.link_manifest(up, name, m.digest, &m.media_type, &m.bytes)
+                .await;
+        }
     }
 
     /// The upstream could not be asked: serve the last known mapping, however old, or fail
     /// with the upstream's error (429 keeps its Retry-After).
     async fn stale(
-        &self,
+        self: &Arc<Self>,
+        up: &Upstream,
         name: &RepoName,
         tag: &Tag,
         known: Option<&TagEntry>,
@@ -460,7 +485,7 @@ impl Mirror {
         let Some(entry) = known else {
             return Err(error);
         };
-        match self.tagged_local(entry).await? {
+        match self.tagged_local(up, name, entry).await? {
             Some((m, _)) => {
                 tracing::warn!("serving {name}:{tag} stale ({}): {error}", entry.digest);
                 Ok((m, Outcome::Stale))

@@ -244,7 +244,9 @@ impl BucketStore {
     }
 
     /// A URL that lets its holder GET an object (Range too) for `valid_for`, with no other
-    /// credentials: a presigned S3 request. Made here, without asking the bucket. Blocking.
+    /// credentials: a presigned S3 request, or an Azure SAS URL. Made here, without asking the
+    /// bucket (but for Azure AD credentials: a user delegation key, fetched once and cached).
+    /// Blocking.
     pub fn signed_url(
         &self,
         kind: Kind,
@@ -524,9 +526,16 @@ impl Upload for BucketUpload {
         let done = self
             .store
             .wait(async move { parts.complete_multipart(&key, &id, list).await });
-        if done.is_err() {
+        if let Err(e) = done {
             self.multipart = Some(m); // dropped: aborted
-            return done.map(|_| len);
+                                      // Another instance may have stored the digest while this one uploaded it: on Azure
+                                      // its commit drops this upload's blocks, and this commit fails. The same digest is
+                                      // the same content, so an object of the whole length under the key is a success.
+            let (objects, key) = (self.store.objects.clone(), self.key.clone());
+            return match self.store.wait(async move { objects.head(&key).await }) {
+                Ok(meta) if meta.size == len => Ok(len),
+                _ => Err(e),
+            };
         }
         let _ = fs::remove_file(&m.entry);
         Ok(len)
