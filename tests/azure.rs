@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::azure::Azure;
 use common::hub::pseudo_random;
-use common::{client, eventually, header, FakeHub, Wharf};
+use common::{blocking, client, eventually, header, FakeHub, Wharf};
 use wharf::cache::{BucketStore, ContentStore, Kind};
 use wharf::registry::Digest;
 
@@ -22,10 +22,6 @@ fn open(azure: &Azure, prefix: &str, journal: &std::path::Path) -> BucketStore {
         journal,
     )
     .unwrap()
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

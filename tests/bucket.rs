@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::hub::pseudo_random;
 use common::s3::S3;
-use common::{client, eventually, header, FakeHub, Wharf};
+use common::{blocking, client, eventually, header, FakeHub, Wharf};
 use wharf::cache::{BucketStore, ContentStore, Kind, Shelf, Use};
 use wharf::registry::Digest;
 
@@ -18,8 +18,16 @@ fn open(s3: &S3, prefix: &str, journal: &std::path::Path) -> BucketStore {
     BucketStore::open(&format!("s3://{BUCKET}/{prefix}"), &s3.options(), journal).unwrap()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.unwrap()
+/// Wait until the bucket's `prefix` holds the shared record `name` of a tag
+/// (`<registry>/<repo>/_tags/<tag>`): it goes up after the reply, on its own.
+async fn shared_tag_appears(s3: &S3, prefix: &str, name: &str) {
+    let journal = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(open(s3, prefix, journal.path()));
+    eventually(10, "the tag's record in the bucket", || {
+        let (bucket, name) = (bucket.clone(), name.to_owned());
+        async move { blocking(move || bucket.read_record(Shelf::Tags, &name).unwrap().is_some()).await }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,16 +260,7 @@ async fn a_tag_mapping_is_shared_through_the_bucket() {
     })
     .await;
     // the mapping goes up on its own, after the reply
-    let journal = tempfile::tempdir().unwrap();
-    let bucket = Arc::new(open(&s3, "tags", journal.path()));
-    eventually(10, "the tag's record in the bucket", || {
-        let bucket = bucket.clone();
-        async move {
-            let name = "docker.io/library/tagged/_tags/v1";
-            blocking(move || bucket.read_record(Shelf::Tags, name).unwrap().is_some()).await
-        }
-    })
-    .await;
+    shared_tag_appears(&s3, "tags", "docker.io/library/tagged/_tags/v1").await;
     let asked = hub.counters();
 
     let b = Wharf::start(&hub.url(), &conf).await;
@@ -331,16 +330,7 @@ async fn a_fresh_instance_serves_an_image_from_the_bucket_with_the_upstream_down
         a.metric("wharf_bucket_written_bytes_total").await >= total as f64
     })
     .await;
-    let journal = tempfile::tempdir().unwrap();
-    let bucket = Arc::new(open(&s3, "kept", journal.path()));
-    eventually(10, "the tag's record in the bucket", || {
-        let bucket = bucket.clone();
-        async move {
-            let name = "docker.io/library/kept/_tags/v1";
-            blocking(move || bucket.read_record(Shelf::Tags, name).unwrap().is_some()).await
-        }
-    })
-    .await;
+    shared_tag_appears(&s3, "kept", "docker.io/library/kept/_tags/v1").await;
 
     hub.set_faults(common::Faults {
         status: Some(503),
@@ -400,14 +390,8 @@ async fn a_member_that_asked_the_upstream_for_a_failing_owner_shares_the_tag() {
     assert_eq!(r.status(), 200, "{}", w.log());
     assert_eq!(header(&r, "docker-content-digest"), img.digest);
     assert_eq!(w.metric("wharf_peer_fallbacks_total").await, 1.0);
-    let journal = tempfile::tempdir().unwrap();
-    let bucket = Arc::new(open(&s3, "fallback", journal.path()));
     let name = format!("docker.io/library/fallback/_tags/{tag}");
-    eventually(10, "the tag's record in the bucket", || {
-        let (bucket, name) = (bucket.clone(), name.clone());
-        async move { blocking(move || bucket.read_record(Shelf::Tags, &name).unwrap().is_some()).await }
-    })
-    .await;
+    shared_tag_appears(&s3, "fallback", &name).await;
 }
 
 /// Start-up asks the bucket nothing, not even on a fresh data directory: a bucket that

@@ -350,3 +350,8 @@ pub async fn fake_member(status: Option<u16>) -> String {
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
+
+/// Run blocking work (a content store's calls) off the test's runtime threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
