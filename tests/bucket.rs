@@ -281,6 +281,7 @@ async fn a_tag_mapping_is_shared_through_the_bucket() {
     std::fs::write(&config, &conf).unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
         .arg("ls")
+        .args(["--upstream", common::NO_UPSTREAM])
         .arg("--config")
         .arg(&config)
         .arg("--data")

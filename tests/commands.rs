@@ -10,11 +10,12 @@ use common::{client, header, FakeHub, Wharf};
 
 /// Run `wharf ARGS…`; returns (exit code, stdout).
 async fn wharf(args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"))
-        .args(args)
-        .output()
-        .await
-        .expect("run wharf");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wharf"));
+    cmd.args(args);
+    if !args.contains(&"--upstream") {
+        cmd.args(["--upstream", common::NO_UPSTREAM]);
+    }
+    let out = cmd.output().await.expect("run wharf");
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !stderr.is_empty() {
         eprintln!("wharf {args:?}: {stderr}");

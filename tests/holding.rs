@@ -152,6 +152,7 @@ async fn offline_and_after_an_import_only_links_serve() {
     let run = |args: &[&str]| {
         let out = std::process::Command::new(wharf)
             .args(args)
+            .args(["--upstream", common::NO_UPSTREAM])
             .output()
             .unwrap();
         assert!(

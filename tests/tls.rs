@@ -250,7 +250,7 @@ async fn bad_tls_files_stop_wharf_at_start_naming_the_file() {
                 "--listen",
                 "127.0.0.1:0",
                 "--upstream",
-                "http://127.0.0.1:9",
+                common::NO_UPSTREAM,
             ])
             .arg("--config")
             .arg(&conf)

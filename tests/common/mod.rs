@@ -355,3 +355,8 @@ pub async fn fake_member(status: Option<u16>) -> String {
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
+
+/// The upstream every wharf command a test runs gets when it needs none (ls, export, import,
+/// verify, gc): a closed port on loopback, so that no command can ever reach Docker Hub, the
+/// built-in default, whatever it comes to do.
+pub const NO_UPSTREAM: &str = "http://127.0.0.1:9";
