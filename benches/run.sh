@@ -328,10 +328,13 @@ YML
   start "dc$i" env -u AWS_CA_BUNDLE /usr/bin/docker-registry serve "$W/dc$i.yml"
 done
 for i in 1 2 3; do wait_http "http://127.0.0.1:1815$i/v2/"; done
-# the image's layers (its config is a few hundred bytes) and their sizes
+# the image's config and layers and their sizes (the config is a few hundred bytes: upstream
+# bytes count the layers)
 LAYER_BLOBS=$(q '" ".join(c["bench/layers"]["blobs"])')
-image_bytes=0; for d in $LAYER_BLOBS; do image_bytes=$((image_bytes + $(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'))); done
-upstream_bytes() { local n=0 d; for d in $LAYER_BLOBS; do n=$((n + $(upstream_gets "$d") * $(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'))); done; echo "$n"; }
+CONFIG=$(curl -s -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$UP/v2/bench/layers/manifests/1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["digest"])')
+declare -A SIZE; for d in $CONFIG $LAYER_BLOBS; do SIZE[$d]=$(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'); done
+image_bytes=0; for d in $LAYER_BLOBS; do image_bytes=$((image_bytes + ${SIZE[$d]})); done
+upstream_bytes() { local n=0 d; for d in $LAYER_BLOBS; do n=$((n + $(upstream_gets "$d") * ${SIZE[$d]})); done; echo "$n"; }
 pull30() { # PORT_PREFIX : 30 skopeo pulls, ten at each of the three instances; prints seconds
   local pids=() i t0 t1 failed=0 p; t0=$(now)
   for ((i = 0; i < 30; i++)); do
@@ -346,8 +349,6 @@ pull30() { # PORT_PREFIX : 30 skopeo pulls, ten at each of the three instances; 
 # A light client: one curl that GETs the manifest by tag, then the config and the layers, 8 at
 # a time (as skopeo does), to /dev/null: no digest check, no disk; each answer must be a 200
 # with the whole body. What the mirror costs 30 clients, with skopeo's own work left out.
-CONFIG=$(curl -s -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://$UP/v2/bench/layers/manifests/1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["digest"])')
-declare -A SIZE; for d in $CONFIG $LAYER_BLOBS; do SIZE[$d]=$(curl -sI "http://$UP/v2/bench/layers/blobs/$d" | awk 'tolower($1)=="content-length:" {print $2+0}'); done
 light_pull() { # ADDR LOG: succeeds if the manifest and every blob came whole
   local urls=() d
   for d in $CONFIG $LAYER_BLOBS; do urls+=(-o /dev/null "http://$1/v2/bench/layers/blobs/$d"); done

@@ -91,6 +91,22 @@ impl Bucket {
     }
 }
 
+/// `[store.options]` as one builder's configuration keys (any case), or which one it lacks.
+fn keys<K: std::str::FromStr>(options: &[(String, String)]) -> Result<Vec<(K, &str)>, String>
+where
+    K::Err: std::fmt::Display,
+{
+    let key = |k: &String| {
+        k.to_ascii_lowercase()
+            .parse()
+            .map_err(|e| format!("store option {k:?}: {e}"))
+    };
+    options
+        .iter()
+        .map(|(k, v)| Ok((key(k)?, v.as_str())))
+        .collect()
+}
+
 /// The three sides of one bucket client, as the store uses them.
 type Handles = (
     Arc<dyn ObjectStore>,
@@ -138,24 +154,19 @@ impl BucketStore {
             retry_timeout: RETRY_FOR,
             ..Default::default()
         };
-        let option = |k: &String| format!("store option {k:?}");
         let (objects, parts, signer) = match parsed.scheme() {
             "s3" => {
                 let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url);
-                for (k, v) in options {
-                    let key = k.to_ascii_lowercase().parse();
-                    builder =
-                        builder.with_config(key.map_err(|e| format!("{}: {e}", option(k)))?, v);
+                for (key, v) in keys(options)? {
+                    builder = builder.with_config(key, v);
                 }
                 handles(builder.with_retry(retry).build())
             }
             "az" => {
                 let mut builder =
                     object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url);
-                for (k, v) in options {
-                    let key = k.to_ascii_lowercase().parse();
-                    builder =
-                        builder.with_config(key.map_err(|e| format!("{}: {e}", option(k)))?, v);
+                for (key, v) in keys(options)? {
+                    builder = builder.with_config(key, v);
                 }
                 handles(builder.with_retry(retry).build())
             }
